@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine with Python 3 and make:
+#   make run    - virtual environment, install, serve on 127.0.0.1:5000
+#   make test   - virtual environment with the dev extra, lint, type check, tests
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+HOST    ?= 127.0.0.1
+PORT    ?= 5000
+BACKEND ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast lint typecheck bench bench-quick robust install-systemd clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	exec $(BIN)/echod --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND))
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check echod loadtest tests bench
+	$(BIN)/ruff format --check echod loadtest tests bench
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
