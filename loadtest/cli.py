@@ -1,0 +1,237 @@
+"""``echod-bench``: check the target, start the workers, merge, report.
+
+The parent never touches a load connection: it makes one preflight connect (so
+an unreachable server fails fast with one line), starts the workers, samples the
+server, shows progress and merges what the workers send back.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import queue as queue_module
+import socket
+import sys
+import time
+import traceback
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from loadtest.limits import ensure_open_files
+from loadtest.monitor import NoSuchServer, TreeSampler
+from loadtest.params import Params, default_processes, parse
+from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table, write_json
+from loadtest.stats import WorkerResult
+from loadtest.worker import WorkerPlan, worker_main
+
+# Descriptors a worker needs besides its connections: selector, queue pipes, stdio.
+SPARE_FILES = 64
+
+
+class Abort(Exception):
+    """A one-line reason to stop, with the exit status that goes with it."""
+
+    def __init__(self, message: str, status: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve(params: Params) -> tuple[int, tuple[Any, ...]]:
+    try:
+        infos = socket.getaddrinfo(params.host, params.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Abort(f"cannot resolve {params.host}: {exc.strerror}") from exc
+    family, _, _, _, address = infos[0]
+    return family, address
+
+
+def preflight(params: Params, family: int, address: tuple[Any, ...]) -> None:
+    """One blocking connect, bounded by --connect-timeout, before any worker starts."""
+    where = f"{params.host}:{params.port}"
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.settimeout(params.connect_timeout)
+    try:
+        probe.connect(address)
+    except TimeoutError as exc:
+        raise Abort(
+            f"cannot connect to {where}: no answer within {params.connect_timeout:g} s"
+        ) from exc
+    except OSError as exc:
+        raise Abort(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+    finally:
+        probe.close()
+
+
+def split(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def plans(
+    params: Params, processes: int, family: int, address: tuple[Any, ...]
+) -> list[WorkerPlan]:
+    """Connections, active ones and the open-loop rate, spread as evenly as they go."""
+    active_total = params.active_connections
+    result = []
+    first = 0
+    for i in range(processes):
+        count = split(params.connections, processes, i)
+        active = split(active_total, processes, i)
+        rate = (params.rate or 0.0) * active / active_total if active_total else 0.0
+        result.append(WorkerPlan(i, first, count, active, rate, family, address))
+        first += count
+    return result
+
+
+class Progress:
+    """The live line on a terminal: elapsed, current rate, errors."""
+
+    def __init__(self, enabled: bool, workers: int) -> None:
+        self.enabled = enabled
+        self.messages = [0] * workers
+        self.errors = [0] * workers
+        self.last_total = 0
+        self.last_at = time.monotonic()
+        self.shown = False
+
+    def update(self, index: int, messages: int, errors: int) -> None:
+        self.messages[index] = messages
+        self.errors[index] = errors
+
+    def show(self, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        total = sum(self.messages)
+        rate = (total - self.last_total) / (now - self.last_at) if now > self.last_at else 0.0
+        self.last_total, self.last_at = total, now
+        sys.stderr.write(
+            f"\r{elapsed:6.1f} s  {rate:>12,.0f} msg/s  errors {sum(self.errors):,}   "
+        )
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+def run(params: Params) -> tuple[dict[str, Any], int]:
+    family, address = resolve(params)
+    preflight(params, family, address)
+    processes = min(params.processes or default_processes(), params.connections)
+    if params.workload == "rate" and params.active_connections == 0:
+        raise Abort("--workload rate needs at least one --active connection")
+    problem = ensure_open_files(math.ceil(params.connections / processes) + SPARE_FILES)
+    if problem:
+        raise Abort(f"--connections {params.connections}: {problem}")
+    sampler = None
+    if params.server_pid is not None:
+        try:
+            sampler = TreeSampler(params.server_pid)
+        except NoSuchServer as exc:
+            raise Abort(str(exc)) from exc
+        sampler.start()
+
+    progress = Progress(params.progress and sys.stderr.isatty(), processes)
+    params = replace(params, progress=progress.enabled)
+    context = multiprocessing.get_context()
+    queue: Any = context.Queue()
+    go = context.Event()
+    start_at: Any = context.Value("d", 0.0)
+    workers: list[BaseProcess] = []
+    finished = False
+    try:
+        for plan in plans(params, processes, family, address):
+            worker: BaseProcess = context.Process(
+                target=worker_main,
+                args=(params, plan, queue, go, start_at),
+                name=f"echod-bench-{plan.index}",
+                daemon=True,
+            )
+            worker.start()
+            workers.append(worker)
+        per_worker = math.ceil(params.connections / processes)
+        _collect(
+            queue,
+            workers,
+            "ready",
+            time.monotonic() + params.connect_timeout + per_worker / 1000 + 30,
+        )
+        start = time.monotonic() + 0.05
+        start_at.value = start
+        go.set()
+        end = start + params.warmup + params.duration
+        results = _collect(queue, workers, "result", end + params.timeout + 10, progress, start)
+        progress.clear()
+        finished = True
+    finally:
+        for proc in workers:
+            proc.join(timeout=2 if finished else 0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        if sampler is not None:
+            sampler.stop()
+    server = sampler.figures(start + params.warmup, end) if sampler else None
+    figures = build(params, processes, [r for r in results if isinstance(r, WorkerResult)], server)
+    return figures, int(figures["exit_status"])
+
+
+def _collect(
+    queue: Any,
+    workers: list[BaseProcess],
+    kind: str,
+    deadline: float,
+    progress: Progress | None = None,
+    start: float = 0.0,
+) -> list[Any]:
+    """Wait for one ``kind`` message from every worker, showing progress meanwhile."""
+    received: dict[int, Any] = {}
+    while len(received) < len(workers):
+        now = time.monotonic()
+        if now > deadline:
+            raise Abort(f"workers did not report {kind} in time", EXIT_ERRORS)
+        try:
+            message = queue.get(timeout=min(0.5, deadline - now))
+        except queue_module.Empty:
+            dead = [p.name for p in workers if not p.is_alive() and p.exitcode not in (0, None)]
+            if dead:
+                raise Abort(f"worker {dead[0]} died", EXIT_ERRORS) from None
+            if progress:
+                progress.show(now - start)
+            continue
+        tag, index = message[0], message[1]
+        if tag == "crash":
+            raise Abort(f"worker {index} failed:\n{message[2]}", EXIT_ERRORS)
+        if tag == "tick" and progress:
+            progress.update(index, message[2], message[3])
+            if index == 0:
+                progress.show(now - start)
+        elif tag == kind:
+            received[index] = message[2]
+    return [received[i] for i in sorted(received)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    params = parse(argv)
+    try:
+        figures, status = run(params)
+    except Abort as exc:
+        print(f"echod-bench: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        print("echod-bench: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug of ours: say so in one block, not a bare traceback
+        print(
+            "echod-bench: internal error, please report:\n" + traceback.format_exc(),
+            file=sys.stderr,
+        )
+        return EXIT_ERRORS
+    out = sys.stderr if params.json == "-" else sys.stdout
+    print(table(figures), file=out)
+    if params.json:
+        write_json(params.json, figures)
+    return status

@@ -1,0 +1,185 @@
+"""The run's parameters: one table that builds the argument parser and the docs.
+
+``Params`` crosses into worker processes by pickling, so it holds plain values only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+WORKLOADS = {
+    "rr": "closed loop: send --size bytes, wait for the whole echo, repeat (--pipeline in flight)",
+    "rate": "open loop at --rate messages/s in total; latency counts from when each was due",
+    "churn": "connect, echo one --size message, close, repeat; connections/s and connect time",
+    "stream": "bulk: keep --pipeline chunks of --size bytes in flight each way; MB/s",
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workload: str = "rr"
+    connections: int = 50
+    active: int | None = None
+    size: int = 64
+    pipeline: int = 1
+    rate: float | None = None
+    duration: float = 10.0
+    warmup: float = 1.0
+    timeout: float = 5.0
+    connect_timeout: float = 3.0
+    processes: int | None = None
+    server_pid: int | None = None
+    json: str | None = None
+    progress: bool = True
+
+    @property
+    def active_connections(self) -> int:
+        return self.connections if self.active is None else self.active
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+# (flag, Params field, type, help).  Defaults come from Params itself.
+OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--host", "host", str, "server address (name, IPv4 or IPv6)"),
+    ("--port", "port", int, "server port"),
+    (
+        "--workload",
+        "workload",
+        str,
+        "what to send; " + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()),
+    ),
+    ("--connections", "connections", _positive_int, "connections held open in total"),
+    (
+        "--active",
+        "active",
+        _non_negative_int,
+        "how many of the connections send (the rest stay idle); default all",
+    ),
+    ("--size", "size", _positive_int, "bytes per message (chunk size for stream)"),
+    ("--pipeline", "pipeline", _positive_int, "messages in flight per connection"),
+    ("--rate", "rate", _positive_float, "messages/s in total; implies --workload rate"),
+    ("--duration", "duration", _positive_float, "seconds measured, after the warmup"),
+    ("--warmup", "warmup", _non_negative_float, "seconds run but left out of the figures"),
+    (
+        "--timeout",
+        "timeout",
+        _positive_float,
+        "seconds without echo progress before a connection counts as stalled",
+    ),
+    ("--connect-timeout", "connect_timeout", _positive_float, "seconds a connect may take"),
+    (
+        "--processes",
+        "processes",
+        _positive_int,
+        "worker processes; default the CPUs this process may use",
+    ),
+    (
+        "--server-pid",
+        "server_pid",
+        _positive_int,
+        "sample this process and its children's CPU and memory",
+    ),
+    ("--json", "json", str, "write every figure, the parameters and the environment to this file"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Params()
+    parser = argparse.ArgumentParser(
+        prog="echod-bench",
+        description="Load generator for TCP echo servers: every echoed byte is checked.",
+        epilog="Exit status: 0 clean run, 1 transport errors (resets, timeouts, refused), "
+        "2 bad input or unreachable server, 3 echoed data did not match what was sent.",
+    )
+    for flag, name, kind, help_text in OPTIONS:
+        default = getattr(defaults, name)
+        shown = "" if default is None else f" (default {default})"
+        if name == "workload":
+            parser.add_argument(
+                flag,
+                dest=name,
+                choices=sorted(WORKLOADS),
+                default=None,
+                help=help_text + " (default rr)",
+            )
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=default, help=help_text + shown)
+    parser.add_argument("--churn", action="store_true", help="shorthand for --workload churn")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no live line even on a terminal",
+    )
+    return parser
+
+
+def parse(argv: list[str] | None) -> Params:
+    """Parse and reconcile the flags; contradictions exit 2 through argparse."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    workload = args.workload
+    if args.churn:
+        if workload not in (None, "churn"):
+            parser.error(f"--churn contradicts --workload {workload}")
+        workload = "churn"
+    if args.rate is not None:
+        if workload not in (None, "rate"):
+            parser.error(f"--rate applies to the rate workload, not {workload}")
+        workload = "rate"
+    workload = workload or "rr"
+    if workload == "rate" and args.rate is None:
+        parser.error("--workload rate needs --rate MESSAGES_PER_SECOND")
+    if args.active is not None and args.active > args.connections:
+        parser.error(f"--active {args.active} is more than --connections {args.connections}")
+    if workload in ("churn",) and args.active is not None:
+        parser.error("--active applies to workloads that hold connections open, not churn")
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be 1..65535, not {args.port}")
+    values = {name: getattr(args, name) for _, name, _, _ in OPTIONS}
+    values["workload"] = workload
+    values["progress"] = args.progress
+    return Params(**values)
+
+
+def default_processes() -> int:
+    """The CPUs this process may run on, which respects taskset and cgroup pinning."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

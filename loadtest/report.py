@@ -1,0 +1,189 @@
+"""Turning merged worker results into the figures, the table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+from loadtest import __version__
+from loadtest.monitor import ServerFigures
+from loadtest.params import Params
+from loadtest.stats import MISMATCH, WorkerResult, merge, merge_errors, summarize
+
+# A worker above this share of one core is measuring itself, not the server.
+SATURATED = 0.9
+
+EXIT_CLEAN = 0
+EXIT_ERRORS = 1
+EXIT_BAD_INPUT = 2
+EXIT_MISMATCH = 3
+
+
+def environment() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "generator_version": __version__,
+    }
+
+
+def exit_status(errors: dict[str, int]) -> int:
+    if errors.get(MISMATCH):
+        return EXIT_MISMATCH
+    return EXIT_ERRORS if any(errors.values()) else EXIT_CLEAN
+
+
+def build(
+    params: Params,
+    processes: int,
+    results: list[WorkerResult],
+    server: ServerFigures | None,
+) -> dict[str, Any]:
+    """Every figure of the run, as the JSON file holds it."""
+    window = max((r.window_s for r in results), default=0.0)
+    messages = sum(r.messages for r in results)
+    echoed = sum(r.echoed for r in results)
+    errors = merge_errors(results)
+    warnings: list[str] = []
+    workers = []
+    for r in sorted(results, key=lambda r: r.index):
+        saturated = r.cpu_share >= SATURATED
+        workers.append(
+            {
+                "index": r.index,
+                "connections": r.connections,
+                "established": r.established,
+                "cpu_pct": round(100 * r.cpu_share, 1),
+                "saturated": saturated,
+            }
+        )
+        if saturated:
+            warnings.append(
+                f"worker {r.index} used {100 * r.cpu_share:.0f}% of a CPU: the figures measure "
+                "the generator as much as the server (add --processes or CPUs)"
+            )
+    if params.rate and window and messages < 0.95 * params.rate * window:
+        warnings.append(
+            f"echoed {messages / window:,.0f} msg/s, short of the target {params.rate:,.0f}: "
+            "latencies include the wait behind the schedule (raise --pipeline or --connections "
+            "if the server is not the limit)"
+        )
+    unsent = sum(r.unsent for r in results)
+    if unsent:
+        warnings.append(
+            f"{unsent} scheduled messages were not sent because their connection was down"
+        )
+    server_figures: dict[str, Any] | None = None
+    if server is not None:
+        server_figures = {
+            "pid": server.pid,
+            "processes": server.processes,
+            "cpu_s": round(server.cpu_s, 4),
+            "cpu_mean_pct": round(server.cpu_mean_pct, 1),
+            "cpu_peak_pct": round(server.cpu_peak_pct, 1),
+            "rss_start_bytes": server.rss_start,
+            "rss_peak_bytes": server.rss_peak,
+            "cpu_us_per_msg": round(1e6 * server.cpu_s / messages, 3) if messages else None,
+            "rss_per_connection_bytes": round(
+                (server.rss_peak - server.rss_start) / params.connections, 1
+            ),
+        }
+    return {
+        "generator": {"name": "echod-bench", "version": __version__},
+        "parameters": {**params.as_dict(), "processes": processes},
+        "environment": environment(),
+        "window_s": round(window, 4),
+        "connections": {
+            "requested": params.connections,
+            "active": params.active_connections,
+            "established": sum(r.established for r in results),
+        },
+        "messages": messages,
+        "requests_per_s": round(messages / window, 1) if window else 0.0,
+        "bytes_echoed": echoed,
+        "mb_per_s": round(echoed / window / 1e6, 3) if window else 0.0,
+        "latency_us": summarize(merge([r.latency for r in results])),
+        "connect_us": summarize(merge([r.connect for r in results])),
+        "errors": errors,
+        "errors_total": sum(errors.values()),
+        "unsent": unsent,
+        "server": server_figures,
+        "workers": workers,
+        "warnings": warnings,
+        "exit_status": exit_status(errors),
+    }
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _percentiles(summary: dict[str, Any]) -> str:
+    if not summary.get("count"):
+        return "-"
+    return "  ".join(f"{k} {summary[k]:,}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1048576:.1f} MiB"
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The human-readable report: one figure a line, errors and warnings last."""
+    p = figures["parameters"]
+    conns = figures["connections"]
+    rate_name = "connections/s" if p["workload"] == "churn" else "requests/s"
+    shape = f"size {p['size']} B, pipeline {p['pipeline']}"
+    if p["workload"] == "rate":
+        shape += f", target {p['rate']:,.0f} msg/s"
+    lines = [
+        f"echod-bench {figures['generator']['version']}: {p['workload']} against {p['host']}:{p['port']}, "
+        f"{conns['requested']} connections ({conns['active']} active, {conns['established']} up at the end), "
+        f"{shape}, {p['processes']} process{'es' if p['processes'] != 1 else ''}",
+        f"  window         {figures['window_s']:.2f} s after {p['warmup']:g} s warmup",
+        f"  {rate_name:<15}{_count(figures['requests_per_s'])}",
+        f"  MB/s echoed    {figures['mb_per_s']:,.2f} (each way)",
+        f"  latency µs     {_percentiles(figures['latency_us'])}",
+        f"  connect µs     {_percentiles(figures['connect_us'])}",
+    ]
+    errors = figures["errors"]
+    lines.append(
+        "  errors         "
+        + (", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none")
+    )
+    server = figures["server"]
+    if server:
+        per_msg = server["cpu_us_per_msg"]
+        lines.append(
+            f"  server         pid {server['pid']} ({server['processes']} process{'es' if server['processes'] != 1 else ''}): CPU mean {server['cpu_mean_pct']:.0f}%, "
+            f"peak {server['cpu_peak_pct']:.0f}%; RSS peak {_mib(server['rss_peak_bytes'])}"
+        )
+        lines.append(
+            "  server CPU/msg "
+            + (f"{per_msg:.2f} µs" if per_msg is not None else "- (nothing echoed)")
+        )
+    cpu = ", ".join(f"{w['cpu_pct']:.0f}%" for w in figures["workers"])
+    lines.append(f"  generator CPU  {cpu} (per worker)")
+    lines.extend(f"WARNING: {w}" for w in figures["warnings"])
+    return "\n".join(lines)
+
+
+def write_json(path: str, figures: dict[str, Any]) -> None:
+    text = json.dumps(figures, indent=2, sort_keys=False) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(text)
