@@ -40,7 +40,7 @@ def raise_nofile_limit(wanted: int | None = None) -> tuple[int, int]:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # CPython raises ValueError for EPERM
             log.info("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
         else:
             soft = target

@@ -1,0 +1,55 @@
+#!/bin/sh
+# Install echod as a systemd service: a virtualenv at $PREFIX/venv with echod
+# in it, the unit files in $UNITDIR, then `systemctl daemon-reload`.
+# Safe to run again: it upgrades the venv in place and overwrites the units.
+#
+#   sudo systemd/install.sh                      # /opt/echod, /etc/systemd/system
+#   sudo PREFIX=/srv/echod systemd/install.sh    # elsewhere; ExecStart= follows
+#   DESTDIR=/tmp/stage systemd/install.sh        # staged: no reload (testing)
+#
+# Variables: PREFIX (/opt/echod), UNITDIR (/etc/systemd/system), PYTHON
+# (python3), SOURCE (the repository holding this script), DESTDIR (empty).
+# It enables nothing; afterwards: systemctl enable --now echod.socket
+set -eu
+
+PREFIX=${PREFIX:-/opt/echod}
+UNITDIR=${UNITDIR:-/etc/systemd/system}
+PYTHON=${PYTHON:-python3}
+DESTDIR=${DESTDIR:-}
+here=$(cd "$(dirname "$0")" && pwd)
+SOURCE=${SOURCE:-$(dirname "$here")}
+
+case $PREFIX in
+    /home/* | /root/* | /tmp/* | /var/tmp/*)
+        # ProtectHome=yes and PrivateTmp=yes hide these from the service.
+        echo "install.sh: PREFIX=$PREFIX is hidden from the hardened service; choose e.g. /opt/echod" >&2
+        exit 2 ;;
+    /*) ;;
+    *)
+        echo "install.sh: PREFIX must be an absolute path, not '$PREFIX'" >&2
+        exit 2 ;;
+esac
+
+venv=$DESTDIR$PREFIX/venv
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating $venv"
+    "$PYTHON" -m venv "$venv"
+fi
+echo "installing echod from $SOURCE into $venv"
+"$venv/bin/python" -m pip install --quiet --upgrade "$SOURCE"
+
+mkdir -p "$DESTDIR$UNITDIR"
+for unit in echod.socket echod.service echod-standalone.service; do
+    sed "s|^ExecStart=/opt/echod/venv/bin/echod|ExecStart=$PREFIX/venv/bin/echod|" \
+        "$here/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
+    chmod 0644 "$DESTDIR$UNITDIR/$unit.tmp"
+    mv -f "$DESTDIR$UNITDIR/$unit.tmp" "$DESTDIR$UNITDIR/$unit"
+    echo "installed $DESTDIR$UNITDIR/$unit"
+done
+
+if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    echo "done: systemctl enable --now echod.socket"
+else
+    echo "done (no systemd running here, or DESTDIR set: daemon-reload skipped)"
+fi
