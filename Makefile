@@ -41,3 +41,12 @@ test-fast: $(VENV)/.dev-installed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (bench/): every echod backend and the C reference through the fixed
+# matrix; results in bench/results/, `python -m bench --publish-only` copies the
+# latest report and charts to docs/bench/.
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.dev-installed
+	$(BIN)/python -m bench --quick

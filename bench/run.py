@@ -1,0 +1,225 @@
+"""The bench runner: every server through every cell, interleaved over rounds.
+
+Each cell gets a fresh server (so RSS per connection is measured from a clean
+start), pinned to CPU 0 while the generator runs pinned to the other CPUs.
+Servers take turns cell by cell, and their order rotates every round, so a slow
+drift of the machine spreads over all of them instead of landing on one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.matrix import FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
+from bench.servers import (
+    REFERENCE,
+    RunningServer,
+    ServerFailed,
+    ServerSpec,
+    build_reference,
+    echod_backends,
+    pin,
+    specs,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def raise_open_files() -> None:
+    """The 10k cell needs 10k descriptors in the server and in the generator."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def split_cpus() -> tuple[set[int] | None, set[int] | None, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None, f"only {len(cpus)} CPU: server and generator share it, figures are rough"
+    return (
+        {cpus[0]},
+        set(cpus[1:]),
+        f"server pinned to CPU {cpus[0]}, generator to CPU {','.join(map(str, cpus[1:]))}",
+    )
+
+
+def run_cell(
+    spec: ServerSpec,
+    cell: Cell,
+    timing: Timing,
+    server_cpus: set[int] | None,
+    generator_cpus: set[int] | None,
+) -> dict[str, Any]:
+    """One server, one cell: start, measure with echod-bench, stop."""
+    record: dict[str, Any] = {"server": spec.name, "cell": cell.name}
+    try:
+        server = RunningServer(spec, server_cpus)
+    except ServerFailed as exc:
+        record["error"] = str(exc)
+        return record
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "figures.json"
+        argv = [
+            sys.executable, "-m", "loadtest", "--port", str(server.port), *cell.args,
+            "--duration", str(timing.duration), "--warmup", str(timing.warmup),
+            "--server-pid", str(server.pid), "--json", str(out), "--no-progress",
+        ]  # fmt: skip
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, preexec_fn=pin(generator_cpus),
+                timeout=timing.duration + timing.warmup + 120,
+            )  # fmt: skip
+            record["generator_status"] = proc.returncode
+            if out.exists():
+                record["figures"] = json.loads(out.read_text())
+            else:
+                record["error"] = proc.stderr.strip()[-500:]
+        except subprocess.TimeoutExpired:
+            record["error"] = "generator timed out"
+        finally:
+            record["server_exit"] = server.stop()
+    if record["server_exit"] != 0:
+        record.setdefault("error", f"server exited {record['server_exit']} on SIGTERM")
+    return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    figures = record.get("figures")
+    if not figures:
+        return f"FAILED: {record.get('error', '?')}"
+    line = (
+        f"{figures['requests_per_s']:>12,.0f}/s  p99 {figures['latency_us'].get('p99', 0):>8,} µs"
+    )
+    server = figures.get("server") or {}
+    if server.get("cpu_us_per_msg") is not None:
+        line += f"  server {server['cpu_us_per_msg']:7.2f} µs/msg"
+    if figures["errors"]:
+        line += f"  errors {figures['errors']}"
+    if any(w["saturated"] for w in figures["workers"]):
+        line += "  (generator saturated)"
+    return line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="one short round: a smoke test under a minute"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured per cell")
+    parser.add_argument("--warmup", type=float, help="seconds of warmup per cell")
+    parser.add_argument("--backends", help="comma-separated echod backends (default: all it lists)")
+    parser.add_argument("--cells", help="comma-separated cell names (default: the whole matrix)")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the C reference row")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="where results go (default bench/results)"
+    )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="afterwards, copy the report and charts to docs/bench/",
+    )
+    parser.add_argument(
+        "--publish-only", action="store_true", help="just copy the latest results to docs/bench/"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.publish_only:
+        return report.publish_latest(args.out)
+    base = QUICK_TIMING if args.quick else FULL_TIMING
+    timing = Timing(
+        args.rounds or base.rounds,
+        args.duration or base.duration,
+        args.warmup if args.warmup is not None else base.warmup,
+    )
+    cells = list(QUICK if args.quick else FULL)
+    if args.cells:
+        wanted = set(args.cells.split(","))
+        cells = [c for c in (*FULL, *QUICK) if c.name in wanted]
+    notes: list[str] = []
+    raise_open_files()
+    problem = None if args.no_reference else build_reference()
+    if problem:
+        notes.append(problem)
+    backends = args.backends.split(",") if args.backends else echod_backends()
+    if not backends:
+        notes.append(
+            "echod is not runnable here (python -m echod --list-backends failed): C reference only"
+        )
+    servers = specs(backends, with_reference=not args.no_reference and problem is None)
+    if not servers:
+        print("bench: nothing to measure", file=sys.stderr)
+        return 2
+    server_cpus, generator_cpus, pinning = split_cpus()
+    notes.append(pinning)
+    for note in notes:
+        print(f"bench: {note}")
+    started = time.time()
+    runs: list[dict[str, Any]] = []
+    for round_index in range(timing.rounds):
+        shift = round_index % len(servers)
+        order = servers[shift:] + servers[:shift]
+        for cell in cells:
+            for spec in order:
+                record = run_cell(spec, cell, timing, server_cpus, generator_cpus)
+                record["round"] = round_index + 1
+                runs.append(record)
+                print(
+                    f"[round {round_index + 1}/{timing.rounds}] {cell.name:<10} {spec.name:<10} {describe(record)}",
+                    flush=True,
+                )
+    results = {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "quick": args.quick,
+        "timing": {
+            "rounds": timing.rounds,
+            "duration_s": timing.duration,
+            "warmup_s": timing.warmup,
+        },
+        "environment": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+            "pinning": pinning,
+        },
+        "notes": notes,
+        "servers": [s.name for s in servers],
+        "reference": REFERENCE if any(s.name == REFERENCE for s in servers) else None,
+        "cells": [
+            {"name": c.name, "label": c.label, "args": list(c.args), "connections": c.connections}
+            for c in cells
+        ],
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + (
+        "-quick" if args.quick else ""
+    )
+    json_path = args.out / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    written = report.write(results, args.out, stem)
+    print(f"bench: results {json_path}")
+    for path in written:
+        print(f"bench: wrote {path}")
+    if args.publish:
+        report.publish(results)
+    failed = [r for r in runs if "error" in r or r.get("generator_status", 0) != 0]
+    if failed:
+        print(f"bench: {len(failed)} of {len(runs)} cells failed or saw errors", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,148 @@
+"""Starting and stopping the servers under test, pinned to their CPUs.
+
+echod's contract: ``python -m echod --backend NAME --host 127.0.0.1 --port 0``
+logs ``listening on 127.0.0.1:PORT`` to stderr and exits 0 on SIGTERM;
+``python -m echod --list-backends`` prints one backend name a line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REFERENCE_SOURCE = HERE / "reference" / "echo_epoll.c"
+REFERENCE_BINARY = HERE / "reference" / "echo-epoll"
+REFERENCE = "c-epoll"
+LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    argv: tuple[str, ...]
+
+
+class ServerFailed(Exception):
+    """The server did not start, or did not stop cleanly."""
+
+
+def pin(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child (and all it starts) to ``cpus``."""
+    if not cpus:
+        return None
+    chosen = set(cpus)
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
+def echod_backends(python: str = sys.executable) -> list[str]:
+    """The backends echod offers here; empty when echod is not runnable yet."""
+    try:
+        proc = subprocess.run(
+            [python, "-m", "echod", "--list-backends"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if proc.returncode != 0:
+        return []
+    return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+
+
+def build_reference() -> str | None:
+    """Build the C reference with the system ``cc``; returns a note when it cannot."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        return "no C compiler (cc) here: the C reference row is skipped"
+    if (
+        REFERENCE_BINARY.exists()
+        and REFERENCE_BINARY.stat().st_mtime >= REFERENCE_SOURCE.stat().st_mtime
+    ):
+        return None
+    proc = subprocess.run(
+        [compiler, "-O2", "-Wall", "-o", str(REFERENCE_BINARY), str(REFERENCE_SOURCE)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return f"building the C reference failed, row skipped:\n{proc.stderr.strip()}"
+    return None
+
+
+def specs(
+    backends: list[str], with_reference: bool, python: str = sys.executable
+) -> list[ServerSpec]:
+    result = [
+        ServerSpec(
+            name, (python, "-m", "echod", "--backend", name, "--host", "127.0.0.1", "--port", "0")
+        )
+        for name in backends
+    ]
+    if with_reference:
+        result.append(ServerSpec(REFERENCE, (str(REFERENCE_BINARY), "127.0.0.1", "0")))
+    return result
+
+
+class RunningServer:
+    """One server process, its port and its stderr log."""
+
+    def __init__(
+        self, spec: ServerSpec, cpus: set[int] | None, start_timeout: float = 15.0
+    ) -> None:
+        self.spec = spec
+        # The log outlives this call: the server writes to it until stop().
+        prefix = f"bench-{spec.name}-"
+        self.log = tempfile.NamedTemporaryFile(prefix=prefix, suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            preexec_fn=pin(cpus),
+        )
+        self.port = self._wait_for_port(start_timeout)
+
+    def _wait_for_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = Path(self.log.name).read_bytes()
+            found = LISTENING.search(text)
+            if found:
+                return int(found.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.kill()
+        raise ServerFailed(f"{self.spec.name} did not report its port: {self.stderr()[-500:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; the exit status is the server's word on a clean stop."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+        os.unlink(self.log.name)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
