@@ -87,6 +87,10 @@ class Results:
         ref = self.spread(self.reference, cell, metric).median
         return f"{mine / ref:.2f}" if mine and ref else "-"
 
+    def generator_bound(self, server: str, cell: str) -> bool:
+        """Whether a generator worker was saturated in any round of this cell."""
+        return any(w["saturated"] for f in self.figures(server, cell) for w in f["workers"])
+
     def problems(self) -> list[str]:
         lines = []
         for r in self.data["runs"]:
@@ -169,7 +173,8 @@ def markdown(data: dict[str, Any], image_prefix: str) -> str:
                 + " | ".join(
                     [
                         server,
-                        res.spread(server, name, _rate).show(),
+                        res.spread(server, name, _rate).show()
+                        + (" †" if res.generator_bound(server, name) else ""),
                         res.ratio(server, name, _rate),
                         res.spread(server, name, _latency("p50")).show(spread=False),
                         res.spread(server, name, _p99).show(),
@@ -183,7 +188,12 @@ def markdown(data: dict[str, Any], image_prefix: str) -> str:
                 + " |"
             )
         out.append("")
-    problems = res.problems()
+    out += [
+        "† a generator worker used over 90% of its CPU in at least one round: that throughput "
+        "is the generator's ceiling, not the server's; compare servers there by CPU µs/msg.",
+        "",
+    ]
+    problems = [p for p in res.problems() if "of a CPU: the figures measure" not in p]
     notes = list(data.get("notes", []))
     if notes or problems:
         out += ["## Notes", ""]
