@@ -1,0 +1,72 @@
+"""The backend registry: name, where it lives, what it needs, one line about it.
+
+Backends are imported only when chosen (as uvicorn's loop factories and Twisted's
+reactor plugins are), so an optional dependency never loads unless it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from echod.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "module:attribute" of the backend object
+    requires: str  # "module" or "module:attribute" that must exist on this platform
+    description: str
+    install: str = ""  # how to get it when it is an optional extra
+
+    def available(self) -> bool:
+        module, _, attribute = self.requires.partition(":")
+        if importlib.util.find_spec(module) is None:
+            return False
+        return not attribute or hasattr(importlib.import_module(module), attribute)
+
+
+_REACTOR = "echod.backends.selector_backends"
+ENTRIES: tuple[Entry, ...] = (
+    Entry("epoll", f"{_REACTOR}:EPOLL", "select:epoll", "echod reactor on epoll(7) (Linux)"),
+    Entry("kqueue", f"{_REACTOR}:KQUEUE", "select:kqueue", "echod reactor on kqueue(2) (BSD, macOS)"),
+    Entry("devpoll", f"{_REACTOR}:DEVPOLL", "select:devpoll", "echod reactor on /dev/poll (Solaris)"),
+    Entry("poll", f"{_REACTOR}:POLL", "select:poll", "echod reactor on poll(2)"),
+    Entry("select", f"{_REACTOR}:SELECT", "select:select", "echod reactor on select(2); descriptors below 1024 only"),
+    Entry("selectors", f"{_REACTOR}:DEFAULT", "selectors", "echod reactor on selectors.DefaultSelector"),
+    Entry("asyncio", "echod.backends.aio:ASYNCIO", "asyncio", "asyncio.Protocol on the stdlib event loop"),
+    Entry("uvloop", "echod.backends.aio:UVLOOP", "uvloop", "asyncio.Protocol on uvloop (libuv)", "pip install uvloop"),
+)  # fmt: skip
+BY_NAME = {entry.name: entry for entry in ENTRIES}
+
+
+class BackendUnavailable(LookupError):
+    """The backend asked for is unknown or missing here; the message says what is."""
+
+
+def available() -> list[str]:
+    return [entry.name for entry in ENTRIES if entry.available()]
+
+
+def default_name() -> str:
+    """The best reactor selector this platform has (the ENTRIES order ranks them)."""
+    return available()[0]
+
+
+def load(name: str) -> Backend:
+    entry = BY_NAME.get(name)
+    if entry is None:
+        raise BackendUnavailable(
+            f"unknown backend {name!r}; available here: {', '.join(available())}"
+        )
+    if not entry.available():
+        hint = f" (install it: {entry.install})" if entry.install else ""
+        raise BackendUnavailable(
+            f"backend {name!r} is not available on this platform{hint}; "
+            f"available here: {', '.join(available())}"
+        )
+    module, _, attribute = entry.target.partition(":")
+    backend: Backend = getattr(importlib.import_module(module), attribute)
+    return backend

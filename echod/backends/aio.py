@@ -1,0 +1,253 @@
+"""The echo server as an ``asyncio.Protocol``, on the stdlib loop or on uvloop.
+
+The transport owns the outbound buffer here, so the protocol mirrors the session's
+rules instead of driving :class:`echod.session.EchoSession`: the transport's write
+limits are the water marks, ``pause_writing`` pauses reading (flow control), and
+returning False from ``eof_received`` makes the transport flush, then close
+(half-close). A plain ``Protocol`` rather than ``BufferedProtocol``: the selector
+transport keeps a reference to what ``write`` could not send, so a shared receive
+buffer would have to be copied anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
+from echod.config import Config
+from echod.lifecycle import HANDLED_SIGNALS, Command, Lifecycle
+from echod.net.listeners import describe
+
+log = logging.getLogger("echod")
+
+
+@dataclass(frozen=True)
+class AsyncioBackend:
+    """An asyncio-compatible loop, named by the factory that makes it."""
+
+    name: str
+    loop_factory: str  # "module:function", imported only when this backend is chosen
+
+    def available(self) -> bool:
+        module = self.loop_factory.partition(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        module, _, function = self.loop_factory.partition(":")
+        factory: Callable[[], asyncio.AbstractEventLoop] = getattr(
+            importlib.import_module(module), function
+        )
+        return factory()
+
+    def serve(
+        self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
+    ) -> None:
+        loop = self.new_loop()
+        try:
+            loop.run_until_complete(AsyncServer(listeners, config, lifecycle).run(self.name))
+        finally:
+            loop.close()
+
+
+ASYNCIO = AsyncioBackend("asyncio", "asyncio:new_event_loop")
+UVLOOP = AsyncioBackend("uvloop", "uvloop:new_event_loop")
+
+
+class EchoProtocol(asyncio.Protocol):
+    """One connection: everything received is written straight back."""
+
+    __slots__ = ("idle_ticks", "server", "transport")
+
+    def __init__(self, server: AsyncServer) -> None:
+        self.server = server
+        self.idle_ticks = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        marks = self.server.marks
+        transport.set_write_buffer_limits(high=marks.high, low=marks.low)
+        self.server.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_ticks = 0
+        stats = self.server.stats
+        size = len(data)
+        stats.bytes_in += size
+        stats.bytes_out += size  # handed to the transport, which sends or buffers it
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport sends what is buffered, then closes
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.forget(self)
+
+    def has_pending(self) -> bool:
+        return self.transport.get_write_buffer_size() > 0
+
+    def close(self) -> None:
+        self.transport.abort()
+
+
+class AsyncServer:
+    """Listeners, connections and signals of one asyncio-family loop."""
+
+    def __init__(
+        self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
+    ) -> None:
+        self.listeners = list(listeners)
+        self.config = config
+        self.lifecycle = lifecycle
+        self.stats = lifecycle.stats
+        self.marks = config.marks
+        self.connections: set[EchoProtocol] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self._timers: list[Repeating | asyncio.TimerHandle] = []
+        self._sweeper: Repeating | None = None
+
+    async def run(self, label: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.finished: asyncio.Future[None] = loop.create_future()
+        for signum in HANDLED_SIGNALS:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self._start_accepting()
+            self._every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
+            if self.config.idle_timeout > 0:
+                self._sweep_every(self.config.idle_timeout / IDLE_SWEEPS, IDLE_SWEEPS, False)
+            self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
+            await self.finished
+        finally:
+            for signum in HANDLED_SIGNALS:
+                loop.remove_signal_handler(signum)
+            for timer in self._timers:
+                timer.cancel()
+            self._stop_accepting()
+            for sock in self.listeners:
+                sock.close()
+            for conn in list(self.connections):
+                conn.close()
+            await asyncio.sleep(0)  # let the aborted transports report connection_lost
+            self.lifecycle.stopped()
+
+    # Accepting -------------------------------------------------------------------------
+    async def _start_accepting(self) -> None:
+        """Serve a duplicate of each listener, so pausing never closes the real one."""
+        if self.servers or self.lifecycle.draining:
+            return
+        for sock in self.listeners:
+            server = await self.loop.create_server(
+                lambda: EchoProtocol(self), sock=sock.dup(), backlog=self.config.backlog
+            )
+            # With a forbidden address family, create_server can come back with no
+            # sockets at all: never report ready in that state.
+            if not server.sockets:
+                raise OSError(f"the event loop could not serve {describe(sock)}")
+            self.servers.append(server)
+
+    def _stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+    def opened(self, conn: EchoProtocol) -> None:
+        limit = self.config.max_connections
+        if limit and len(self.connections) >= limit:
+            # The loop accepts in batches; what a batch took past the cap is closed at
+            # once, and accepting stops so later clients wait in the backlog.
+            self._stop_accepting()
+            self.stats.connections_dropped += 1
+            conn.transport.abort()
+            return
+        self.connections.add(conn)
+        self.stats.opened()
+        if limit and len(self.connections) >= limit:
+            self._stop_accepting()
+
+    def forget(self, conn: EchoProtocol) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        self.stats.connections_open -= 1
+        if self.lifecycle.draining:
+            if not self.connections and not self.finished.done():
+                self.finished.set_result(None)
+        elif not self.servers:
+            self.loop.create_task(self._start_accepting())
+
+    # Signals and timers ----------------------------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        command = self.lifecycle.command(signum)
+        if command is Command.REPORT:
+            self.lifecycle.report()
+        elif command is Command.EXIT_NOW:
+            log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
+            self._finish()
+        elif not self.lifecycle.draining:
+            self._drain()
+
+    def _drain(self) -> None:
+        graceful = self.config.graceful_timeout
+        self.lifecycle.start_draining(graceful)
+        self._stop_accepting()
+        for sock in self.listeners:
+            sock.close()
+        if not self.connections:
+            self._finish()
+            return
+        self._timers.append(self.loop.call_later(graceful, self._graceful_timeout))
+        self._sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
+
+    def _graceful_timeout(self) -> None:
+        log.warning("graceful timeout: closing %d connection(s)", len(self.connections))
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        for conn in self.connections:
+            conn.idle_ticks = 0
+        self._sweeper = self._every(interval, lambda: sweep(self.connections, ticks, only_drained))
+
+    def _every(self, interval: float, callback: Callable[[], Any]) -> Repeating:
+        timer = Repeating(self.loop, max(interval, 0.01), callback)
+        self._timers.append(timer)
+        return timer
+
+
+class Repeating:
+    """``call_later`` again and again, with one handle to cancel it."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval: float, callback: Callable[[], Any]
+    ) -> None:
+        self._loop = loop
+        self._interval = interval
+        self._callback = callback
+        self._handle = loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        self._callback()
+        self._handle = self._loop.call_later(self._interval, self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()

@@ -1,0 +1,126 @@
+"""``echod``: parse settings, make listeners, hand them to the chosen backend.
+
+Every mistake an operator can make on the command line or in the environment ends here
+as one line on stderr and a non-zero exit status (2 for bad settings, 1 for an address
+that cannot be used), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from echod import __version__, backends
+from echod.backends.base import Backend
+from echod.config import OPTIONS, Config, ConfigError, from_environment
+from echod.lifecycle import Lifecycle
+from echod.logs import configure_logging
+from echod.net.listeners import ListenerError, bind, close_all, parse_address
+from echod.service import ServiceError
+from echod.service.activation import inherited_sockets
+from echod.service.limits import raise_nofile_limit
+from echod.service.notify import Notifier, watchdog_interval
+
+log = logging.getLogger("echod")
+
+EXIT_USAGE = 2
+EXIT_LISTEN = 1
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"echod: error: {message} (see echod --help)\n")
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Let argparse report a ConfigError's own message instead of a generic one."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="echod",
+        description="TCP echo server (RFC 862): every byte a client sends comes back, in order.",
+        epilog="Every option can also be set as ECHOD_<OPTION> in the environment "
+        "(ECHOD_PORT=5000, ECHOD_BACKEND=epoll); a flag wins over its variable.",
+    )
+    for option in OPTIONS:
+        default = f" (default: {option.default})" if option.default not in (None, ()) else ""
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            type=_argument_type(option.parse),
+            choices=option.choices,
+            metavar=option.metavar,
+            action="append" if option.repeated else "store",
+            default=None,
+            help=f"{option.help}{default} [{option.env}]",
+        )
+    parser.add_argument(
+        "--list-backends", action="store_true", help="print the backends available here and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"echod {__version__}")
+    return parser
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[Config, bool]:
+    """Settings from defaults, then ``ECHOD_*`` variables, then flags."""
+    args = build_parser().parse_args(argv)
+    values = from_environment(environ)
+    for option in OPTIONS:
+        given = getattr(args, option.name)
+        if given is not None:
+            values[option.name] = tuple(given) if option.repeated else given
+    return Config(**values), bool(args.list_backends)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config, list_only = load_config(argv, os.environ)
+        if list_only:
+            for name in backends.available():
+                print(name)
+            return 0
+        backend = backends.load(config.backend or backends.default_name())
+        configure_logging(config.log_level)
+    except (ConfigError, backends.BackendUnavailable) as exc:
+        print(f"echod: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return serve(config, backend)
+    except KeyboardInterrupt:  # before the backend took over SIGINT
+        return 130
+
+
+def serve(config: Config, backend: Backend) -> int:
+    try:
+        inherited = inherited_sockets()
+        listeners = [entry.sock for entry in inherited]
+        if not listeners:
+            listeners = [bind(parse_address(a), config.backlog) for a in config.addresses]
+    except (ListenerError, ServiceError) as exc:
+        print(f"echod: error: {exc}", file=sys.stderr)
+        return EXIT_LISTEN
+    raise_nofile_limit(config.max_connections + 64 if config.max_connections else None)
+    notifier = Notifier.from_env()
+    lifecycle = Lifecycle(
+        notifier=notifier if notifier.enabled else None, watchdog_interval=watchdog_interval()
+    )
+    try:
+        backend.serve(listeners, config, lifecycle)
+    finally:
+        # Inherited sockets belong to systemd's socket unit: never unlink their paths.
+        close_all(listeners, unlink=not inherited)
+    return 0

@@ -1,0 +1,175 @@
+"""echod's settings: one table that the command line, the environment and the docs share.
+
+Each :class:`Option` row gives the flag, the ``ECHOD_*`` variable, the parser and the
+default; ``cli`` builds argparse from it and ``docs/options`` (the README table) is
+printed from it by ``echod --help-options``. A flag given on the command line wins over
+its variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from echod.session import WaterMarks
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; its message is one line meant for the operator."""
+
+
+def port_number(text: str) -> int:
+    port = _integer(text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range (0-65535; 0 picks a free port)")
+    return port
+
+
+def byte_size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip()
+    scale = units.get(text[-1:].lower(), 1)
+    number = _integer(text[:-1] if scale > 1 else text)
+    if number < 0:
+        raise ConfigError(f"size {text!r} must not be negative")
+    return number * scale
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{text!r} seconds must be zero or more")
+    return value
+
+
+def count(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise ConfigError(f"{value} must be zero or more")
+    return value
+
+
+def positive(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise ConfigError(f"{value} must be at least 1")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a whole number") from None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: how it is spelt on the command line and in the environment."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+    choices: Sequence[str] | None = None
+    repeated: bool = False  # --listen a --listen b; ECHOD_LISTEN="a b"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "ECHOD_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "127.0.0.1", "address to listen on (IPv4, IPv6 or a name)", "HOST"),
+    Option("port", port_number, 7, "TCP port; 0 picks a free one (RFC 862 uses 7)", "PORT"),
+    Option(
+        "listen",
+        str,
+        (),
+        "listen on HOST:PORT, [V6]:PORT or unix:/PATH instead of --host/--port; repeat for more",
+        "ADDRESS",
+        repeated=True,
+    ),
+    Option("backend", str, None, "IO model serving connections (see --list-backends)", "NAME"),
+    Option("backlog", positive, 4096, "listen queue length (capped by net.core.somaxconn)", "N"),
+    Option("high_water", byte_size, 64 * 1024, "stop reading a client once this much of its echo waits unsent", "BYTES"),
+    Option("low_water", byte_size, 16 * 1024, "resume reading once its unsent echo drains to this", "BYTES"),
+    Option("max_connections", count, 0, "connections served at once; past it new ones wait in the backlog (0 = no cap)", "N"),
+    Option("idle_timeout", seconds, 0.0, "close a connection silent this long (0 = never)", "SECONDS"),
+    Option("graceful_timeout", seconds, 30.0, "on SIGTERM, how long open connections may go on before they are closed", "SECONDS"),
+    Option("log_level", str.lower, "info", "least severe message logged", "LEVEL", choices=LOG_LEVELS),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of one echod process."""
+
+    host: str = "127.0.0.1"
+    port: int = 7
+    listen: tuple[str, ...] = ()
+    backend: str | None = None
+    backlog: int = 4096
+    high_water: int = 64 * 1024
+    low_water: int = 16 * 1024
+    max_connections: int = 0
+    idle_timeout: float = 0.0
+    graceful_timeout: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        try:
+            self.marks  # noqa: B018  # validates the pair
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (high {self.high_water} B, low {self.low_water} B)") from None
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def marks(self) -> WaterMarks:
+        return WaterMarks(self.high_water, self.low_water)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Where to listen: --listen if given, else --host and --port."""
+        if self.listen:
+            return self.listen
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (f"{host}:{self.port}",)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Settings given as ``ECHOD_*`` variables, parsed by the same rules as the flags."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            if option.repeated:
+                values[option.name] = tuple(option.parse(part) for part in raw.split())
+            else:
+                values[option.name] = option.parse(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{option.env}={raw!r}: {exc}") from None
+        if option.choices and values[option.name] not in option.choices:
+            raise ConfigError(f"{option.env}={raw!r}: choose from {', '.join(option.choices)}")
+    return values

@@ -1,0 +1,120 @@
+"""What every backend reports to: counters, readiness, heartbeats and signals.
+
+Backends differ in how they wait for IO, never in what a signal means or what systemd
+is told. They call into one :class:`Lifecycle`, so those rules live here once.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger("echod")
+
+# STATUS= lines and watchdog pings are sent from a timer inside each backend's loop, so
+# a stuck loop stops them and systemd restarts the service.
+STATUS_INTERVAL = 5.0
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one serving process; cheap enough to bump per message."""
+
+    started: float = field(default_factory=time.monotonic)
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_dropped: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def opened(self) -> None:
+        self.connections_open += 1
+        self.connections_total += 1
+
+    def summary(self) -> str:
+        uptime = time.monotonic() - self.started
+        return (
+            f"connections open={self.connections_open} total={self.connections_total} "
+            f"dropped={self.connections_dropped} bytes in={self.bytes_in} "
+            f"out={self.bytes_out} uptime={uptime:.0f}s"
+        )
+
+
+class Notifier(Protocol):
+    """The part of sd_notify a backend's lifecycle needs (echod.service.notify.Notifier)."""
+
+    def ready(self) -> object: ...
+    def status(self, text: str) -> object: ...
+    def watchdog(self) -> object: ...
+    def stopping(self) -> object: ...
+
+
+class Command(enum.Enum):
+    """What a signal asks of a serving loop."""
+
+    DRAIN = "drain"  # stop accepting, let connections finish, exit 0
+    EXIT_NOW = "exit-now"  # close everything at once
+    REPORT = "report"  # log the counters
+
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class Lifecycle:
+    """Readiness, heartbeats and signal meaning for one serving process."""
+
+    def __init__(
+        self,
+        stats: Stats | None = None,
+        notifier: Notifier | None = None,
+        watchdog_interval: float | None = None,
+    ) -> None:
+        self.stats = stats if stats is not None else Stats()
+        self.notifier = notifier
+        self.draining = False
+        self._interrupts = 0
+        self.heartbeat_interval = min(STATUS_INTERVAL, watchdog_interval or STATUS_INTERVAL)
+
+    def ready(self, addresses: Sequence[str], backend: str) -> None:
+        """Every listener accepts: only now may systemd be told READY=1."""
+        for address in addresses:
+            log.info("listening on %s (backend %s)", address, backend)
+        if self.notifier:
+            self.notifier.ready()
+            self.notifier.status(self.stats.summary())
+
+    def heartbeat(self) -> None:
+        if self.notifier:
+            self.notifier.watchdog()
+            self.notifier.status(self.stats.summary())
+
+    def command(self, signum: int) -> Command:
+        """Map a signal to what the loop must do; a second SIGINT forces the exit."""
+        if signum == signal.SIGUSR1:
+            return Command.REPORT
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                return Command.EXIT_NOW
+        return Command.DRAIN
+
+    def report(self) -> None:
+        log.info("stats: %s", self.stats.summary())
+
+    def start_draining(self, graceful_timeout: float) -> None:
+        self.draining = True
+        log.info(
+            "stopping: %d connection(s) open, waiting up to %gs for them to finish",
+            self.stats.connections_open,
+            graceful_timeout,
+        )
+        if self.notifier:
+            self.notifier.stopping()
+
+    def stopped(self) -> None:
+        log.info("stopped: %s", self.stats.summary())

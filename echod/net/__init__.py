@@ -1,0 +1,1 @@
+"""Listening sockets: parsing addresses, binding, describing."""

@@ -1,0 +1,171 @@
+"""Listening sockets, made before any backend runs.
+
+Backends only ever receive listening sockets, so the same backend serves sockets it
+bound, sockets inherited from systemd, and one SO_REUSEPORT socket per worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ListenerError(OSError):
+    """A listener that cannot be made; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where to listen: a TCP host and port, or a Unix stream socket path."""
+
+    host: str = ""
+    port: int = 0
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``host:port``, ``[v6]:port``, ``:port`` (all IPv4 addresses) or ``unix:/path``."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ListenerError(f"listen address {text!r} has no path after 'unix:'")
+        return Address(path=path)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ListenerError(f"listen address {text!r} is not of the form [V6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ListenerError(
+                f"listen address {text!r} is not HOST:PORT, [V6]:PORT or unix:/PATH"
+            )
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ListenerError(
+            f"listen address {text!r}: port {port_text!r} is not a number"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ListenerError(f"listen address {text!r}: port {port} is out of range (0-65535)")
+    return Address(host=host or "0.0.0.0", port=port)
+
+
+def bind(
+    address: Address, backlog: int, *, reuse_port: bool = False, unix_mode: int = 0o660
+) -> socket.socket:
+    """A non-blocking listening socket for ``address``, or a :class:`ListenerError`."""
+    if address.path is not None:
+        return _bind_unix(address.path, backlog, unix_mode)
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenerError(
+            f"cannot listen on {address}: host does not resolve ({exc.strerror})"
+        ) from None
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # "::" serves IPv4 too (dual stack) whatever net.ipv6.bindv6only says;
+            # a specific IPv6 address is unaffected.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot listen on {address}: {_explain(exc, address)}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Bind under a restrictive umask so the socket is never briefly open to all.
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    """Unlink a socket file left by a process that died, but never a live one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ListenerError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise ListenerError(f"cannot listen on unix:{path}: a file that is not a socket is there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError:
+        return  # let bind report what is wrong
+    finally:
+        probe.close()
+    raise ListenerError(f"cannot listen on unix:{path}: another server is listening there")
+
+
+def _explain(exc: OSError, address: Address) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if address.port < 1024:
+            return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return "permission denied"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no such address on this machine"
+    return exc.strerror or str(exc)
+
+
+def describe(sock: socket.socket) -> str:
+    """The address a listener is bound to, as an operator would type it."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"
+
+
+def close_all(listeners: Sequence[socket.socket], unlink: bool = True) -> None:
+    """Close listeners and, with ``unlink``, remove the Unix socket files they use."""
+    for sock in listeners:
+        if sock.fileno() < 0:
+            continue
+        path = sock.getsockname() if unlink and sock.family == socket.AF_UNIX else None
+        sock.close()
+        if isinstance(path, str) and path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
