@@ -19,7 +19,7 @@ from echod.backends.base import Backend
 from echod.config import OPTIONS, Config, ConfigError, from_environment
 from echod.lifecycle import Lifecycle
 from echod.logs import configure_logging
-from echod.net.listeners import ListenerError, bind, close_all, parse_address
+from echod.net.listeners import ListenerError, bind, close_all, parse_address, unix_paths
 from echod.service import ServiceError
 from echod.service.activation import inherited_sockets
 from echod.service.limits import raise_nofile_limit
@@ -118,9 +118,10 @@ def serve(config: Config, backend: Backend) -> int:
     lifecycle = Lifecycle(
         notifier=notifier if notifier.enabled else None, watchdog_interval=watchdog_interval()
     )
+    # Inherited sockets belong to systemd's socket unit: never unlink their paths.
+    owned_paths = [] if inherited else unix_paths(listeners)
     try:
         backend.serve(listeners, config, lifecycle)
     finally:
-        # Inherited sockets belong to systemd's socket unit: never unlink their paths.
-        close_all(listeners, unlink=not inherited)
+        close_all(listeners, remove=owned_paths)
     return 0

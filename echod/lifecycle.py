@@ -48,7 +48,7 @@ class Stats:
 class Notifier(Protocol):
     """The part of sd_notify a backend's lifecycle needs (echod.service.notify.Notifier)."""
 
-    def ready(self) -> object: ...
+    def ready(self, status: str | None = None) -> object: ...
     def status(self, text: str) -> object: ...
     def watchdog(self) -> object: ...
     def stopping(self) -> object: ...
@@ -85,8 +85,7 @@ class Lifecycle:
         for address in addresses:
             log.info("listening on %s (backend %s)", address, backend)
         if self.notifier:
-            self.notifier.ready()
-            self.notifier.status(self.stats.summary())
+            self.notifier.ready(status=self.stats.summary())
 
     def heartbeat(self) -> None:
         if self.notifier:

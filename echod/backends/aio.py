@@ -18,7 +18,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
 from echod.config import Config
@@ -70,10 +70,10 @@ class EchoProtocol(asyncio.Protocol):
         self.idle_ticks = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         marks = self.server.marks
-        transport.set_write_buffer_limits(high=marks.high, low=marks.low)
+        self.transport.set_write_buffer_limits(high=marks.high, low=marks.low)
         self.server.opened(self)
 
     def data_received(self, data: bytes) -> None:

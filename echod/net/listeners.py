@@ -159,13 +159,16 @@ def describe(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}"
 
 
-def close_all(listeners: Sequence[socket.socket], unlink: bool = True) -> None:
-    """Close listeners and, with ``unlink``, remove the Unix socket files they use."""
+def unix_paths(listeners: Sequence[socket.socket]) -> list[str]:
+    """The socket files of Unix listeners, to remove once they are closed."""
+    paths = [sock.getsockname() for sock in listeners if sock.family == socket.AF_UNIX]
+    return [path for path in paths if isinstance(path, str) and path]
+
+
+def close_all(listeners: Sequence[socket.socket], remove: Sequence[str] = ()) -> None:
+    """Close listeners (backends may have closed them already) and remove ``remove``."""
     for sock in listeners:
-        if sock.fileno() < 0:
-            continue
-        path = sock.getsockname() if unlink and sock.family == socket.AF_UNIX else None
         sock.close()
-        if isinstance(path, str) and path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    for path in remove:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

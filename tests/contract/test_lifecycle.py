@@ -1,0 +1,149 @@
+"""Stopping, limits and housekeeping behave the same on every backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.support import Echod, echod, exchange, recv_exactly, wait_until
+
+
+def test_sigterm_during_a_16_mib_transfer_loses_no_byte_and_exits_0(backend: str) -> None:
+    server = Echod("--backend", backend, "--port", "0")
+    payload = os.urandom(16 << 20)
+    received = bytearray()
+    with server, server.connect() as sock:
+
+        def read() -> None:
+            while data := sock.recv(1 << 20):
+                received.extend(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        half = len(payload) // 2
+        sock.sendall(payload[:half])
+        server.signal(signal.SIGTERM)
+        server.wait_for("stopping")
+        sock.sendall(payload[half:])  # still being served while it drains
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(30)
+        assert server.proc.wait(30) == 0
+    assert bytes(received) == payload
+    assert "Traceback" not in server.log
+
+
+def test_sigterm_with_idle_clients_closes_them_and_exits_0(backend: str) -> None:
+    server = Echod("--backend", backend, "--port", "0", "--graceful-timeout", "20")
+    with server:
+        idle = [server.connect() for _ in range(5)]
+        for sock in idle:
+            assert exchange_one(sock, b"ping") == b"ping"
+        server.signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0  # quiet clients do not hold the stop for 20 s
+        for sock in idle:
+            assert sock.recv(1) == b""
+            sock.close()
+    assert "Traceback" not in server.log
+
+
+def test_graceful_timeout_bounds_a_client_that_keeps_talking(backend: str) -> None:
+    server = Echod("--backend", backend, "--port", "0", "--graceful-timeout", "1")
+    stop = threading.Event()
+    with server, server.connect() as chatty:
+
+        def talk() -> None:
+            try:
+                while not stop.is_set():
+                    chatty.sendall(b"x" * 100)
+                    chatty.recv(100)
+                    time.sleep(0.01)
+            except OSError:
+                pass
+
+        talker = threading.Thread(target=talk)
+        talker.start()
+        time.sleep(0.3)
+        server.signal(signal.SIGTERM)
+        status = server.proc.wait(15)
+        stop.set()
+        talker.join()
+        assert status == 0
+    assert "graceful timeout" in server.log
+
+
+def test_second_sigint_exits_at_once(backend: str) -> None:
+    server = Echod("--backend", backend, "--port", "0", "--graceful-timeout", "60")
+    with server, server.connect() as busy:
+        threading.Thread(target=_chatter, args=(busy,), daemon=True).start()
+        time.sleep(0.2)
+        server.signal(signal.SIGINT)
+        server.wait_for("stopping")
+        server.signal(signal.SIGINT)
+        assert server.proc.wait(10) == 0
+
+
+def test_sigusr1_logs_the_counters(backend: str) -> None:
+    with echod("--backend", backend, "--port", "0") as server:
+        with server.connect() as sock:
+            assert exchange(sock, b"12345") == b"12345"
+        server.signal(signal.SIGUSR1)
+        match = server.wait_for(r"stats: connections open=\d+ total=(\d+).* bytes in=(\d+)")
+        assert int(match.group(1)) >= 1
+        assert int(match.group(2)) >= 5
+
+
+def test_idle_timeout_closes_a_silent_client_but_not_a_talking_one(backend: str) -> None:
+    args = ("--backend", backend, "--port", "0", "--idle-timeout", "0.5")
+    with echod(*args) as server, server.connect() as silent, server.connect() as talking:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert exchange_one(talking, b"ok") == b"ok"
+            time.sleep(0.1)
+        silent.settimeout(5)
+        assert silent.recv(1) == b""  # closed by the server
+        assert exchange_one(talking, b"still") == b"still"
+
+
+def test_max_connections_makes_new_clients_wait_in_the_backlog(backend: str) -> None:
+    with echod("--backend", backend, "--port", "0", "--max-connections", "2") as server:
+        first, second = server.connect(), server.connect()
+        assert exchange_one(first, b"1") == b"1"
+        assert exchange_one(second, b"2") == b"2"
+        third = server.connect()  # the kernel completes the handshake; echod does not serve it
+        third.sendall(b"3")
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(1)
+        first.close()
+        third.settimeout(5)
+        assert third.recv(1) == b"3"
+        second.close()
+        third.close()
+
+
+def exchange_one(sock: socket.socket, message: bytes) -> bytes:
+    sock.sendall(message)
+    return recv_exactly(sock, len(message))
+
+
+def _chatter(sock: socket.socket) -> None:
+    try:
+        while True:
+            sock.sendall(b"y" * 10)
+            sock.recv(10)
+    except OSError:
+        pass
+
+
+def test_descriptor_count_returns_to_baseline_after_churn(backend: str) -> None:
+    with echod("--backend", backend, "--port", "0") as server:
+        baseline = server.settled_fds()
+        for _ in range(300):
+            with server.connect() as sock:
+                assert exchange_one(sock, b"c") == b"c"
+        assert wait_until(lambda: server.open_fds() == baseline)

@@ -1,0 +1,132 @@
+"""The echod command as operators run it: bad input is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from echod import __version__
+from tests.support import ROOT, echod, exchange
+
+
+def run_echod(
+    *args: str, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*wrapper, sys.executable, "-m", "echod", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int, text: str) -> None:
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("echod: error:")
+    assert text in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "text"),
+    [
+        (["--port", "70000"], None, "out of range"),
+        (["--port", "-1"], None, "out of range"),
+        (["--backend", "nope"], None, "unknown backend 'nope'; available here:"),
+        (
+            ["--backend", "kqueue" if sys.platform == "linux" else "epoll"],
+            None,
+            "not available on this platform",
+        ),
+        (["--high-water", "10", "--low-water", "20"], None, "low water"),
+        (["--log-level", "loud"], None, "invalid choice"),
+        ([], {"ECHOD_PORT": "seven"}, "ECHOD_PORT='seven'"),
+        ([], {"ECHOD_BACKEND": "nope"}, "unknown backend"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(
+    args: list[str], env: dict[str, str] | None, text: str
+) -> None:
+    assert_one_line_error(run_echod(*args, env=env), 2, text)
+
+
+def test_a_host_that_does_not_resolve_exits_1_with_one_line() -> None:
+    assert_one_line_error(
+        run_echod("--host", "no-such-host.invalid", "--port", "0"), 1, "does not resolve"
+    )
+
+
+def test_an_address_in_use_exits_1_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_error(run_echod("--port", str(port)), 1, "address already in use")
+
+
+def test_a_privileged_port_without_the_capability_exits_1_with_one_line() -> None:
+    wrapper: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip(
+                "running as root and setpriv (util-linux) is missing to drop CAP_NET_BIND_SERVICE"
+            )
+        wrapper = (
+            "setpriv",
+            "--bounding-set",
+            "-net_bind_service",
+            "--inh-caps",
+            "-net_bind_service",
+        )
+    result = run_echod("--port", "1", wrapper=wrapper)
+    assert_one_line_error(
+        result, 1, "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    )
+
+
+def test_version_and_backend_list() -> None:
+    assert run_echod("--version").stdout.strip() == f"echod {__version__}"
+    listed = run_echod("--list-backends").stdout.split()
+    assert "asyncio" in listed and "select" in listed
+
+
+def test_the_console_script_serves_and_stops_on_sigterm() -> None:
+    script = Path(sys.executable).with_name("echod")
+    if not script.exists():
+        pytest.skip(f"no console script beside {sys.executable}: install the package")
+    proc = subprocess.Popen([str(script), "--port", "0"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "listening on 127.0.0.1:" in line
+    proc.terminate()
+    assert proc.wait(20) == 0
+
+
+def test_serves_several_listeners_at_once_including_ipv6_and_unix(tmp_path: Path) -> None:
+    path = tmp_path / "echo.sock"
+    listens = ["--listen", "127.0.0.1:0", "--listen", f"unix:{path}"]
+    if socket.has_ipv6:
+        listens += ["--listen", "[::1]:0"]
+    with echod(*listens) as server:
+        server.wait_for("unix:")
+        ports = [int(port) for port in re.findall(r"listening on \S+:(\d+)", server.log)]
+        with socket.create_connection(("127.0.0.1", ports[0]), timeout=10) as sock:
+            assert exchange(sock, b"four") == b"four"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(path))
+            assert exchange(sock, b"unix") == b"unix"
+        if socket.has_ipv6 and len(ports) > 1:
+            with socket.create_connection(("::1", ports[-1]), timeout=10) as sock:
+                assert exchange(sock, b"six") == b"six"
+    assert not path.exists(), "the unix socket file should be removed at exit"

@@ -1,0 +1,103 @@
+"""Listen addresses as operators write them, and listeners made from them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from echod.net.listeners import (
+    Address,
+    ListenerError,
+    bind,
+    close_all,
+    describe,
+    parse_address,
+    unix_paths,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("127.0.0.1:5000", Address("127.0.0.1", 5000)),
+        ("[::1]:7", Address("::1", 7)),
+        ("[::]:0", Address("::", 0)),
+        (":9", Address("0.0.0.0", 9)),
+        ("localhost:80", Address("localhost", 80)),
+        ("unix:/run/echod.sock", Address(path="/run/echod.sock")),
+    ],
+)
+def test_parses_the_address_forms(text: str, address: Address) -> None:
+    assert parse_address(text) == address
+    assert str(address) == text or text == ":9"
+
+
+@pytest.mark.parametrize("text", ["5000", "::1:5000", "[::1]5000", "host:port", "h:70000", "unix:"])
+def test_refuses_malformed_addresses(text: str) -> None:
+    with pytest.raises(ListenerError):
+        parse_address(text)
+
+
+def test_binds_a_non_blocking_listener_on_an_ephemeral_port() -> None:
+    sock = bind(Address("127.0.0.1", 0), backlog=128)
+    try:
+        assert not sock.getblocking()
+        assert describe(sock).startswith("127.0.0.1:")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+    finally:
+        sock.close()
+
+
+def test_address_in_use_is_one_clear_message() -> None:
+    first = bind(Address("127.0.0.1", 0), backlog=8)
+    port = first.getsockname()[1]
+    try:
+        with pytest.raises(ListenerError, match="address already in use"):
+            bind(Address("127.0.0.1", port), backlog=8)
+    finally:
+        first.close()
+
+
+def test_unresolvable_host_is_one_clear_message() -> None:
+    with pytest.raises(ListenerError, match="does not resolve"):
+        bind(Address("no-such-host.invalid", 0), backlog=8)
+
+
+def test_ipv6_any_is_dual_stack() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        sock = bind(Address("::", 0), backlog=8)
+    except ListenerError as exc:
+        pytest.skip(f"cannot bind [::] here: {exc}")
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        port = sock.getsockname()[1]
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # IPv4 reaches it
+    finally:
+        sock.close()
+
+
+def test_unix_listener_gets_its_mode_and_replaces_a_stale_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "echod.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # the file stays behind, as after a crash
+    sock = bind(parse_address(f"unix:{path}"), backlog=8, unix_mode=0o600)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert describe(sock) == f"unix:{path}"
+    with pytest.raises(ListenerError, match="another server is listening"):
+        bind(parse_address(f"unix:{path}"), backlog=8)
+    close_all([sock], remove=unix_paths([sock]))
+    assert not os.path.exists(path)
+
+
+def test_unix_listener_will_not_replace_a_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-socket"
+    path.write_text("data")
+    with pytest.raises(ListenerError, match="not a socket"):
+        bind(parse_address(f"unix:{path}"), backlog=8)
+    assert path.read_text() == "data"
