@@ -23,9 +23,13 @@ from typing import Any, cast
 from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Command, Lifecycle
+from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 
 log = logging.getLogger("echod")
+
+# Accepts per wakeup of a listener, as in the reactor.
+ACCEPT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,13 @@ class AsyncServer:
         self.servers: list[asyncio.AbstractServer] = []
         self._timers: list[Repeating | asyncio.TimerHandle] = []
         self._sweeper: Repeating | None = None
+        self._warn = RateLimitedLog(log, interval=10.0)
 
     async def run(self, label: str) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.finished: asyncio.Future[None] = loop.create_future()
+        loop.set_exception_handler(self._on_loop_error)
         for signum in HANDLED_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
@@ -151,9 +157,13 @@ class AsyncServer:
         if self.servers or self.lifecycle.draining:
             return
         for sock in self.listeners:
+            # asyncio uses ``backlog`` both for listen() and as the number of accepts per
+            # wakeup, and on EMFILE it goes on looping, logging and scheduling a retry
+            # each time: keep that batch small, then restore the kernel's queue length.
             server = await self.loop.create_server(
-                lambda: EchoProtocol(self), sock=sock.dup(), backlog=self.config.backlog
+                lambda: EchoProtocol(self), sock=sock.dup(), backlog=ACCEPT_BATCH
             )
+            sock.listen(self.config.backlog)
             # With a forbidden address family, create_server can come back with no
             # sockets at all: never report ready in that state.
             if not server.sockets:
@@ -189,6 +199,22 @@ class AsyncServer:
                 self.finished.set_result(None)
         elif not self.servers:
             self.loop.create_task(self._start_accepting())
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """One rate-limited line for the loop's resource errors; tracebacks for bugs.
+
+        The stdlib loop reports "socket.accept() out of system resource" (EMFILE) with a
+        traceback each time, and its retry timer fails harmlessly on a listener we
+        closed meanwhile.
+        """
+        exc = context.get("exception")
+        message = context.get("message", "event loop error")
+        if isinstance(exc, OSError):
+            self._warn.warning(message, "%s: %s", message, exc)
+        elif isinstance(exc, ValueError) and (self.lifecycle.draining or not self.servers):
+            log.debug("%s after its listener closed: %s", message, exc)
+        else:
+            loop.default_exception_handler(context)
 
     # Signals and timers ----------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
