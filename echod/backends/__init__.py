@@ -38,6 +38,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("selectors", f"{_REACTOR}:DEFAULT", "selectors", "echod reactor on selectors.DefaultSelector"),
     Entry("asyncio", "echod.backends.aio:ASYNCIO", "asyncio", "asyncio.Protocol on the stdlib event loop"),
     Entry("uvloop", "echod.backends.aio:UVLOOP", "uvloop", "asyncio.Protocol on uvloop (libuv)", "pip install uvloop"),
+    Entry("threads", "echod.backends.threads:THREADS", "threading", "blocking sockets, one thread per connection"),
+    Entry("gevent", "echod.backends.green:GEVENT", "gevent", "one greenlet per connection on gevent, no monkey-patching", "pip install 'echod[gevent]'"),
 )  # fmt: skip
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 
