@@ -104,6 +104,10 @@ class Lifecycle:
 
     def report(self) -> None:
         log.info("stats: %s", self.stats.summary())
+        if self.notifier:
+            # Fresh counters for whoever listens: systemd's STATUS=, or the supervisor
+            # that adds up its workers' counters on the same SIGUSR1.
+            self.notifier.status(self.stats.summary())
 
     def start_draining(self, graceful_timeout: float) -> None:
         self.draining = True
@@ -117,3 +121,5 @@ class Lifecycle:
 
     def stopped(self) -> None:
         log.info("stopped: %s", self.stats.summary())
+        if self.notifier:
+            self.notifier.status(self.stats.summary())  # a supervisor's final tally

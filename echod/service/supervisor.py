@@ -1,0 +1,572 @@
+"""The supervisor: forks the workers that serve, restarts those that die, speaks to systemd.
+
+As gunicorn's arbiter does, the supervisor never accepts or reads a client socket; it
+only holds listeners for its workers to inherit. Signals are queued through a wakeup
+fd (each byte written is a signal number) and handled from the loop by
+``handle_<signame>()`` methods, never inside a signal handler.
+
+Workers report over one pipe each, in lines a worker's :class:`PipeReporter` writes:
+``READY``, ``ALIVE`` (its loop's heartbeat), ``STATS <open> <total> <dropped> <in> <out>``
+and ``STOPPING``. The supervisor adds the counters up, sends systemd ``READY=1`` once
+every worker is ready, and pings the watchdog from its own loop while at least one
+worker is alive; a worker whose heartbeats stop is killed and restarted, so one stuck
+worker does not get the whole service restarted.
+
+Listen modes, for TCP addresses (Unix and socket-activated sockets are always shared):
+
+``shared``
+    One socket bound here and inherited by every worker: one accept queue, so a worker
+    that exits loses no queued connection; the kernel wakes whichever worker is waiting.
+``reuseport``
+    A ``SO_REUSEPORT`` socket bound by each worker after fork; the kernel spreads new
+    connections by a hash of their addresses. The supervisor keeps only a *reservation*:
+    a socket bound to the port with ``SO_REUSEPORT`` that never listens. It holds the port
+    (and picks it, for port 0) while workers come and go, and catches an address in use
+    before any fork, but no connection ever queues on it: Linux hands connections only to
+    listening members of the group. A worker's queue dies with it (those clients see a
+    reset), the price of per-worker queues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from echod.backends.base import Backend
+from echod.config import Config
+from echod.lifecycle import STATUS_INTERVAL, Lifecycle, Stats
+from echod.net.listeners import Address, ListenerError, _explain, bind
+from echod.service import ServiceError
+from echod.service.limits import drop_privileges
+from echod.service.notify import Notifier
+
+log = logging.getLogger("echod")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD)
+# A worker that exits with this status could not start (its listener, its backend): the
+# supervisor gives up instead of restarting it in a loop, as gunicorn's WORKER_BOOT_ERROR.
+EXIT_BOOT = 3
+EXIT_CRASH = 70  # EX_SOFTWARE: an exception escaped the backend
+
+# Restart back-off after a worker dies: 0.1 s, doubling to at most 10 s; a worker that
+# has served this long since its start resets it.
+RESTART_FIRST = 0.1
+RESTART_CAP = 10.0
+STABLE_AFTER = 30.0
+# A worker silent for this many heartbeat intervals is stuck (a loop that never returns
+# to its timers); a floor keeps a busy two-core box from killing healthy workers.
+STALL_INTERVALS = 3
+STALL_FLOOR = 1.0
+# How long a forked worker may take to report READY before it counts as stuck.
+START_TIMEOUT = 30.0
+# After graceful_timeout the workers close their connections themselves; this is the
+# slack before the supervisor SIGKILLs one that still has not exited.
+KILL_MARGIN = 5.0
+# SIGUSR1: how long to wait for every worker's fresh counters before logging the sum.
+REPORT_WAIT = 1.0
+
+
+@dataclass
+class Counters:
+    """One worker's latest counters, as its last ``STATS`` line gave them."""
+
+    open: int = 0
+    total: int = 0
+    dropped: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def add(self, other: Counters) -> None:
+        self.open += other.open
+        self.total += other.total
+        self.dropped += other.dropped
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+
+
+class PipeReporter:
+    """A worker's :class:`echod.lifecycle.Notifier`: lines on a pipe to the supervisor.
+
+    The write end is non-blocking: a supervisor too slow to read costs a report, never
+    a stalled worker loop. Each line is far below PIPE_BUF, so it is written whole.
+    """
+
+    __slots__ = ("_fd", "_stats")
+
+    def __init__(self, fd: int, stats: Stats) -> None:
+        self._fd = fd
+        self._stats = stats
+
+    def _send(self, line: str) -> bool:
+        try:
+            os.write(self._fd, line.encode() + b"\n")
+        except OSError:  # EAGAIN (pipe full) or EPIPE (supervisor gone)
+            return False
+        return True
+
+    def _counters(self) -> str:
+        s = self._stats
+        return (
+            f"STATS {s.connections_open} {s.connections_total} {s.connections_dropped} "
+            f"{s.bytes_in} {s.bytes_out}"
+        )
+
+    def ready(self, status: str | None = None) -> bool:
+        return self._send("READY") and self._send(self._counters())
+
+    def status(self, text: str) -> bool:
+        return self._send(self._counters())
+
+    def watchdog(self) -> bool:
+        return self._send("ALIVE")
+
+    def stopping(self) -> bool:
+        return self._send("STOPPING")
+
+
+@dataclass
+class Worker:
+    """A forked worker as the supervisor sees it."""
+
+    slot: int  # 1..N, kept across restarts: the id in logs and STATUS=
+    pid: int
+    reports: int  # read end of its pipe
+    started: float
+    last_seen: float
+    ready: bool = False
+    killed: bool = False
+    counters: Counters = field(default_factory=Counters)
+    partial: bytes = b""
+
+
+@dataclass
+class Slot:
+    """What outlives one worker of a slot: its restart back-off and past counters."""
+
+    failures: int = 0
+    restart_at: float | None = None
+    retired: Counters = field(default_factory=Counters)
+
+
+def reserve(address: Address) -> tuple[socket.socket, Address]:
+    """Bind ``address`` with SO_REUSEPORT but never listen: see the module docstring.
+
+    Returns the socket and the address workers bind (port 0 resolved). No SO_REUSEADDR
+    here, so no other socket can bind the port while it is held.
+    """
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenerError(
+            f"cannot listen on {address}: host does not resolve ({exc.strerror})"
+        ) from None
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot listen on {address}: {_explain(exc, address)}") from None
+    return sock, Address(host=address.host, port=sock.getsockname()[1])
+
+
+def describe_exit(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class Supervisor:
+    """Forks ``config.workers`` workers and keeps them serving until told to stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        shared: Sequence[socket.socket],
+        per_worker: Sequence[Address],
+        reservations: Sequence[socket.socket],
+        notifier: Notifier,
+        watchdog_interval: float | None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.shared = list(shared)
+        self.per_worker = list(per_worker)
+        self.reservations = list(reservations)
+        self.notifier = notifier
+        self.watchdog_interval = watchdog_interval
+        self.interval = min(STATUS_INTERVAL, watchdog_interval or STATUS_INTERVAL)
+        self.stall_after = max(STALL_INTERVALS * self.interval, STALL_FLOOR)
+        self.slots = {n: Slot() for n in range(1, config.workers + 1)}
+        self.workers: dict[int, Worker] = {}  # by pid
+        self.selector = selectors.DefaultSelector()
+        self.announced = False  # READY=1 sent
+        self.stopping = False
+        self.interrupts = 0
+        self.exit_status = 0
+        self.kill_at: float | None = None
+        self.next_tick = 0.0
+        self.report_due: float | None = None
+        self.report_waiting: set[int] = set()
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+
+    # Running ---------------------------------------------------------------------------
+    def run(self) -> int:
+        for sock in (self._wakeup_r, self._wakeup_w):
+            sock.setblocking(False)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._read_signals)
+        old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        old_handlers = {signum: signal.signal(signum, _queued) for signum in SIGNALS}
+        log.info(
+            "supervisor %d: starting %d workers (backend %s, listen mode %s)",
+            os.getpid(),
+            len(self.slots),
+            self.backend.name,
+            "reuseport" if self.per_worker else "shared",
+        )
+        try:
+            for slot in self.slots:
+                self.spawn(slot)
+            while self.workers or not self.stopping:
+                self._wait()
+                self._tick(time.monotonic())
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+            self.selector.close()
+            self._wakeup_r.close()
+            self._wakeup_w.close()
+        log.info("stopped: %s", self.summary())
+        return self.exit_status
+
+    def _wait(self) -> None:
+        now = time.monotonic()
+        deadlines = [self.next_tick, self.kill_at, self.report_due]
+        deadlines += [slot.restart_at for slot in self.slots.values()]
+        soonest = min(d for d in deadlines if d is not None)
+        for key, _ in self.selector.select(max(0.0, soonest - now)):
+            callback: Callable[[], None] = key.data
+            callback()
+
+    def _tick(self, now: float) -> None:
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            for worker in self.workers.values():
+                log.warning("worker %d (pid %d) is still running: SIGKILL", worker.slot, worker.pid)
+                _kill(worker.pid, signal.SIGKILL)
+        for number, slot in self.slots.items():
+            if slot.restart_at is not None and now >= slot.restart_at:
+                slot.restart_at = None
+                self.spawn(number)
+        if self.report_due is not None and now >= self.report_due:
+            self._log_report()
+        if now >= self.next_tick:
+            self.next_tick = now + self.interval
+            if not self.stopping:
+                self._check_heartbeats(now)
+
+    def _check_heartbeats(self, now: float) -> None:
+        """Kill stuck workers; ping systemd's watchdog only while some worker is alive."""
+        alive = 0
+        for worker in self.workers.values():
+            silent = now - worker.last_seen
+            allowed = self.stall_after if worker.ready else START_TIMEOUT
+            if worker.killed:
+                continue
+            if silent > allowed:
+                log.error(
+                    "worker %d (pid %d) sent no heartbeat for %.1fs: killing it",
+                    worker.slot,
+                    worker.pid,
+                    silent,
+                )
+                worker.killed = True
+                _kill(worker.pid, signal.SIGKILL)
+            elif worker.ready:
+                alive += 1
+                slot = self.slots[worker.slot]
+                if slot.failures and now - worker.started > STABLE_AFTER:
+                    slot.failures = 0
+        if alive or not self.announced:
+            self.notifier.watchdog()
+        if self.announced:
+            self.notifier.status(self.summary())
+
+    # Workers ---------------------------------------------------------------------------
+    def spawn(self, slot: int) -> None:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        # Blocked across fork so that a signal cannot reach the child while it still runs
+        # the supervisor's handlers (which would feed the supervisor's own wakeup fd).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            os.close(read_fd)
+            os.close(write_fd)
+            log.error("cannot fork worker %d: %s", slot, exc.strerror)
+            self._schedule_restart(slot)
+            return
+        if pid == 0:
+            os.close(read_fd)
+            self._become_worker(slot, write_fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(write_fd)
+        now = time.monotonic()
+        worker = Worker(slot, pid, read_fd, started=now, last_seen=now)
+        self.workers[pid] = worker
+        self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._read_reports(worker))
+        log.info("worker %d started (pid %d)", slot, pid)
+
+    def _schedule_restart(self, number: int) -> None:
+        slot = self.slots[number]
+        delay = min(RESTART_FIRST * 2**slot.failures, RESTART_CAP)
+        slot.failures += 1
+        slot.restart_at = time.monotonic() + delay
+        log.info("restarting worker %d in %.1fs", number, delay)
+
+    def _read_reports(self, worker: Worker) -> None:
+        try:
+            data = os.read(worker.reports, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:  # the worker closed its end: it is exiting; SIGCHLD will follow
+            self.selector.unregister(worker.reports)
+            return
+        worker.last_seen = time.monotonic()
+        *lines, worker.partial = (worker.partial + data).split(b"\n")
+        for line in lines:
+            self._on_report(worker, line.decode(errors="replace").split())
+
+    def _on_report(self, worker: Worker, words: list[str]) -> None:
+        if not words:
+            return
+        kind = words[0]
+        if kind == "STATS" and len(words) == 6 and all(w.isdigit() for w in words[1:]):
+            worker.counters = Counters(*(int(word) for word in words[1:]))
+            if worker.slot in self.report_waiting:
+                self.report_waiting.discard(worker.slot)
+                if not self.report_waiting:
+                    self._log_report()
+        elif kind == "READY":
+            worker.ready = True
+            if not self.announced and self._all_ready():
+                self.announced = True
+                log.info("ready: %d workers serving", len(self.workers))
+                self.notifier.send(READY=1, MAINPID=os.getpid(), STATUS=self.summary())
+
+    def _all_ready(self) -> bool:
+        ready = {w.slot for w in self.workers.values() if w.ready}
+        return ready == set(self.slots)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._retire(worker, status)
+
+    def _retire(self, worker: Worker, status: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(worker.reports)
+        with contextlib.suppress(OSError):  # its last counters may still be in the pipe
+            while data := os.read(worker.reports, 65536):
+                *lines, worker.partial = (worker.partial + data).split(b"\n")
+                for line in lines:
+                    self._on_report(worker, line.decode(errors="replace").split())
+        os.close(worker.reports)
+        self.slots[worker.slot].retired.add(worker.counters)
+        self.report_waiting.discard(worker.slot)
+        how = describe_exit(status)
+        if self.stopping:
+            log.info("worker %d (pid %d) %s", worker.slot, worker.pid, how)
+            return
+        if not worker.ready and not self.announced:
+            # It never served: restarting would only fail again (bad backend, address).
+            log.error(
+                "worker %d (pid %d) %s before it was ready: stopping", worker.slot, worker.pid, how
+            )
+            self.exit_status = 1
+            self._stop()
+            return
+        log.error("worker %d (pid %d) %s", worker.slot, worker.pid, how)
+        self._schedule_restart(worker.slot)
+
+    # Signals ---------------------------------------------------------------------------
+    def _read_signals(self) -> None:
+        try:
+            data = self._wakeup_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        for signum in data:
+            name = signal.Signals(signum).name
+            handler: Callable[[], None] = getattr(self, f"handle_{name[3:].lower()}")
+            handler()
+
+    def handle_chld(self) -> None:
+        self._reap()
+
+    def handle_term(self) -> None:
+        self._stop()
+
+    def handle_int(self) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self._stop()
+            return
+        # Workers already drain on the SIGTERM sent first; two SIGINTs are their
+        # "second interrupt": close everything now.
+        log.warning("second interrupt: workers close their connections now")
+        for _ in range(2):
+            self._signal_workers(signal.SIGINT)
+
+    def handle_usr1(self) -> None:
+        ready = [w for w in self.workers.values() if w.ready]
+        self.report_waiting = {w.slot for w in ready}
+        self.report_due = time.monotonic() + REPORT_WAIT
+        for worker in ready:  # one still starting has SIGUSR1's default action: death
+            _kill(worker.pid, signal.SIGUSR1)
+        if not ready:
+            self._log_report()
+
+    def _log_report(self) -> None:
+        self.report_due = None
+        self.report_waiting = set()
+        log.info("stats (all workers): %s", self.summary())
+
+    def _stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.config.graceful_timeout
+        log.info("stopping: %d worker(s) drain for up to %gs", len(self.workers), grace)
+        self.notifier.stopping()
+        self.kill_at = time.monotonic() + grace + KILL_MARGIN
+        for slot in self.slots.values():
+            slot.restart_at = None
+        self._signal_workers(signal.SIGTERM)
+        # Workers close their copies as they drain; once ours is closed too, a new
+        # client is refused at once instead of waiting in a queue nobody serves.
+        for sock in self.shared:
+            sock.close()
+
+    def _signal_workers(self, signum: int) -> None:
+        for worker in self.workers.values():
+            _kill(worker.pid, signum)
+
+    def summary(self) -> str:
+        total = Counters()
+        per_worker = []
+        for number, slot in sorted(self.slots.items()):
+            total.add(slot.retired)
+            current = next((w.counters for w in self.workers.values() if w.slot == number), None)
+            if current is not None:
+                total.add(current)
+                per_worker.append(f"{number}={current.open}/{current.total}")
+            else:
+                per_worker.append(f"{number}=down")
+        return (
+            f"workers={len(self.workers)} connections open={total.open} total={total.total} "
+            f"dropped={total.dropped} bytes in={total.bytes_in} out={total.bytes_out}; "
+            f"per worker open/total: {' '.join(per_worker)}"
+        )
+
+    # In the child ----------------------------------------------------------------------
+    def _become_worker(self, slot: int, report_fd: int) -> NoReturn:
+        """Shed the supervisor's state and serve; never returns into the parent's stack."""
+        status = EXIT_CRASH
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)  # the backend installs its own
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+            # Plain closes: unregistering from the shared epoll instance would remove
+            # the supervisor's registrations too.
+            for fd in (self.selector.fileno(), *(w.reports for w in self.workers.values())):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wakeup_r.close()
+            self._wakeup_w.close()
+            for sock in self.reservations:
+                sock.close()
+            tag = WorkerTag(slot)
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(tag)
+            status = self._serve(report_fd)
+        except BaseException:
+            log.exception("worker failed")
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(status)
+
+    def _serve(self, report_fd: int) -> int:
+        try:
+            own = [bind(a, self.config.backlog, reuse_port=True) for a in self.per_worker]
+        except ListenerError as exc:
+            log.error("%s", exc)
+            return EXIT_BOOT
+        listeners = [*self.shared, *own]
+        if own and self.config.user is not None:  # see cli.serve: only reuseport workers
+            try:
+                drop_privileges(self.config.user, self.config.group)
+            except (ServiceError, OSError) as exc:
+                log.error("cannot switch to user %s: %s", self.config.user, exc)
+                return EXIT_BOOT
+        stats = Stats()
+        lifecycle = Lifecycle(stats, PipeReporter(report_fd, stats), self.watchdog_interval)
+        try:
+            self.backend.serve(listeners, self.config, lifecycle)
+        finally:
+            for sock in listeners:
+                sock.close()
+        return 0
+
+
+class WorkerTag(logging.Filter):
+    """Prefix a worker's log lines with its slot number, so imbalance and crashes are
+    attributable in one interleaved stream."""
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self.prefix = f"worker {slot}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "worker_tagged", False):
+            record.msg = self.prefix + str(record.msg)
+            record.worker_tagged = True
+        return True
+
+
+def _queued(signum: int, frame: object) -> None:
+    """The C-level handler has already written ``signum`` to the wakeup fd: the queue."""
+
+
+def _kill(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
