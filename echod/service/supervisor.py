@@ -345,6 +345,8 @@ class Supervisor:
         log.info("restarting worker %d in %.1fs", number, delay)
 
     def _read_reports(self, worker: Worker) -> None:
+        if self.workers.get(worker.pid) is not worker:
+            return  # reaped earlier in this same batch of events: its fd is closed
         try:
             data = os.read(worker.reports, 65536)
         except (BlockingIOError, InterruptedError):
@@ -369,7 +371,7 @@ class Supervisor:
                     self._log_report()
         elif kind == "READY":
             worker.ready = True
-            if not self.announced and self._all_ready():
+            if not self.announced and not self.stopping and self._all_ready():
                 self.announced = True
                 log.info("ready: %d workers serving", len(self.workers))
                 self.notifier.send(READY=1, MAINPID=os.getpid(), STATUS=self.summary())
