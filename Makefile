@@ -50,3 +50,9 @@ bench: $(VENV)/.dev-installed
 
 bench-quick: $(VENV)/.dev-installed
 	$(BIN)/python -m bench --quick
+
+# Robustness (tests/robust/): every backend and a deliberately naive server through the
+# cases of issue 5 at full scale (a few minutes, loopback only); writes docs/robustness.md.
+# `pytest -m robust` runs the same cases at a short scale.
+robust: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.robust

@@ -1,0 +1,249 @@
+"""What every robustness case stands on: a target server, the scale to run at, outcomes.
+
+A *target* is an echod backend or the naive server kept next to this file; both are
+started the same way and announce ``listening on HOST:PORT``, so one case drives either.
+Figures come from /proc (CPU time, RSS, descriptors), never from wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support import LISTENING, ROOT, SYSTEMD_VARS, Echod, recv_exactly
+
+NAIVE = "naive"
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How hard a run pushes: the full counts of the issue, or a short form for pytest."""
+
+    name: str
+    concurrent: int = 10_000
+    idle: int = 5_000
+    hog_bytes: int = 1 << 30
+    nofile: int = 256
+    resets: int = 1_000
+    cycles: int = 50_000
+    slow_readers: int = 20
+    schedules: int = 200
+    patience: float = 5.0  # seconds a schedule's survivors have to be echoed and closed
+    graceful: int = 1_000
+    window: float = 3.0  # seconds over which CPU time is measured
+    samples: int = 50  # round trips behind a latency figure
+
+
+FULL = Scale("full")
+SHORT = Scale(
+    "short",
+    concurrent=1_000,
+    idle=500,
+    hog_bytes=256 * MiB,
+    resets=200,
+    cycles=3_000,
+    slow_readers=5,
+    schedules=20,
+    patience=2.0,
+    graceful=100,
+    window=1.0,
+    samples=20,
+)
+
+
+class Server(Echod):
+    """Any echo server command, run and watched as :class:`tests.support.Echod` runs echod."""
+
+    def __init__(self, argv: Sequence[str], wrapper: Sequence[str] = ()) -> None:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(SYSTEMD_VARS)}
+        self.proc = subprocess.Popen(
+            [*wrapper, sys.executable, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**inherited, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+        )
+        self.pid = self.proc.pid
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+        match = self.wait_for(LISTENING)
+        self.host, self.port = match.group(1).strip("[]"), int(match.group(2))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def death(self) -> str:
+        """Why the server is gone: its exit status and the last line it logged."""
+        lines = self.log.strip().splitlines()
+        return f"server died (exit {self.proc.returncode}): {lines[-1] if lines else 'no log'}"
+
+    def children(self) -> list[int]:
+        """Direct children (the supervisor's workers), from /proc."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
+
+    def idle_cpu(self, window: float) -> float:
+        """Fraction of one CPU the server used over ``window`` seconds."""
+        before = self.cpu_seconds()
+        time.sleep(window)
+        return (self.cpu_seconds() - before) / window
+
+    def end(self) -> None:
+        """SIGTERM (SIGKILL if it hangs), and the same for any worker left behind."""
+        workers = self.children()
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._reader.join(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@dataclass(frozen=True)
+class Target:
+    """An echod backend, or the naive server (which ignores echod's flags)."""
+
+    name: str
+
+    @property
+    def naive(self) -> bool:
+        return self.name == NAIVE
+
+    def argv(self, *args: str) -> list[str]:
+        if self.naive:
+            return ["-m", "tests.robust.naive_server", "--port", "0", *args]
+        return ["-m", "echod", "--backend", self.name, "--port", "0", *args]
+
+    @contextlib.contextmanager
+    def start(self, *args: str, wrapper: Sequence[str] = ()) -> Iterator[Server]:
+        server = Server(self.argv(*args), wrapper=wrapper)
+        try:
+            yield server
+        finally:
+            server.end()
+
+
+@dataclass
+class Outcome:
+    """What a case measured, and every bound it broke (none: it passed)."""
+
+    figures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    skipped: str = ""
+
+    def figure(self, text: str) -> None:
+        self.figures.append(text)
+
+    def require(self, condition: object, failure: str) -> bool:
+        if not condition:
+            self.failures.append(failure)
+        return bool(condition)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.skipped
+
+
+class Abort(Exception):
+    """The case cannot go on (the server died, a client could not connect)."""
+
+
+def raise_nofile() -> None:
+    """Soft open-file limit up to the hard one: the client side holds 10,000 sockets too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def connect_many(server: Server, count: int, rcvbuf: int = 0) -> list[socket.socket]:
+    """``count`` connected sockets; the kernel completes each handshake before accept."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf:
+                # Before connect, so the window is small from the handshake on; a set
+                # SO_RCVBUF also turns off loopback's autotuning to tens of MiB.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(10)
+            socks.append(sock)
+            sock.connect((server.host, server.port))
+    except OSError as exc:
+        close_all(socks)
+        if not server.alive():
+            raise Abort(server.death()) from exc
+        raise Abort(f"connect {len(socks)} of {count} failed: {exc}") from exc
+    return socks
+
+
+def close_all(socks: Sequence[socket.socket]) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def round_trip(sock: socket.socket, message: bytes) -> bool:
+    sock.sendall(message)
+    return recv_exactly(sock, len(message)) == message
+
+
+def fresh_echo_latency(server: Server, samples: int) -> list[float]:
+    """Seconds from connect to echo for ``samples`` new clients, one after another."""
+    latencies = []
+    for i in range(samples):
+        message = f"fresh client {i:06d}".encode()
+        start = time.perf_counter()
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not round_trip(sock, message):
+                raise Abort("a fresh client got a different echo")
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def echo_latency(sock: socket.socket, duration: float, minimum: int) -> list[float]:
+    """Round trips of 64 bytes on one connection for ``duration`` s (at least ``minimum``)."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + duration
+    while len(latencies) < minimum or time.monotonic() < deadline:
+        message = os.urandom(64)
+        start = time.perf_counter()
+        if not round_trip(sock, message):
+            raise Abort("a well-behaved client got a different echo")
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def describe_latency(latencies: Sequence[float]) -> str:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
+
+
+def mib(size: float) -> str:
+    return f"{size / MiB:.1f} MiB"
