@@ -37,6 +37,8 @@ def _refused_within(port: int, seconds: float) -> bool:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
             return True
+        except ConnectionResetError:
+            pass  # caught in the backlog as the listener closed: reset, as it should be
         time.sleep(0.02)
     return False
 
