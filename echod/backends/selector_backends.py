@@ -11,6 +11,7 @@ per message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -308,7 +309,10 @@ class ReactorServer:
                 continue
             sock.setblocking(False)
             if tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A peer that reset before we got here makes this fail on some systems
+                # (macOS: EINVAL); the first read will notice and close it.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock, self)
             self.reactor.add(sock, WANT_READ, conn.on_readable)
             self.connections.add(conn)
