@@ -7,10 +7,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Cell:
+    """One workload. A cell with ``workers`` is the workers comparison (issue 4).
+
+    It runs only ``backends``, each at every worker count, unpinned: two workers need
+    both cores, so server and generator share them, and pinning one to a core would
+    measure the pinning instead.
+    """
+
     name: str
     label: str
     args: tuple[str, ...]
     connections: int
+    workers: tuple[int, ...] = ()
+    backends: tuple[str, ...] = ()
+    # "few" and "many": the two sides of the "Which IO model?" comparison (issue 6).
+    role: str = ""
 
 
 FULL = (
@@ -27,22 +38,37 @@ FULL = (
         "churn", "churn, 64 B, 50 at once", ("--churn", "--size", "64", "--connections", "50"), 50
     ),
     Cell(
+        "rr-1k-10", "1 KiB rr, 10 conns", ("--size", "1024", "--connections", "10"), 10, role="few"
+    ),
+    # 1 KiB like the 10-connection cell, so the two differ only in connections held.
+    Cell(
         "idle-10k",
-        "10k conns, 100 active",
-        ("--size", "64", "--connections", "10000", "--active", "100", "--connect-timeout", "10"),
+        "10k conns, 100 active, 1 KiB",
+        ("--size", "1024", "--connections", "10000", "--active", "100", "--connect-timeout", "10"),
         10_000,
+        role="many",
+    ),
+    Cell(
+        "workers-1k",
+        "1 KiB rr, 100 conns, 1 vs 2 workers, unpinned",
+        ("--size", "1024", "--connections", "100", "--processes", "2"),
+        100,
+        workers=(1, 2),
+        backends=("epoll", "uvloop"),
     ),
 )
 
+# A smoke test of every code path, the report's sections included, in under a minute.
 QUICK = (
-    FULL[0],
-    FULL[3],
+    FULL[5],
     Cell(
         "idle-2k",
-        "2k conns, 100 active",
-        ("--size", "64", "--connections", "2000", "--active", "100"),
+        "2k conns, 100 active, 1 KiB",
+        ("--size", "1024", "--connections", "2000", "--active", "100"),
         2000,
+        role="many",
     ),
+    FULL[7],
 )
 
 
@@ -53,5 +79,8 @@ class Timing:
     warmup: float
 
 
-FULL_TIMING = Timing(rounds=3, duration=4.0, warmup=1.0)
+# 9 servers x 7 cells + 4 workers runs = 67 runs a round, each with ~1.3 s of start,
+# connect and stop around its warmup and measurement: 3 rounds of 1 + 3.5 s take
+# about 20 minutes (3 x 4 s took 13 minutes for 7 servers and 6 cells).
+FULL_TIMING = Timing(rounds=3, duration=3.5, warmup=1.0)
 QUICK_TIMING = Timing(rounds=1, duration=0.5, warmup=0.2)

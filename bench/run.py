@@ -4,11 +4,13 @@ Each cell gets a fresh server (so RSS per connection is measured from a clean
 start), pinned to CPU 0 while the generator runs pinned to the other CPUs.
 Servers take turns cell by cell, and their order rotates every round, so a slow
 drift of the machine spreads over all of them instead of landing on one.
+The workers cell is the exception: its servers and the generator run unpinned.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,6 +33,7 @@ from bench.servers import (
     echod_backends,
     pin,
     specs,
+    worker_specs,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,7 +65,13 @@ def run_cell(
     generator_cpus: set[int] | None,
 ) -> dict[str, Any]:
     """One server, one cell: start, measure with echod-bench, stop."""
-    record: dict[str, Any] = {"server": spec.name, "cell": cell.name}
+    record: dict[str, Any] = {
+        "server": spec.name,
+        "cell": cell.name,
+        "backend": spec.backend or spec.name,
+        "workers": spec.workers,
+        "pinned": server_cpus is not None,
+    }
     try:
         server = RunningServer(spec, server_cpus)
     except ServerFailed as exc:
@@ -92,6 +101,41 @@ def run_cell(
     if record["server_exit"] != 0:
         record.setdefault("error", f"server exited {record['server_exit']} on SIGTERM")
     return record
+
+
+def source_version() -> str:
+    """The commit measured, and whether echod's tree differed from it: others edit echod
+    while benches run, so a figure is only as reproducible as this line."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "echod"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{commit or 'unknown'}{' with uncommitted changes in echod/' if dirty else ''}"
+
+
+def runnable(cells: list[Cell], backends: list[str]) -> tuple[list[Cell], list[str]]:
+    """Cells whose backends exist here; a workers cell keeps the ones that do."""
+    kept, notes = [], []
+    for cell in cells:
+        if cell.workers:
+            present = tuple(b for b in cell.backends if b in backends)
+            if not present:
+                notes.append(f"{cell.name} skipped: none of {', '.join(cell.backends)} here")
+                continue
+            if present != cell.backends:
+                notes.append(f"{cell.name}: only {', '.join(present)} here")
+            cell = dataclasses.replace(cell, backends=present)
+        kept.append(cell)
+    return kept, notes
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -166,16 +210,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server_cpus, generator_cpus, pinning = split_cpus()
     notes.append(pinning)
+    cells, skipped = runnable(cells, backends)
+    notes += skipped
     for note in notes:
         print(f"bench: {note}")
     started = time.time()
     runs: list[dict[str, Any]] = []
     for round_index in range(timing.rounds):
-        shift = round_index % len(servers)
-        order = servers[shift:] + servers[:shift]
         for cell in cells:
-            for spec in order:
-                record = run_cell(spec, cell, timing, server_cpus, generator_cpus)
+            pinned = not cell.workers
+            group = worker_specs(cell.backends, cell.workers) if cell.workers else servers
+            shift = round_index % len(group)
+            for spec in group[shift:] + group[:shift]:
+                record = run_cell(
+                    spec,
+                    cell,
+                    timing,
+                    server_cpus if pinned else None,
+                    generator_cpus if pinned else None,
+                )
                 record["round"] = round_index + 1
                 runs.append(record)
                 print(
@@ -197,12 +250,21 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "machine": platform.machine(),
             "pinning": pinning,
+            "source": source_version(),
         },
         "notes": notes,
         "servers": [s.name for s in servers],
         "reference": REFERENCE if any(s.name == REFERENCE for s in servers) else None,
         "cells": [
-            {"name": c.name, "label": c.label, "args": list(c.args), "connections": c.connections}
+            {
+                "name": c.name,
+                "label": c.label,
+                "args": list(c.args),
+                "connections": c.connections,
+                "workers": list(c.workers),
+                "backends": list(c.backends),
+                "role": c.role,
+            }
             for c in cells
         ],
         "runs": runs,

@@ -30,6 +30,8 @@ LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 class ServerSpec:
     name: str
     argv: tuple[str, ...]
+    backend: str = ""
+    workers: int = 1
 
 
 class ServerFailed(Exception):
@@ -80,15 +82,30 @@ def build_reference() -> str | None:
 def specs(
     backends: list[str], with_reference: bool, python: str = sys.executable
 ) -> list[ServerSpec]:
-    result = [
-        ServerSpec(
-            name, (python, "-m", "echod", "--backend", name, "--host", "127.0.0.1", "--port", "0")
-        )
-        for name in backends
-    ]
+    result = [ServerSpec(name, echod_argv(name, python), name) for name in backends]
     if with_reference:
         result.append(ServerSpec(REFERENCE, (str(REFERENCE_BINARY), "127.0.0.1", "0")))
     return result
+
+
+def echod_argv(backend: str, python: str = sys.executable) -> tuple[str, ...]:
+    return (python, "-m", "echod", "--backend", backend, "--host", "127.0.0.1", "--port", "0")
+
+
+def worker_specs(
+    backends: tuple[str, ...], counts: tuple[int, ...], python: str = sys.executable
+) -> list[ServerSpec]:
+    """One server per backend and worker count, in echod's default listen mode."""
+    return [
+        ServerSpec(
+            f"{backend} x{count}",
+            (*echod_argv(backend, python), "--workers", str(count)),
+            backend,
+            count,
+        )
+        for backend in backends
+        for count in counts
+    ]
 
 
 class RunningServer:
