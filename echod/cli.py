@@ -180,6 +180,13 @@ def _preload(backend: Backend) -> None:
     factory = getattr(backend, "loop_factory", None)
     if isinstance(factory, str):
         importlib.import_module(factory.partition(":")[0])
+    for module in LAZY_IMPORTS.get(backend.name, ()):
+        importlib.import_module(module)
+
+
+# Modules a backend first imports inside serve(), found by diffing sys.modules around
+# a serve; the --user tests catch a new one.
+LAZY_IMPORTS = {"gevent": ("pprint",)}
 
 
 def _drop_privileges(user: str, group: str | None) -> None:

@@ -30,6 +30,7 @@ Listen modes, for TCP addresses (Unix and socket-activated sockets are always sh
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import selectors
@@ -144,6 +145,9 @@ class Worker:
     last_seen: float
     ready: bool = False
     killed: bool = False
+    asked_to_stop: bool = False  # sent SIGTERM or SIGINT
+    draining: bool = False  # said STOPPING: it has handled that signal
+    held: list[int] = field(default_factory=list)  # signals to send once it has
     counters: Counters = field(default_factory=Counters)
     partial: bytes = b""
 
@@ -225,6 +229,7 @@ class Supervisor:
         self.report_due: float | None = None
         self.report_waiting: set[int] = set()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self.pid = os.getpid()
 
     # Running ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -369,6 +374,11 @@ class Supervisor:
                 self.report_waiting.discard(worker.slot)
                 if not self.report_waiting:
                     self._log_report()
+        elif kind == "STOPPING":
+            worker.draining = True
+            for signum in worker.held:
+                _kill(worker.pid, signum)
+            worker.held = []
         elif kind == "READY":
             worker.ready = True
             if not self.announced and not self.stopping and self._all_ready():
@@ -433,18 +443,16 @@ class Supervisor:
         self._reap()
 
     def handle_term(self) -> None:
-        self._stop()
+        self._stop(signal.SIGTERM)
 
     def handle_int(self) -> None:
+        # Forwarded one for one, so each worker counts the operator's interrupts as a
+        # single process would: the second closes everything at once. (Sending two
+        # signals at a time would not do: the kernel merges a pending duplicate.)
         self.interrupts += 1
-        if self.interrupts == 1:
-            self._stop()
-            return
-        # Workers already drain on the SIGTERM sent first; two SIGINTs are their
-        # "second interrupt": close everything now.
-        log.warning("second interrupt: workers close their connections now")
-        for _ in range(2):
-            self._signal_workers(signal.SIGINT)
+        if self.interrupts > 1:
+            log.warning("second interrupt: workers close their connections now")
+        self._stop(signal.SIGINT)
 
     def handle_usr1(self) -> None:
         ready = [w for w in self.workers.values() if w.ready]
@@ -460,7 +468,9 @@ class Supervisor:
         self.report_waiting = set()
         log.info("stats (all workers): %s", self.summary())
 
-    def _stop(self) -> None:
+    def _stop(self, signum: int = signal.SIGTERM) -> None:
+        """Begin stopping (once) and pass ``signum`` on to every worker (each time)."""
+        self._signal_workers(signum)
         if self.stopping:
             return
         self.stopping = True
@@ -470,14 +480,19 @@ class Supervisor:
         self.kill_at = time.monotonic() + grace + KILL_MARGIN
         for slot in self.slots.values():
             slot.restart_at = None
-        self._signal_workers(signal.SIGTERM)
         # Workers close their copies as they drain; once ours is closed too, a new
         # client is refused at once instead of waiting in a queue nobody serves.
         for sock in self.shared:
             sock.close()
 
     def _signal_workers(self, signum: int) -> None:
+        """Send ``signum`` to every worker; a stop signal only after the previous one
+        was handled, since the kernel merges a signal into a pending one of its kind."""
         for worker in self.workers.values():
+            if worker.asked_to_stop and not worker.draining:
+                worker.held.append(signum)
+                continue
+            worker.asked_to_stop = True
             _kill(worker.pid, signum)
 
     def summary(self) -> str:
@@ -503,6 +518,10 @@ class Supervisor:
         status = EXIT_CRASH
         try:
             signal.set_wakeup_fd(-1)
+            # Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
+            # which passes it on once, instead of every worker twice.
+            os.setpgid(0, 0)
+            _die_with(self.pid)
             for signum in SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)  # the backend installs its own
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
@@ -563,6 +582,22 @@ class WorkerTag(logging.Filter):
             record.msg = self.prefix + str(record.msg)
             record.worker_tagged = True
         return True
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel send SIGTERM (a drain) when the supervisor dies, even by SIGKILL,
+    so no worker outlives it serving on its own (Linux's PR_SET_PDEATHSIG)."""
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+_libc: ctypes.CDLL | None = None
+if sys.platform == "linux":
+    with contextlib.suppress(OSError):
+        _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _queued(signum: int, frame: object) -> None:
