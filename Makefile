@@ -39,6 +39,10 @@ test: lint typecheck
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
+# Unit files and a venv under /opt/echod (PREFIX=, UNITDIR=, DESTDIR=: systemd/README.md).
+install-systemd:
+	systemd/install.sh
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
