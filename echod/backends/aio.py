@@ -20,16 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
+from echod.backends.base import ACCEPT_BATCH, ServingPolicy
 from echod.config import Config
-from echod.lifecycle import HANDLED_SIGNALS, Command, Lifecycle
+from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 
 log = logging.getLogger("echod")
-
-# Accepts per wakeup of a listener, as in the reactor.
-ACCEPT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.abort()
 
 
-class AsyncServer:
+class AsyncServer(ServingPolicy):
     """Listeners, connections and signals of one asyncio-family loop."""
 
     def __init__(
@@ -121,7 +118,6 @@ class AsyncServer:
         self.connections: set[EchoProtocol] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self._timers: list[Repeating | asyncio.TimerHandle] = []
-        self._sweeper: Repeating | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
 
     async def run(self, label: str) -> None:
@@ -130,12 +126,11 @@ class AsyncServer:
         self.finished: asyncio.Future[None] = loop.create_future()
         loop.set_exception_handler(self._on_loop_error)
         for signum in HANDLED_SIGNALS:
-            loop.add_signal_handler(signum, self._on_signal, signum)
+            loop.add_signal_handler(signum, self.on_signal, signum)
         try:
             await self._start_accepting()
-            self._every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
-            if self.config.idle_timeout > 0:
-                self._sweep_every(self.config.idle_timeout / IDLE_SWEEPS, IDLE_SWEEPS, False)
+            self.call_every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
+            self.start_idle_sweeps()
             self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
             await self.finished
         finally:
@@ -195,8 +190,8 @@ class AsyncServer:
         self.connections.discard(conn)
         self.stats.connections_open -= 1
         if self.lifecycle.draining:
-            if not self.connections and not self.finished.done():
-                self.finished.set_result(None)
+            if not self.connections:
+                self.finish()
         elif not self.servers:
             self.loop.create_task(self._start_accepting())
 
@@ -216,46 +211,26 @@ class AsyncServer:
         else:
             loop.default_exception_handler(context)
 
-    # Signals and timers ----------------------------------------------------------------
-    def _on_signal(self, signum: int) -> None:
-        command = self.lifecycle.command(signum)
-        if command is Command.REPORT:
-            self.lifecycle.report()
-        elif command is Command.EXIT_NOW:
-            log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
-            self._finish()
-        elif not self.lifecycle.draining:
-            self._drain()
+    # Primitives of the serving policy --------------------------------------------------
+    def live_connections(self) -> list[EchoProtocol]:
+        return list(self.connections)
 
-    def _drain(self) -> None:
-        graceful = self.config.graceful_timeout
-        self.lifecycle.start_draining(graceful)
+    def close_listeners(self) -> None:
         self._stop_accepting()
         for sock in self.listeners:
             sock.close()
-        if not self.connections:
-            self._finish()
-            return
-        self._timers.append(self.loop.call_later(graceful, self._graceful_timeout))
-        self._sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
 
-    def _graceful_timeout(self) -> None:
-        log.warning("graceful timeout: closing %d connection(s)", len(self.connections))
-        self._finish()
-
-    def _finish(self) -> None:
+    def finish(self) -> None:
         if not self.finished.done():
             self.finished.set_result(None)
 
-    def _sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-        for conn in self.connections:
-            conn.idle_ticks = 0
-        self._sweeper = self._every(interval, lambda: sweep(self.connections, ticks, only_drained))
+    def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        timer = self.loop.call_later(delay, callback)
+        self._timers.append(timer)
+        return timer
 
-    def _every(self, interval: float, callback: Callable[[], Any]) -> Repeating:
-        timer = Repeating(self.loop, max(interval, 0.01), callback)
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Repeating:
+        timer = Repeating(self.loop, interval, callback)
         self._timers.append(timer)
         return timer
 

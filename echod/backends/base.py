@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import abc
+import errno
+import logging
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from echod.config import Config
-from echod.lifecycle import Lifecycle
+from echod.lifecycle import Command, Lifecycle
 
+log = logging.getLogger("echod")
+
+# One read is at most this much; it also bounds what a paused connection may hold past
+# its high-water mark. 64 KiB matches the default socket buffer on Linux loopback.
+RECEIVE_SIZE = 64 * 1024
+# Accepts per readiness event, so a connection storm cannot starve established clients.
+ACCEPT_BATCH = 64
+# Errors from accept() that mean "out of descriptors or memory", not "bad peer".
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Errors from accept() that mean the client left before we got to it, or a firewall said no.
+PEER_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+# Seconds to stop accepting when even shedding clients is impossible.
+ACCEPT_BACKOFF = 1.0
 # While draining after SIGTERM, a connection quiet this long with nothing left to echo
 # has had everything it sent before the signal echoed back, so it may be closed.
 DRAIN_QUIET = 1.0
@@ -49,3 +65,86 @@ def sweep(connections: Iterable[Sweepable], ticks: int, only_drained: bool) -> N
         conn.idle_ticks += 1
         if conn.idle_ticks >= ticks and not (only_drained and conn.has_pending()):
             conn.close()
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class ServingPolicy(abc.ABC):
+    """What signals, draining and idle sweeps mean, written once for every backend.
+
+    Each backend supplies the primitives of its IO model (how to wait, how to stop
+    accepting, how to end the loop); the rules that operators rely on — SIGTERM drains,
+    a second SIGINT exits at once, quiet connections close while draining, the graceful
+    timeout ends the rest — live here.
+    """
+
+    config: Config
+    lifecycle: Lifecycle
+    _sweeper: Cancellable | None = None
+
+    @abc.abstractmethod
+    def live_connections(self) -> Sequence[Sweepable]:
+        """A snapshot of the open connections (safe to iterate while they close)."""
+
+    @abc.abstractmethod
+    def close_listeners(self) -> None: ...
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """End the serving loop now; ``serve`` then closes what is left and returns."""
+
+    @abc.abstractmethod
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable: ...
+
+    @abc.abstractmethod
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Cancellable: ...
+
+    def refresh_stats(self) -> None:  # noqa: B027  # optional hook
+        """Bring ``lifecycle.stats`` up to date before it is reported (if kept elsewhere)."""
+
+    def on_draining(self) -> None:  # noqa: B027  # optional hook
+        """Called once listeners are closed at the start of a drain."""
+
+    def on_signal(self, signum: int) -> None:
+        command = self.lifecycle.command(signum)
+        if command is Command.REPORT:
+            self.refresh_stats()
+            self.lifecycle.report()
+        elif command is Command.EXIT_NOW:
+            log.warning(
+                "second interrupt: closing %d connection(s) now", len(self.live_connections())
+            )
+            self.finish()
+        elif not self.lifecycle.draining:
+            self.drain()
+
+    def drain(self) -> None:
+        graceful = self.config.graceful_timeout
+        self.refresh_stats()
+        self.lifecycle.start_draining(graceful)
+        self.close_listeners()
+        self.on_draining()
+        if not self.live_connections():
+            self.finish()
+            return
+        self.call_later(graceful, self._graceful_timeout)
+        self.sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
+
+    def _graceful_timeout(self) -> None:
+        log.warning("graceful timeout: closing %d connection(s)", len(self.live_connections()))
+        self.finish()
+
+    def start_idle_sweeps(self) -> None:
+        if self.config.idle_timeout > 0:
+            self.sweep_every(self.config.idle_timeout / IDLE_SWEEPS, IDLE_SWEEPS, False)
+
+    def sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in self.live_connections():
+            conn.idle_ticks = 0
+        self._sweeper = self.call_every(
+            max(interval, 0.01), lambda: sweep(self.live_connections(), ticks, only_drained)
+        )

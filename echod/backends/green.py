@@ -29,7 +29,6 @@ the watchdog then notices. ``--max-connections 0`` means no cap, as on the react
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -41,15 +40,17 @@ import gevent
 import gevent.event
 import gevent.socket
 
-from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
-from echod.backends.selector_backends import (
+from echod.backends.base import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
     EXHAUSTED,
+    PEER_GONE,
     RECEIVE_SIZE,
+    Cancellable,
+    ServingPolicy,
 )
 from echod.config import Config
-from echod.lifecycle import HANDLED_SIGNALS, Command, Lifecycle
+from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 
@@ -57,8 +58,6 @@ log = logging.getLogger("echod")
 
 # How long the end of serve() waits for shut-down greenlets to report their last bytes.
 JOIN_TIMEOUT = 1.0
-# Errors from accept() that mean "the client left" or "a firewall said no".
-_PEER_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
 
 
-class GreenServer:
+class GreenServer(ServingPolicy):
     """Accepts in one greenlet per listener and spawns one greenlet per connection."""
 
     def __init__(
@@ -152,13 +151,12 @@ class GreenServer:
         self.failure: BaseException | None = None
         self.acceptors: list[Any] = []
         self.timers: list[Any] = []
-        self._sweeper: Any = None
         self._warn = RateLimitedLog(log, interval=10.0)
 
     # Running ---------------------------------------------------------------------------
     def run(self, label: str) -> None:
         handlers = [
-            gevent.signal_handler(signum, self._on_signal, signum) for signum in HANDLED_SIGNALS
+            gevent.signal_handler(signum, self.on_signal, signum) for signum in HANDLED_SIGNALS
         ]
         try:
             for listener in self.listeners:
@@ -166,10 +164,7 @@ class GreenServer:
                 acceptor.link_exception(self._fail)
                 self.acceptors.append(acceptor)
             self._every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
-            if self.config.idle_timeout > 0:
-                self._sweep_every(
-                    self.config.idle_timeout / IDLE_SWEEPS, ticks=IDLE_SWEEPS, only_drained=False
-                )
+            self.start_idle_sweeps()
             self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
             self.finished.wait()
             if self.failure is not None:
@@ -178,7 +173,7 @@ class GreenServer:
             for handler in handlers:
                 handler.cancel()
             gevent.killall(self.timers)
-            self._close_listeners()
+            self.close_listeners()
             for conn in list(self.connections):
                 conn.close()
             if self.connections:
@@ -190,38 +185,22 @@ class GreenServer:
         self.failure = greenlet.exception
         self.finished.set()
 
-    def _on_signal(self, signum: int) -> None:
-        command = self.lifecycle.command(signum)
-        if command is Command.REPORT:
-            self.lifecycle.report()
-        elif command is Command.EXIT_NOW:
-            log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
-            self.finished.set()
-        elif not self.lifecycle.draining:
-            self._drain()
+    # Primitives of the serving policy --------------------------------------------------
+    def live_connections(self) -> list[Connection]:
+        return list(self.connections)
 
-    def _drain(self) -> None:
-        graceful = self.config.graceful_timeout
-        self.lifecycle.start_draining(graceful)
-        self._close_listeners()
-        if not self.connections:
-            self.finished.set()
-            return
-        self.timers.append(gevent.spawn_later(graceful, self._graceful_timeout))
-        self._sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
-
-    def _graceful_timeout(self) -> None:
-        log.warning("graceful timeout: closing %d connection(s)", len(self.connections))
+    def finish(self) -> None:
         self.finished.set()
 
-    def _sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
-        if self._sweeper is not None:
-            self._sweeper.kill()
-        for conn in self.connections:
-            conn.idle_ticks = 0
-        self._sweeper = self._every(interval, lambda: sweep(self.connections, ticks, only_drained))
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable:
+        timer = Greenlet(gevent.spawn_later(delay, callback))
+        self.timers.append(timer.greenlet)
+        return timer
 
-    def _every(self, interval: float, callback: Callable[[], Any]) -> Any:
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Cancellable:
+        return Greenlet(self._every(interval, callback))
+
+    def _every(self, interval: float, callback: Callable[[], object]) -> Any:
         """A greenlet calling ``callback`` every ``interval`` seconds until killed."""
 
         def repeat() -> None:
@@ -271,7 +250,7 @@ class GreenServer:
                     )
                     gevent.sleep(ACCEPT_BACKOFF)  # clients wait in the backlog meanwhile
                     continue
-                if exc.errno in _PEER_GONE:
+                if exc.errno in PEER_GONE:
                     continue
                 raise
             accepted += 1
@@ -287,7 +266,7 @@ class GreenServer:
             self.all_closed.clear()
             gevent.spawn(conn.run)
 
-    def _close_listeners(self) -> None:
+    def close_listeners(self) -> None:
         gevent.killall(self.acceptors)
         self.acceptors = []
         for listener in self.listeners:
@@ -305,3 +284,13 @@ class GreenServer:
                 self.finished.set()
         if self.limit and len(self.connections) < self.limit:
             self.room.set()
+
+
+@dataclass(frozen=True)
+class Greenlet:
+    """A timer greenlet seen as something to cancel, as the serving policy expects."""
+
+    greenlet: Any
+
+    def cancel(self) -> None:
+        self.greenlet.kill(block=False)

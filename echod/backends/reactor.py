@@ -73,7 +73,7 @@ class Timer:
 
     __slots__ = ("callback", "cancelled", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
@@ -109,12 +109,12 @@ class Reactor:
         self.selector.unregister(fileobj)
 
     # Timers ----------------------------------------------------------------------------
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback)
         heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
         return timer
 
-    def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
         """Repeat ``callback``; cancelling the returned timer stops the repetition."""
         handle = Timer(0.0, callback)
 

@@ -12,7 +12,6 @@ per message.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import selectors
@@ -20,10 +19,17 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
+from echod.backends.base import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    EXHAUSTED,
+    PEER_GONE,
+    RECEIVE_SIZE,
+    ServingPolicy,
+)
 from echod.backends.reactor import Reactor, Timer
 from echod.config import Config
-from echod.lifecycle import HANDLED_SIGNALS, Command, Lifecycle
+from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
@@ -31,15 +37,6 @@ from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
 log = logging.getLogger("echod")
 
 assert (selectors.EVENT_READ, selectors.EVENT_WRITE) == (WANT_READ, WANT_WRITE)
-
-# One read is at most this much; it also bounds what a paused connection may hold past
-# its high-water mark. 64 KiB matches the default socket buffer on Linux loopback.
-RECEIVE_SIZE = 64 * 1024
-# Accepts per readiness event, so a connection storm cannot starve established clients.
-ACCEPT_BATCH = 64
-# Errors from accept() that mean "out of descriptors or memory", not "bad peer".
-EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_BACKOFF = 1.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,7 @@ class Connection(EchoSession):
         self.server.forget(self)
 
 
-class ReactorServer:
+class ReactorServer(ServingPolicy):
     """Accepts on the listeners and serves echo connections until told to stop."""
 
     def __init__(
@@ -192,24 +189,20 @@ class ReactorServer:
         self.connections: set[Connection] = set()
         self.accepting = False
         self._spare_fd: int | None = _open_spare()
-        self._sweeper: Timer | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
 
     # Running ---------------------------------------------------------------------------
     def run(self, label: str) -> None:
         reactor = self.reactor
-        reactor.handle_signals(HANDLED_SIGNALS, self._on_signal)
+        reactor.handle_signals(HANDLED_SIGNALS, self.on_signal)
         self._start_accepting()
         reactor.call_every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
-        if self.config.idle_timeout > 0:
-            self._sweep_every(
-                self.config.idle_timeout / IDLE_SWEEPS, ticks=IDLE_SWEEPS, only_drained=False
-            )
+        self.start_idle_sweeps()
         self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
         try:
             reactor.run()
         finally:
-            self._close_listeners()
+            self.close_listeners()
             for conn in list(self.connections):
                 conn.close()
             if self._spare_fd is not None:
@@ -217,38 +210,18 @@ class ReactorServer:
             reactor.close()
             self.lifecycle.stopped()
 
-    def _on_signal(self, signum: int) -> None:
-        command = self.lifecycle.command(signum)
-        if command is Command.REPORT:
-            self.lifecycle.report()
-        elif command is Command.EXIT_NOW:
-            log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
-            self.reactor.stop()
-        elif not self.lifecycle.draining:
-            self._drain()
+    # Primitives of the serving policy --------------------------------------------------
+    def live_connections(self) -> list[Connection]:
+        return list(self.connections)
 
-    def _drain(self) -> None:
-        graceful = self.config.graceful_timeout
-        self.lifecycle.start_draining(graceful)
-        self._close_listeners()
-        if not self.connections:
-            self.reactor.stop()
-            return
-        self.reactor.call_later(graceful, self._graceful_timeout)
-        self._sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
-
-    def _graceful_timeout(self) -> None:
-        log.warning("graceful timeout: closing %d connection(s)", len(self.connections))
+    def finish(self) -> None:
         self.reactor.stop()
 
-    def _sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-        for conn in self.connections:
-            conn.idle_ticks = 0
-        self._sweeper = self.reactor.call_every(
-            max(interval, 0.01), lambda: sweep(self.connections, ticks, only_drained)
-        )
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        return self.reactor.call_later(delay, callback)
+
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
+        return self.reactor.call_every(interval, callback)
 
     # Accepting -------------------------------------------------------------------------
     def _start_accepting(self) -> None:
@@ -265,7 +238,7 @@ class ReactorServer:
         for listener in self.listeners:
             self.reactor.remove(listener)
 
-    def _close_listeners(self) -> None:
+    def close_listeners(self) -> None:
         self._stop_accepting()
         for listener in self.listeners:
             listener.close()
@@ -293,7 +266,7 @@ class ReactorServer:
                 if exc.errno in EXHAUSTED:
                     self._shed(listener, exc)
                     return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                if exc.errno in PEER_GONE:
                     continue  # the client left before we got to it, or a firewall said no
                 raise
             if self.fd_limit is not None and sock.fileno() >= self.fd_limit:

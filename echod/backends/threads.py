@@ -46,11 +46,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from echod.backends.base import DRAIN_QUIET, IDLE_SWEEPS, sweep
+from echod.backends.base import ACCEPT_BACKOFF, ACCEPT_BATCH, EXHAUSTED, ServingPolicy
 from echod.backends.reactor import Reactor, Timer
-from echod.backends.selector_backends import ACCEPT_BACKOFF, ACCEPT_BATCH, EXHAUSTED
 from echod.config import Config
-from echod.lifecycle import HANDLED_SIGNALS, Command, Lifecycle
+from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 from echod.session import WANT_READ
@@ -155,7 +154,7 @@ class Connection:
         self.server.shut_down(self)
 
 
-class ThreadServer:
+class ThreadServer(ServingPolicy):
     """Accepts in the main thread and starts one echo thread per connection."""
 
     def __init__(
@@ -182,7 +181,6 @@ class ThreadServer:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
-        self._sweeper: Timer | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
 
     # Running ---------------------------------------------------------------------------
@@ -192,19 +190,16 @@ class ThreadServer:
         if not self.config.max_connections:
             log.info("threads backend: at most %d connections at once", self.limit)
         try:
-            reactor.handle_signals(HANDLED_SIGNALS, self._on_signal)
+            reactor.handle_signals(HANDLED_SIGNALS, self.on_signal)
             reactor.add(self._wakeup_r, WANT_READ, self._on_wakeup)
             self._start_accepting()
             reactor.call_every(self.lifecycle.heartbeat_interval, self._heartbeat)
-            if self.config.idle_timeout > 0:
-                self._sweep_every(
-                    self.config.idle_timeout / IDLE_SWEEPS, ticks=IDLE_SWEEPS, only_drained=False
-                )
+            self.start_idle_sweeps()
             self._count_bytes()
             self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
             reactor.run()
         finally:
-            self._close_listeners()
+            self.close_listeners()
             with self.lock:
                 for conn in self.connections:
                     _shutdown(conn.sock)
@@ -229,43 +224,25 @@ class ThreadServer:
         self.stats.bytes_in = received + sum(conn.received for conn in live)
         self.stats.bytes_out = sent + sum(conn.sent for conn in live)
 
-    def _on_signal(self, signum: int) -> None:
-        command = self.lifecycle.command(signum)
-        if command is Command.REPORT:
-            self._count_bytes()
-            self.lifecycle.report()
-        elif command is Command.EXIT_NOW:
-            log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
-            self.reactor.stop()
-        elif not self.lifecycle.draining:
-            self._drain()
+    # Primitives of the serving policy --------------------------------------------------
+    def live_connections(self) -> list[Connection]:
+        return self._snapshot()
 
-    def _drain(self) -> None:
-        graceful = self.config.graceful_timeout
+    def refresh_stats(self) -> None:
         self._count_bytes()
-        self.lifecycle.start_draining(graceful)
-        self._close_listeners()
+
+    def on_draining(self) -> None:
         with self.lock:
             self.wake_on_close = True
-            empty = not self.connections
-        if empty:
-            self.reactor.stop()
-            return
-        self.reactor.call_later(graceful, self._graceful_timeout)
-        self._sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
 
-    def _graceful_timeout(self) -> None:
-        log.warning("graceful timeout: closing %d connection(s)", len(self.connections))
+    def finish(self) -> None:
         self.reactor.stop()
 
-    def _sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-        for conn in self._snapshot():
-            conn.idle_ticks = 0
-        self._sweeper = self.reactor.call_every(
-            max(interval, 0.01), lambda: sweep(self._snapshot(), ticks, only_drained)
-        )
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        return self.reactor.call_later(delay, callback)
+
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
+        return self.reactor.call_every(interval, callback)
 
     def _snapshot(self) -> list[Connection]:
         with self.lock:
@@ -291,7 +268,7 @@ class ThreadServer:
         for listener in self.listeners:
             self.reactor.remove(listener)
 
-    def _close_listeners(self) -> None:
+    def close_listeners(self) -> None:
         self._stop_accepting()
         for listener in self.listeners:
             listener.close()
