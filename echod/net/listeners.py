@@ -63,9 +63,18 @@ def parse_address(text: str) -> Address:
 
 
 def bind(
-    address: Address, backlog: int, *, reuse_port: bool = False, unix_mode: int = 0o660
+    address: Address,
+    backlog: int,
+    *,
+    reuse_port: bool = False,
+    unix_mode: int = 0o660,
+    listen: bool = True,
 ) -> socket.socket:
-    """A non-blocking listening socket for ``address``, or a :class:`ListenerError`."""
+    """A non-blocking listening socket for ``address``, or a :class:`ListenerError`.
+
+    With ``listen=False`` the socket is only bound, without SO_REUSEADDR: it holds the
+    port (the worker supervisor's SO_REUSEPORT reservation) and no connection queues on it.
+    """
     if address.path is not None:
         return _bind_unix(address.path, backlog, unix_mode)
     try:
@@ -79,7 +88,8 @@ def bind(
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listen:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
@@ -87,7 +97,8 @@ def bind(
             # a specific IPv6 address is unaffected.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ListenerError(f"cannot listen on {address}: {_explain(exc, address)}") from None

@@ -45,7 +45,7 @@ from typing import NoReturn
 from echod.backends.base import Backend
 from echod.config import Config
 from echod.lifecycle import STATUS_INTERVAL, Lifecycle, Stats
-from echod.net.listeners import Address, ListenerError, _explain, bind
+from echod.net.listeners import Address, ListenerError, bind
 from echod.service import ServiceError
 from echod.service.limits import drop_privileges
 from echod.service.notify import Notifier
@@ -167,24 +167,7 @@ def reserve(address: Address) -> tuple[socket.socket, Address]:
     Returns the socket and the address workers bind (port 0 resolved). No SO_REUSEADDR
     here, so no other socket can bind the port while it is held.
     """
-    try:
-        infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ListenerError(
-            f"cannot listen on {address}: host does not resolve ({exc.strerror})"
-        ) from None
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise ListenerError(f"cannot listen on {address}: {_explain(exc, address)}") from None
+    sock = bind(address, 0, reuse_port=True, listen=False)
     return sock, Address(host=address.host, port=sock.getsockname()[1])
 
 

@@ -29,7 +29,9 @@ def test_descriptor_exhaustion_neither_spins_nor_starves_open_connections(backen
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit (util-linux) is not installed")
     limit = 64
-    server = Echod("--backend", backend, "--port", "0", wrapper=("prlimit", f"--nofile={limit}:{limit}"))
+    server = Echod(
+        "--backend", backend, "--port", "0", wrapper=("prlimit", f"--nofile={limit}:{limit}")
+    )
     with server:
         served = [server.connect() for _ in range(20)]
         for sock in served:
