@@ -1,9 +1,9 @@
 """echod's settings: one table that the command line, the environment and the docs share.
 
 Each :class:`Option` row gives the flag, the ``ECHOD_*`` variable, the parser and the
-default; ``cli`` builds argparse from it and ``docs/options`` (the README table) is
-printed from it by ``echod --help-options``. A flag given on the command line wins over
-its variable.
+default; ``cli`` builds argparse from it and :func:`options_markdown` the README's table
+(a unit test keeps the two equal). A flag given on the command line wins over its
+variable.
 """
 
 from __future__ import annotations
@@ -109,6 +109,17 @@ class Option:
     def env(self) -> str:
         return "ECHOD_" + self.name.upper()
 
+    @property
+    def shown_default(self) -> str:
+        """The default as an operator would type it (sizes in K, none as a dash)."""
+        if self.default in (None, ()):
+            return "—"
+        if self.parse is byte_size and self.default % 1024 == 0:
+            return f"{self.default // 1024}K"
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        return str(self.default)
+
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", str, "127.0.0.1", "address to listen on (IPv4, IPv6 or a name)", "HOST"),
@@ -121,7 +132,7 @@ OPTIONS: tuple[Option, ...] = (
         "ADDRESS",
         repeated=True,
     ),
-    Option("backend", str, None, "IO model serving connections (see --list-backends)", "NAME"),
+    Option("backend", str, None, "IO model serving connections; unset: the best selector here (epoll on Linux)", "NAME"),
     Option("backlog", positive, 4096, "listen queue length (capped by net.core.somaxconn)", "N"),
     Option("high_water", byte_size, 64 * 1024, "stop reading a client once this much of its echo waits unsent", "BYTES"),
     Option("low_water", byte_size, 16 * 1024, "resume reading once its unsent echo drains to this", "BYTES"),
@@ -134,6 +145,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
+
+
+def options_markdown() -> str:
+    """The README's option table, built from :data:`OPTIONS` so the docs cannot drift."""
+    rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        choices = f" ({', '.join(option.choices)})" if option.choices else ""
+        flag = f"{option.flag} {option.metavar}" if option.metavar else option.flag
+        flag = flag.replace("|", "\\|")
+        rows.append(
+            f"| `{flag}` | `{option.env}` | `{option.shown_default}` | {option.help}{choices} |"
+        )
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)

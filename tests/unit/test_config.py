@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from echod.cli import load_config
-from echod.config import OPTIONS, Config, ConfigError, byte_size, from_environment, port_number
+from echod.config import (
+    OPTIONS,
+    Config,
+    ConfigError,
+    byte_size,
+    from_environment,
+    options_markdown,
+    port_number,
+)
 
 
 def test_every_option_has_a_flag_an_env_var_and_help() -> None:
@@ -61,3 +71,10 @@ def test_a_bad_variable_is_named_in_the_error() -> None:
 def test_low_water_above_high_water_is_refused() -> None:
     with pytest.raises(ConfigError, match="low water"):
         Config(high_water=1000, low_water=2000)
+
+
+def test_the_readme_option_table_is_the_one_the_code_builds() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- options:start", 1)[1].split("-->", 1)[1]
+    block = block.split("<!-- options:end -->", 1)[0].strip()
+    assert block == options_markdown(), "README options drifted; paste:\n" + options_markdown()
