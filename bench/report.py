@@ -95,7 +95,13 @@ class Results:
         self.many = next((c for c in self.cells if c.get("role") == "many"), None)
 
     def runs(self, server: str, cell: str) -> list[dict[str, Any]]:
-        return [r for r in self.data["runs"] if r["server"] == server and r["cell"] == cell]
+        """The rounds that count: those no other load overlapped, when there are any."""
+        found = [r for r in self.data["runs"] if r["server"] == server and r["cell"] == cell]
+        return [r for r in found if not r.get("contended")] or found
+
+    def contended(self, server: str, cell: str) -> bool:
+        """Whether the figures shown rest on rounds that overlapped other load."""
+        return any(r.get("contended") for r in self.runs(server, cell))
 
     def figures(self, server: str, cell: str) -> list[dict[str, Any]]:
         return [r["figures"] for r in self.runs(server, cell) if "figures" in r]
@@ -128,8 +134,23 @@ class Results:
         return total
 
     def marks(self, server: str, cell: str) -> str:
-        return (" †" if self.generator_bound(server, cell) else "") + (
-            " ✗" if self.faults(server, cell) else ""
+        return (
+            (" †" if self.generator_bound(server, cell) else "")
+            + (" ✗" if self.faults(server, cell) else "")
+            + (" ‡" if self.contended(server, cell) else "")
+        )
+
+    def contention_note(self) -> str | None:
+        runs = self.data["runs"]
+        hit = [r for r in runs if r.get("contended")]
+        if not hit:
+            return None
+        what = sorted({c for r in hit for c in r["contended"]})
+        return (
+            f"{len(hit)} of {len(runs)} runs overlapped other load on this machine "
+            f"({'; '.join(what[:4])}{' …' if len(what) > 4 else ''}). Figures use only the "
+            "rounds that did not, where a cell had any (so some spreads are over fewer "
+            "rounds); ‡ marks figures from overlapped rounds alone."
         )
 
     def problems(self) -> list[str]:
@@ -149,7 +170,8 @@ class Results:
 LEGEND = (
     "† a generator worker used over 90% of its CPU in at least one round: that throughput "
     "is the generator's ceiling, not the server's; compare servers there by CPU µs/msg. "
-    "✗ the generator saw transport errors (or the run failed) in at least one round: see Notes."
+    "✗ the generator saw transport errors (or the run failed) in at least one round: see Notes. "
+    "‡ every round of that cell overlapped other load on the machine (see Notes)."
 )
 
 
@@ -542,6 +564,9 @@ def markdown(data: dict[str, Any], image_prefix: str) -> str:
     out += [LEGEND, ""]
     problems = [p for p in res.problems() if "of a CPU: the figures measure" not in p]
     notes = list(data.get("notes", []))
+    contention = res.contention_note()
+    if contention:
+        notes.append(contention)
     if notes or problems:
         out += ["## Notes", ""]
         out += [f"- {n}" for n in notes]
@@ -653,8 +678,11 @@ def readme_sections(data: dict[str, Any], links: str = README_LINKS) -> dict[str
     bench = [
         "## Benchmark",
         "",
-        f"Latest `make bench` ({data['timestamp']}; {timing['rounds']} rounds of "
-        f"{timing['duration_s']:g} s, medians; {data['environment']['pinning']}). "
+        f"Latest `make bench` ({data['timestamp']}, echod "
+        f"{data['environment'].get('source', 'unknown')}): {len(res.servers)} servers, "
+        f"{timing['rounds']} round(s) of {timing['duration_s']:g} s after "
+        f"{timing['warmup_s']:g} s warmup, {data['elapsed_s'] / 60:.0f} min in all; medians; "
+        f"{data['environment']['pinning']}. "
         f"Full report with every cell, spreads and charts: [{links}latest.md]({links}latest.md). "
         "This section is rewritten by `python -m bench --publish`.",
         "",
@@ -663,6 +691,9 @@ def readme_sections(data: dict[str, Any], links: str = README_LINKS) -> dict[str
         LEGEND,
         "",
     ]
+    contention = res.contention_note()
+    if contention:
+        bench += [contention, ""]
     if res.workers_cell:
         bench += [
             f"**One worker against two** ({res.workers_cell['label']}). " + WORKERS_CAVEAT,
@@ -679,7 +710,7 @@ def readme_sections(data: dict[str, Any], links: str = README_LINKS) -> dict[str
                 "## Which IO model?",
                 "",
                 f"Every backend, {iomodel_caption(res)}, from the run above "
-                f"({data['timestamp']}); medians over {timing['rounds']} rounds. The "
+                f"({data['timestamp']}); medians over {timing['rounds']} round(s). The "
                 "sentences below are generated from the same figures by "
                 "`python -m bench --publish`.",
                 "",

@@ -14,10 +14,12 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,51 @@ from bench.servers import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Other load this machine is known to run (the robustness suite, test runs): a bench
+# cell that overlaps it measures both, so the runner notes it (see ``foreign_load``).
+FOREIGN_LOAD = re.compile(r"tests[./]robust|pytest")
+
+
+def foreign_load() -> set[str]:
+    """Command lines of other processes generating load now (a cheap /proc scan).
+
+    ``pgrep`` lines are someone waiting for quiet, not load.
+    """
+    mine = {os.getpid(), os.getppid()}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if FOREIGN_LOAD.search(argv) and "pgrep" not in argv:
+            found.add(argv.strip()[:120])
+    return found
+
+
+class LoadWatch:
+    """Samples ``foreign_load`` twice a second while a cell runs."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+
+    def __enter__(self) -> LoadWatch:
+        self.seen |= foreign_load()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seen |= foreign_load()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.seen |= foreign_load()
 
 
 def raise_open_files() -> None:
@@ -65,6 +112,20 @@ def run_cell(
     generator_cpus: set[int] | None,
 ) -> dict[str, Any]:
     """One server, one cell: start, measure with echod-bench, stop."""
+    with LoadWatch() as watch:
+        record = measure(spec, cell, timing, server_cpus, generator_cpus)
+    if watch.seen:
+        record["contended"] = sorted(watch.seen)
+    return record
+
+
+def measure(
+    spec: ServerSpec,
+    cell: Cell,
+    timing: Timing,
+    server_cpus: set[int] | None,
+    generator_cpus: set[int] | None,
+) -> dict[str, Any]:
     record: dict[str, Any] = {
         "server": spec.name,
         "cell": cell.name,

@@ -166,3 +166,18 @@ def test_markdown_has_every_section() -> None:
     for heading in ("## Summary", "## Which IO model?", "## One worker against two"):
         assert heading in text
     assert "| select | 49,000 | 80,000 ✗ |" in text
+
+
+def test_rounds_that_overlapped_other_load_are_left_out_when_others_exist() -> None:
+    data = results()
+    poll_10 = [r for r in data["runs"] if r["server"] == "poll" and r["cell"] == "rr-1k-10"]
+    poll_10[0]["figures"] = figures(1.0, 1, 1.0, 0)
+    poll_10[0]["contended"] = ["pytest tests/robust"]
+    for run in (r for r in data["runs"] if r["server"] == "epoll" and r["cell"] == "idle-10k"):
+        run["contended"] = ["pytest tests/robust"]
+    res = report.Results(data)
+    assert res.median("poll", "rr-1k-10", report._rate) == 48_000
+    assert not res.contended("poll", "rr-1k-10")
+    assert res.contended("epoll", "idle-10k") and "‡" in res.marks("epoll", "idle-10k")
+    note = res.contention_note()
+    assert note is not None and note.startswith("4 of 36 runs overlapped other load")
