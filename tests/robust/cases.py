@@ -83,6 +83,16 @@ KNOWN_LIMITS: dict[tuple[str, str], str] = {
 }  # fmt: skip
 
 
+# Failures of echod found by this suite and reported, not yet fixed: the table shows them
+# as failures with this note; pytest marks them xfail (not strict) until the fix lands.
+OPEN_BUGS: dict[tuple[str, str], str] = {
+    ("fd-exhaustion", "asyncio"): "stdlib accept loop retries EMFILE after 1 s without shedding; the backlog drains 64 a round",
+    ("fd-exhaustion", "threads"): "after EMFILE it stops accepting for a fixed 1 s (ACCEPT_BACKOFF); a freed descriptor does not end the back-off",
+    ("graceful-stop", "threads"): "the drain sweep closes a connection whose unread input waits in the kernel (its thread not yet scheduled): RST",
+    ("graceful-stop", "uvloop"): "intermittent: the drain sweep can close a connection with unread input in the kernel (after a flow-control pause): RST",
+}  # fmt: skip
+
+
 def run(entry: Case, target: Target, scale: Scale) -> Outcome:
     """Run one case; a crash of the case itself is a failure with its reason, not a traceback."""
     try:
@@ -90,7 +100,25 @@ def run(entry: Case, target: Target, scale: Scale) -> Outcome:
     except Abort as exc:
         return Outcome(failures=[str(exc)])
     except Exception as exc:  # a case must report, never take the run down
-        return Outcome(failures=[f"{type(exc).__name__}: {exc}"])
+        lines = str(exc).strip().splitlines() or [""]
+        told = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+        return Outcome(failures=[f"{type(exc).__name__}: {told}"])
+
+
+def held_all(server: Server, expected: int, timeout: float = 15.0) -> int:
+    """Wait until the server holds ``expected`` descriptors, or their count stops moving."""
+    last, still_since = -1, time.monotonic()
+    deadline = still_since + timeout
+    while time.monotonic() < deadline and server.alive():
+        count = server.open_fds()
+        if count >= expected:
+            return count
+        if count != last:
+            last, still_since = count, time.monotonic()
+        elif time.monotonic() - still_since > 1.0:
+            break
+        time.sleep(0.05)
+    return server.open_fds() if server.alive() else last
 
 
 def _check_alive(server: Server) -> None:
@@ -168,9 +196,9 @@ def idle_flood(target: Target, scale: Scale) -> Outcome:
         baseline = server.settled_fds()
         idle = connect_many(server, scale.idle)
         try:
-            accepted = wait_until(lambda: server.open_fds() >= baseline + scale.idle, timeout=15)
+            held = held_all(server, baseline + scale.idle) - baseline
             _check_alive(server)
-            time.sleep(0.5)
+            time.sleep(scale.settle)
             busy = server.idle_cpu(scale.window)
             flooded = fresh_echo_latency(server, scale.samples)
         finally:
@@ -178,7 +206,7 @@ def idle_flood(target: Target, scale: Scale) -> Outcome:
         _check_alive(server)
     out.figure(f"CPU {busy:.1%} over {scale.window:g} s with {scale.idle} idle")
     out.figure(f"fresh echo {describe_latency(flooded)} (no flood: {describe_latency(calm)})")
-    out.require(accepted, f"the server never held all {scale.idle} idle connections")
+    out.require(held >= scale.idle, f"the server held only {held} of {scale.idle} idle connections")
     out.require(busy < IDLE_CPU, f"idle connections cost {busy:.1%} CPU (bound {IDLE_CPU:.0%})")
     out.require(max(flooded) < SANITY_LATENCY, f"a fresh client waited {max(flooded):.2f} s")
     return out
@@ -314,13 +342,15 @@ def fd_exhaustion(target: Target, scale: Scale) -> Outcome:
             with contextlib.suppress(OSError):
                 for _ in range(limit * 2):  # far past what the server can accept
                     flood.append(socket.create_connection((server.host, server.port), 2))
-            time.sleep(0.5)
+            time.sleep(scale.settle)
             full = server.open_fds()
             busy = server.idle_cpu(scale.window)
             held_ok = sum(1 for sock in held if _echoes(sock, b"during"))
             close_all(flood)
             left = time.monotonic()
-            again = wait_until(lambda: _fresh_client_served(server), timeout=3, interval=0.02)
+            again = wait_until(
+                lambda: _fresh_client_served(server), timeout=2 * ACCEPT_AGAIN, interval=0.02
+            )
             recovery = time.monotonic() - left
         finally:
             close_all(flood)
@@ -370,7 +400,7 @@ def resets(target: Target, scale: Scale) -> Outcome:
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 sock.send(payload)  # far more than the 4 KiB window: the server's echo backs up
-        held = wait_until(lambda: server.open_fds() >= baseline + len(socks), timeout=15)
+        held = held_all(server, baseline + len(socks)) >= baseline + len(socks)
         time.sleep(0.3)
         peak = server.open_fds()
         for sock in socks:
@@ -395,7 +425,7 @@ def churn(target: Target, scale: Scale) -> Outcome:
     out = Outcome()
     with target.start() as server:
         address = (server.host, server.port)
-        cycle(address, 1_000)  # warm the allocator and the server's free lists
+        cycle(address, min(1_000, scale.cycles // 5))  # warm the allocator and free lists
         baseline_fds, baseline_rss = server.settled_fds(), server.rss()
         start = time.monotonic()
         failed = cycle(address, scale.cycles)
@@ -581,13 +611,13 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
                 f"all {len(socks)} connections went to one worker; cannot tell the loss apart"
             )
         talkers = [Talker(sock) for sock in socks]
-        time.sleep(0.5)
+        time.sleep(scale.settle)
         os.kill(victim, signal.SIGKILL)
         killed_at = [t.count for t in talkers]
         replaced = wait_until(
             lambda: len(server.children()) == 2 and victim not in server.children(), timeout=10
         )
-        time.sleep(1.0)
+        time.sleep(2 * scale.settle)
         for talker in talkers:
             talker.stop()
         close_all(socks)
@@ -678,7 +708,10 @@ def graceful_stop(target: Target, scale: Scale) -> Outcome:
         traceback = "Traceback" in server.log
     short = [i for i in range(len(socks)) if transfer.received[i] != transfer.sent[i]]
     out.figure(f"{len(socks)} connections, {mib(in_flight)} in flight at SIGTERM")
+    lost = sum(transfer.sent[i] - transfer.received[i] for i in short)
     out.figure(f"{len(socks) - len(short)} got every byte; exit {status}")
+    if short:
+        out.figure(f"{mib(lost)} lost on {len(short)} ({transfer.resets} reset by the server)")
     out.require(not transfer.mismatches, f"{transfer.mismatches} connections got wrong bytes")
     out.require(not short, f"{len(short)} connections lost bytes sent before the signal")
     out.require(status == 0, f"exit status {status}")
@@ -702,6 +735,7 @@ class Transfer:
         self.received = [0] * len(socks)
         self.closed = [False] * len(socks)
         self.mismatches = 0
+        self.resets = 0  # connections that ended in an error, not an EOF
         self.sending = True
         self.selector = selectors.DefaultSelector()
         for index, sock in enumerate(socks):
@@ -738,6 +772,7 @@ class Transfer:
             except BlockingIOError:
                 data = None
             except OSError:
+                self.resets += 1
                 data = b""
             if data == b"":
                 self.closed[index] = True

@@ -43,14 +43,16 @@ class Scale:
     patience: float = 5.0  # seconds a schedule's survivors have to be echoed and closed
     graceful: int = 1_000
     window: float = 3.0  # seconds over which CPU time is measured
+    settle: float = 0.5  # seconds left for the server to take in a change before measuring
     samples: int = 50  # round trips behind a latency figure
 
 
 FULL = Scale("full")
 SHORT = Scale(
     "short",
-    concurrent=1_000,
-    idle=500,
+    # Past FD_SETSIZE (1024) still, so select(2)'s ceiling shows at this scale too.
+    concurrent=1_100,
+    idle=1_100,
     hog_bytes=256 * MiB,
     resets=200,
     cycles=3_000,
@@ -59,6 +61,7 @@ SHORT = Scale(
     patience=2.0,
     graceful=100,
     window=1.0,
+    settle=0.2,
     samples=20,
 )
 
