@@ -688,17 +688,24 @@ class Talker:
 # ---------------------------------------------------------------------------------------
 @case(
     "graceful-stop",
-    "SIGTERM while 1,000 connections are mid-transfer: every byte sent before it is echoed, exit 0",
+    "SIGTERM while 1,000 connections are mid-transfer (8 of them paused by flow control): every byte sent before it is echoed, exit 0",
 )
 def graceful_stop(target: Target, scale: Scale) -> Outcome:
     out = Outcome()
     with target.start("--graceful-timeout", "20") as server:
         socks = connect_many(server, scale.graceful)
-        transfer = Transfer(socks)
-        transfer.run(until=lambda: transfer.each_sent(16 * 1024), limit=10)
+        # The first few send without reading until the server pauses them at the
+        # high-water mark, and stay unread across two drain sweeps after the signal: a
+        # paused connection is quiet, yet not done.
+        transfer = Transfer(socks, paused=PAUSED)
+        transfer.run(
+            until=lambda: transfer.each_sent(16 * 1024) and transfer.paused_blocked(), limit=15
+        )
         in_flight = transfer.in_flight()
         server.signal(signal.SIGTERM)
         transfer.sending = False
+        transfer.run(until=lambda: False, limit=DRAIN_QUIET * 1.6)
+        transfer.release()
         transfer.run(until=transfer.all_closed, limit=25)
         try:
             status = server.proc.wait(10)
@@ -707,11 +714,15 @@ def graceful_stop(target: Target, scale: Scale) -> Outcome:
         close_all(socks)
         traceback = "Traceback" in server.log
     short = [i for i in range(len(socks)) if transfer.received[i] != transfer.sent[i]]
+    paused_short = [i for i in short if i < PAUSED]
     out.figure(f"{len(socks)} connections, {mib(in_flight)} in flight at SIGTERM")
     lost = sum(transfer.sent[i] - transfer.received[i] for i in short)
     out.figure(f"{len(socks) - len(short)} got every byte; exit {status}")
     if short:
-        out.figure(f"{mib(lost)} lost on {len(short)} ({transfer.resets} reset by the server)")
+        out.figure(
+            f"{mib(lost)} lost on {len(short)} ({len(paused_short)} of them paused; "
+            f"{transfer.resets} reset by the server)"
+        )
     out.require(not transfer.mismatches, f"{transfer.mismatches} connections got wrong bytes")
     out.require(not short, f"{len(short)} connections lost bytes sent before the signal")
     out.require(status == 0, f"exit status {status}")
@@ -719,13 +730,23 @@ def graceful_stop(target: Target, scale: Scale) -> Outcome:
     return out
 
 
+PAUSED = 8
+# Two sweeps of echod's drain (base.DRAIN_QUIET); the suite never imports echod's internals.
+DRAIN_QUIET = 1.0
+
+
 class Transfer:
-    """Every socket sends 4 KiB chunks of its own slice of a pattern while reading the echo."""
+    """Every socket sends 4 KiB chunks of its own slice of a pattern while reading the echo.
+
+    The first ``paused`` sockets never read until ``release()``: they send until the
+    server stops taking their bytes.
+    """
 
     CHUNK = 4096
     WINDOW = 64 * 1024  # unechoed bytes a connection may have outstanding
+    PAUSED_CAP = 32 * MiB
 
-    def __init__(self, socks: Sequence[socket.socket]) -> None:
+    def __init__(self, socks: Sequence[socket.socket], paused: int = 0) -> None:
         self.socks = socks
         # Two copies of one block: a position's byte depends only on it modulo the block,
         # however the stream was cut into sends and reads.
@@ -734,13 +755,21 @@ class Transfer:
         self.sent = [0] * len(socks)
         self.received = [0] * len(socks)
         self.closed = [False] * len(socks)
+        self.paused = set(range(paused))
+        self.last_sent = [time.monotonic()] * len(socks)
         self.mismatches = 0
         self.resets = 0  # connections that ended in an error, not an EOF
         self.sending = True
         self.selector = selectors.DefaultSelector()
         for index, sock in enumerate(socks):
             sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, index)
+            self.selector.register(sock, self._mask(index), index)
+
+    def _mask(self, index: int) -> int:
+        if index in self.paused:
+            return selectors.EVENT_WRITE if self.sending else 0
+        wants_write = self.sending and self.sent[index] - self.received[index] < self.WINDOW
+        return selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
 
     def _expected(self, index: int, start: int, size: int) -> bytes:
         offset = (index * 7919 + start) % (len(self.pattern) // 2)
@@ -749,19 +778,33 @@ class Transfer:
     def each_sent(self, size: int) -> bool:
         return min(self.sent) >= size
 
+    def paused_blocked(self) -> bool:
+        """Every paused socket has stopped getting bytes out for a while."""
+        quiet = time.monotonic() - 0.3
+        return all(self.sent[i] and self.last_sent[i] < quiet for i in self.paused)
+
     def in_flight(self) -> int:
         return sum(self.sent) - sum(self.received)
 
     def all_closed(self) -> bool:
         return all(self.closed)
 
+    def release(self) -> None:
+        """The paused sockets start reading."""
+        registered = self.selector.get_map()
+        for index in self.paused:
+            sock = self.socks[index]
+            if sock in registered:
+                self.selector.modify(sock, selectors.EVENT_READ, index)
+            else:
+                self.selector.register(sock, selectors.EVENT_READ, index)
+        self.paused = set()
+
     def run(self, until: Callable[[], bool], limit: float) -> None:
         deadline = time.monotonic() + limit
         while not until() and time.monotonic() < deadline:
-            for key, events in self.selector.select(0.1):
+            for key, events in self.selector.select(0.05):
                 self._step(key, events)
-        if not self.sending:
-            self.selector.close()
 
     def _step(self, key: selectors.SelectorKey, events: int) -> None:
         sock, index = key.fileobj, key.data
@@ -782,10 +825,18 @@ class Transfer:
                 if data != self._expected(index, self.received[index], len(data)):
                     self.mismatches += 1
                 self.received[index] += len(data)
-        wants_write = self.sending and self.sent[index] - self.received[index] < self.WINDOW
-        if events & selectors.EVENT_WRITE and wants_write:
+        if events & selectors.EVENT_WRITE and self._mask(index) & selectors.EVENT_WRITE:
+            size = self.CHUNK if index not in self.paused else 65536
+            if index in self.paused and self.sent[index] >= self.PAUSED_CAP:
+                size = 0
             with contextlib.suppress(BlockingIOError):
-                self.sent[index] += sock.send(self._expected(index, self.sent[index], self.CHUNK))
-        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
+                sent = sock.send(self._expected(index, self.sent[index], size)) if size else 0
+                self.sent[index] += sent
+                if sent:
+                    self.last_sent[index] = time.monotonic()
+        mask = self._mask(index)
         if mask != key.events:
-            self.selector.modify(sock, mask, index)
+            if mask:
+                self.selector.modify(sock, mask, index)
+            else:
+                self.selector.unregister(sock)
