@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from echod import backends
-from tests.robust.cases import CASES, KNOWN_LIMITS, Case, run
+from tests.robust.cases import CASES, KNOWN_LIMITS, OPEN_BUGS, Case, run
 from tests.robust.harness import FULL, NAIVE, SHORT, Outcome, Scale, Target
 from tests.support import ROOT
 
@@ -63,12 +63,9 @@ def result(case: Case, name: str, outcome: Outcome) -> str:
     if outcome.passed:
         return "pass"
     known = KNOWN_LIMITS.get((case.name, name))
-    return (
-        "**fail**"
-        + (f" (known limit: {known})" if known else "")
-        + ": "
-        + "; ".join(outcome.failures)
-    )
+    bug = OPEN_BUGS.get((case.name, name))
+    note = f" (known limit: {known})" if known else f" (open bug: {bug})" if bug else ""
+    return f"**fail**{note}: " + "; ".join(outcome.failures)
 
 
 def table(rows: list[Row]) -> list[str]:

@@ -9,7 +9,8 @@ exists to catch:
 * a failed ``accept`` is logged and retried at once: out of descriptors, it spins;
 * errors from ``recv``/``send`` (a reset peer) are not handled: a traceback ends it;
 * on EOF it stops watching the client but keeps its socket "for the reply": a leak;
-* no signal handling: SIGTERM kills it mid-transfer.
+* no signal handling: SIGTERM kills it mid-transfer;
+* ``--workers N`` forks N copies on one listener and never replaces one that dies.
 
 It logs ``listening on 127.0.0.1:PORT`` as echod does, so the same harness drives it,
 and ignores echod's other flags.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import select
 import socket
 import sys
@@ -28,10 +30,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
     args, _ = parser.parse_known_args()
     listener = socket.create_server((args.host, args.port), backlog=4096)
     listener.setblocking(False)
     print(f"listening on {args.host}:{listener.getsockname()[1]}", file=sys.stderr, flush=True)
+    if args.workers > 1:
+        for _ in range(args.workers):
+            if os.fork() == 0:
+                serve(listener)
+        print(f"ready: {args.workers} workers", file=sys.stderr, flush=True)
+        while True:
+            os.wait()  # a worker died: so be it
+    serve(listener)
+
+
+def serve(listener: socket.socket) -> None:
     watched: list[socket.socket] = [listener]
     finished: list[socket.socket] = []  # half-closed clients, kept "for the reply"
     while True:
