@@ -177,7 +177,7 @@ def test_rounds_that_overlapped_other_load_are_left_out_when_others_exist() -> N
         run["contended"] = ["pytest tests/robust"]
     res = report.Results(data)
     assert res.median("poll", "rr-1k-10", report._rate) == 48_000
-    assert not res.contended("poll", "rr-1k-10")
+    assert not res.contended("poll", "rr-1k-10")  # two of three rounds were undisturbed
     assert res.contended("epoll", "idle-10k") and "‡" in res.marks("epoll", "idle-10k")
     note = res.contention_note()
     assert note is not None and note.startswith("4 of 36 runs overlapped other load")
