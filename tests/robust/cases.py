@@ -619,7 +619,8 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
         os.kill(victim, signal.SIGKILL)
         killed_at = [t.count for t in talkers]
         replaced = wait_until(
-            lambda: len(server.children()) == 2 and victim not in server.children(), timeout=5
+            lambda: len(server.children()) == 2 and victim not in server.children(),
+            timeout=10 * scale.settle,
         )
         time.sleep(2 * scale.settle)
         for talker in talkers:
