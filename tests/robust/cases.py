@@ -88,7 +88,7 @@ KNOWN_LIMITS: dict[tuple[str, str], str] = {
 OPEN_BUGS: dict[tuple[str, str], str] = {
     ("fd-exhaustion", "asyncio"): "the stdlib accept loop answers EMFILE by dropping the reader and retrying after 1 s (asyncio ACCEPT_RETRY_DELAY), without shedding; clients that left stay queued and are accepted 64 a round, each round ending in EMFILE and another 1 s: 2.6-3.5 s measured",
     ("fd-exhaustion", "threads"): "threads.py _back_off: after EMFILE accepting stops for a fixed ACCEPT_BACKOFF (1 s) and freed descriptors do not end it (wake_on_close is set only for the connection cap): 0.56-1.26 s measured",
-    ("graceful-stop", "threads"): "base.sweep while draining closes a connection quiet for 2 sweeps with received == sent, though input can wait unread in the kernel while its thread waits for the GIL; the close sends RST and the client loses the rest (232-872 of 1,000 connections in 4 of 5 full runs)",
+    ("graceful-stop", "threads"): "base.sweep while draining closes a connection quiet for 2 sweeps with received == sent, though input can wait unread in the kernel while its thread waits for the GIL; the close sends RST and the client loses the rest (232-872 of 1,000 connections lost in 5 of 7 full-scale runs)",
     ("graceful-stop", "uvloop"): "same drain-sweep rule: a connection closed with unread input is reset (4 of 100 connections, 1 of 4 short runs)",
 }  # fmt: skip
 
