@@ -20,7 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from echod.backends.base import ACCEPT_BATCH, ServingPolicy
+from echod.backends.base import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    EXHAUSTED,
+    ServingPolicy,
+    SpareDescriptor,
+)
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
@@ -100,6 +106,10 @@ class EchoProtocol(asyncio.Protocol):
     def has_pending(self) -> bool:
         return self.transport.get_write_buffer_size() > 0
 
+    def fileno(self) -> int:
+        sock = self.transport.get_extra_info("socket")
+        return -1 if sock is None else int(sock.fileno())
+
     def close(self) -> None:
         self.transport.abort()
 
@@ -119,6 +129,8 @@ class AsyncServer(ServingPolicy):
         self.servers: list[asyncio.AbstractServer] = []
         self._timers: list[Repeating | asyncio.TimerHandle] = []
         self._warn = RateLimitedLog(log, interval=10.0)
+        self._spare = SpareDescriptor()
+        self._shedding = False
 
     async def run(self, label: str) -> None:
         loop = asyncio.get_running_loop()
@@ -143,6 +155,7 @@ class AsyncServer(ServingPolicy):
                 sock.close()
             for conn in list(self.connections):
                 conn.close()
+            self._spare.close()
             await asyncio.sleep(0)  # let the aborted transports report connection_lost
             self.lifecycle.stopped()
 
@@ -206,10 +219,35 @@ class AsyncServer(ServingPolicy):
         message = context.get("message", "event loop error")
         if isinstance(exc, OSError):
             self._warn.warning(message, "%s: %s", message, exc)
-        elif isinstance(exc, ValueError) and (self.lifecycle.draining or not self.servers):
+            if exc.errno in EXHAUSTED and not self._shedding:
+                # The stdlib only drops the reader and retries in 1 s, leaving clients
+                # queued: refuse them now, as the reactor does, and accept again at once.
+                self._shedding = True
+                loop.call_soon(self._shed)
+        elif isinstance(exc, ValueError) and "_start_serving" in repr(context.get("handle")):
             log.debug("%s after its listener closed: %s", message, exc)
         else:
             loop.default_exception_handler(context)
+
+    def _shed(self) -> None:
+        self.stats.connections_dropped += self._spare.shed(self.listeners)
+        self._shedding = False
+        if self._spare.fd is None or self.lifecycle.draining:
+            return  # the stdlib's own retry in 1 s stands
+        self._stop_accepting()
+        self.loop.create_task(self._restart_accepting())
+
+    async def _restart_accepting(self) -> None:
+        try:
+            await self._start_accepting()
+        except OSError as exc:
+            self._warn.warning(
+                "restart", "cannot accept yet (%s): retrying in %gs", exc, ACCEPT_BACKOFF
+            )
+            self._stop_accepting()
+            self.call_later(
+                ACCEPT_BACKOFF, lambda: self.loop.create_task(self._restart_accepting())
+            )
 
     # Primitives of the serving policy --------------------------------------------------
     def live_connections(self) -> list[EchoProtocol]:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import abc
 import errno
+import fcntl
 import logging
+import os
 import socket
+import struct
+import termios
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -32,6 +36,52 @@ DRAIN_QUIET = 1.0
 IDLE_SWEEPS = 4
 
 
+class SpareDescriptor:
+    """One descriptor held back, to refuse clients when the process runs out of them.
+
+    Out of descriptors, a level-triggered listener stays readable while clients wait, so
+    a loop that only retries accept() spins. As libuv and Twisted do: give the spare
+    back, accept and close what waits, and take the spare again.
+    """
+
+    def __init__(self) -> None:
+        self.fd: int | None = self._open()
+
+    @staticmethod
+    def _open() -> int | None:
+        try:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    def shed(self, listeners: Iterable[socket.socket]) -> int:
+        """Refuse every client waiting on ``listeners``; returns how many were refused.
+
+        Afterwards ``fd`` is None if the spare could not be taken back: the caller must
+        then stop accepting for a while instead.
+        """
+        if self.fd is None:
+            return 0
+        os.close(self.fd)
+        self.fd = None
+        refused = 0
+        for listener in listeners:
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except OSError:
+                    break
+                sock.close()
+                refused += 1
+        self.fd = self._open()
+        return refused
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class Backend(Protocol):
     """One IO model. ``serve`` runs until SIGTERM/SIGINT have been handled, then returns.
 
@@ -52,6 +102,7 @@ class Sweepable(Protocol):
     idle_ticks: int
 
     def has_pending(self) -> bool: ...
+    def fileno(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -63,8 +114,28 @@ def sweep(connections: Iterable[Sweepable], ticks: int, only_drained: bool) -> N
     """
     for conn in list(connections):
         conn.idle_ticks += 1
-        if conn.idle_ticks >= ticks and not (only_drained and conn.has_pending()):
+        if conn.idle_ticks >= ticks and not (only_drained and _owes_echo(conn)):
             conn.close()
+
+
+def _owes_echo(conn: Sweepable) -> bool:
+    """Output still queued, or input the kernel holds that the server has not read yet.
+
+    The second matters: a connection can look quiet while its bytes wait unread (a thread
+    waiting for the GIL, a loop busy with others), and closing a socket with unread
+    input makes the kernel send RST, so the client would lose its echo.
+    """
+    if conn.has_pending():
+        return True
+    try:
+        return unread_bytes(conn.fileno()) > 0
+    except OSError:
+        return False  # already closed or reset: nothing more can be echoed
+
+
+def unread_bytes(fd: int) -> int:
+    """Bytes waiting in a socket's receive queue (FIONREAD, a.k.a. SIOCINQ)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 class Cancellable(Protocol):

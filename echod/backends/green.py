@@ -124,6 +124,9 @@ class Connection:
     def has_pending(self) -> bool:
         return self.pending > 0
 
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
     def close(self) -> None:
         """Wake the greenlet, wherever it waits; it closes the socket itself."""
         with contextlib.suppress(OSError):  # ENOTCONN: the peer reset it already

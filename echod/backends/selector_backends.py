@@ -26,6 +26,7 @@ from echod.backends.base import (
     PEER_GONE,
     RECEIVE_SIZE,
     ServingPolicy,
+    SpareDescriptor,
 )
 from echod.backends.reactor import Reactor, Timer
 from echod.config import Config
@@ -85,6 +86,9 @@ class Connection(EchoSession):
 
     def has_pending(self) -> bool:
         return bool(self.pending)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     def on_readable(self, mask: int) -> None:
         server = self.server
@@ -188,7 +192,7 @@ class ReactorServer(ServingPolicy):
         self.view = memoryview(self.buffer)
         self.connections: set[Connection] = set()
         self.accepting = False
-        self._spare_fd: int | None = _open_spare()
+        self._spare = SpareDescriptor()
         self._warn = RateLimitedLog(log, interval=10.0)
 
     # Running ---------------------------------------------------------------------------
@@ -205,8 +209,7 @@ class ReactorServer(ServingPolicy):
             self.close_listeners()
             for conn in list(self.connections):
                 conn.close()
-            if self._spare_fd is not None:
-                os.close(self._spare_fd)
+            self._spare.close()
             reactor.close()
             self.lifecycle.stopped()
 
@@ -294,10 +297,7 @@ class ReactorServer(ServingPolicy):
     def _shed(self, listener: socket.socket, exc: OSError) -> None:
         """Out of descriptors: refuse the waiting clients instead of spinning on them.
 
-        A level-triggered listener stays readable while its backlog is full, so simply
-        returning would busy-loop. As libuv and Twisted do, give back the spare
-        descriptor, accept and close what waits, and take the spare again; if even that
-        fails, stop accepting for a moment.
+        If even the spare cannot be taken back, stop accepting for a moment.
         """
         self._warn.warning(
             "exhausted",
@@ -306,18 +306,8 @@ class ReactorServer(ServingPolicy):
             os.strerror(exc.errno or 0),
             self.stats.connections_open,
         )
-        if self._spare_fd is not None:
-            os.close(self._spare_fd)
-            self._spare_fd = None
-            while True:
-                try:
-                    sock, _ = listener.accept()
-                except OSError:
-                    break
-                sock.close()
-                self.stats.connections_dropped += 1
-            self._spare_fd = _open_spare()
-        if self._spare_fd is None:
+        self.stats.connections_dropped += self._spare.shed([listener])
+        if self._spare.fd is None:
             self._stop_accepting()
             self.reactor.call_later(ACCEPT_BACKOFF, self._start_accepting)
 
@@ -330,12 +320,5 @@ class ReactorServer(ServingPolicy):
         if self.lifecycle.draining:
             if not self.connections:
                 self.reactor.stop()
-        elif not self.accepting and self._spare_fd is not None:
+        elif not self.accepting and self._spare.fd is not None:
             self._start_accepting()
-
-
-def _open_spare() -> int | None:
-    try:
-        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None

@@ -149,6 +149,9 @@ class Connection:
     def has_pending(self) -> bool:
         return self.received != self.sent
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     def close(self) -> None:
         """Wake the thread, wherever it blocks; it closes the socket itself."""
         self.server.shut_down(self)
@@ -340,6 +343,8 @@ class ThreadServer(ServingPolicy):
         )
         self._stop_accepting()
         self.backing_off = True
+        with self.lock:
+            self.wake_on_close = True  # a freed descriptor ends the back-off early
         self.reactor.call_later(ACCEPT_BACKOFF, self._end_back_off)
 
     def _end_back_off(self) -> None:
@@ -377,6 +382,7 @@ class ThreadServer(ServingPolicy):
             if empty:
                 self.reactor.stop()
         else:
+            self.backing_off = False  # a connection closed: its descriptor is free again
             self._start_accepting()
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from echod import backends
-from tests.robust.cases import CASES, KNOWN_LIMITS, OPEN_BUGS, Case, run
+from tests.robust.cases import CASES, FIXED_BUGS, KNOWN_LIMITS, OPEN_BUGS, Case, run
 from tests.robust.harness import FULL, NAIVE, SHORT, Outcome, Scale, Target
 from tests.support import ROOT
 
@@ -101,6 +101,15 @@ def render(rows: list[Row], scale: Scale) -> str:
     if ours:
         lines += ["## echod backends", "", *table(ours), ""]
     if ours:
+        lines += [
+            "## Bugs this suite found, and their fixes",
+            "",
+            "| case | backend | what the suite measured | fix |",
+            "|---|---|---|---|",
+            *[f"| {case} | {name} | {measured} | {fix} |" for case, name, measured, fix in FIXED_BUGS],
+            "",
+        ]
+    if ours and OPEN_BUGS:
         seen = {(r[0].name, r[1]): r[2] for r in ours}
         lines += [
             "## Open bugs found by this suite",
