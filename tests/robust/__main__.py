@@ -106,7 +106,10 @@ def render(rows: list[Row], scale: Scale) -> str:
             "",
             "| case | backend | what the suite measured | fix |",
             "|---|---|---|---|",
-            *[f"| {case} | {name} | {measured} | {fix} |" for case, name, measured, fix in FIXED_BUGS],
+            *[
+                f"| {case} | {name} | {measured} | {fix} |"
+                for case, name, measured, fix in FIXED_BUGS
+            ],
             "",
         ]
     if ours and OPEN_BUGS:
