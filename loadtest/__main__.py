@@ -2,6 +2,6 @@
 
 import sys
 
-from loadtest.cli import main
+from loadtest import run
 
-sys.exit(main())
+sys.exit(run())
