@@ -82,6 +82,50 @@ class Timer:
         self.cancelled = True
 
 
+class Listening:
+    """Listening sockets on a reactor, watched or not as one group.
+
+    Accepting pauses (a connection cap, out of descriptors) and ends (drain) by turning
+    the group off; the sockets stay open until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        sockets: Iterable[socket.socket],
+        on_acceptable: Callable[[socket.socket], object],
+    ) -> None:
+        self.reactor = reactor
+        self.sockets = list(sockets)
+        self.on_acceptable = on_acceptable
+        self.active = False
+
+    def start(self) -> None:
+        if self.active:
+            return
+        self.active = True
+        for sock in self.sockets:
+            self.reactor.add(sock, selectors.EVENT_READ, self._callback(sock))
+
+    def stop(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        for sock in self.sockets:
+            self.reactor.remove(sock)
+
+    def close(self) -> None:
+        self.stop()
+        for sock in self.sockets:
+            sock.close()
+
+    def _callback(self, sock: socket.socket) -> Callback:
+        def on_ready(mask: int) -> None:
+            self.on_acceptable(sock)
+
+        return on_ready
+
+
 class Reactor:
     """A single-threaded loop: readiness callbacks, timers and signals."""
 

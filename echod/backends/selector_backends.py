@@ -28,7 +28,7 @@ from echod.backends.base import (
     ServingPolicy,
     SpareDescriptor,
 )
-from echod.backends.reactor import Reactor, Timer
+from echod.backends.reactor import Listening, Reactor, Timer
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
@@ -191,7 +191,7 @@ class ReactorServer(ServingPolicy):
         self.buffer = bytearray(RECEIVE_SIZE)
         self.view = memoryview(self.buffer)
         self.connections: set[Connection] = set()
-        self.accepting = False
+        self.listening = Listening(reactor, self.listeners, self._accept)
         self._spare = SpareDescriptor()
         self._warn = RateLimitedLog(log, interval=10.0)
 
@@ -228,29 +228,14 @@ class ReactorServer(ServingPolicy):
 
     # Accepting -------------------------------------------------------------------------
     def _start_accepting(self) -> None:
-        if self.accepting or self.lifecycle.draining:
-            return
-        self.accepting = True
-        for listener in self.listeners:
-            self.reactor.add(listener, WANT_READ, self._acceptor(listener))
+        if not self.lifecycle.draining:
+            self.listening.start()
 
     def _stop_accepting(self) -> None:
-        if not self.accepting:
-            return
-        self.accepting = False
-        for listener in self.listeners:
-            self.reactor.remove(listener)
+        self.listening.stop()
 
     def close_listeners(self) -> None:
-        self._stop_accepting()
-        for listener in self.listeners:
-            listener.close()
-
-    def _acceptor(self, listener: socket.socket) -> Callable[[int], None]:
-        def on_acceptable(mask: int) -> None:
-            self._accept(listener)
-
-        return on_acceptable
+        self.listening.close()
 
     def _accept(self, listener: socket.socket) -> None:
         limit = self.config.max_connections
@@ -320,5 +305,5 @@ class ReactorServer(ServingPolicy):
         if self.lifecycle.draining:
             if not self.connections:
                 self.reactor.stop()
-        elif not self.accepting and self._spare.fd is not None:
+        elif not self.listening.active and self._spare.fd is not None:
             self._start_accepting()

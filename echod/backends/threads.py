@@ -37,7 +37,6 @@ The trade-offs, honestly:
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import selectors
@@ -46,8 +45,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from echod.backends.base import ACCEPT_BACKOFF, ACCEPT_BATCH, EXHAUSTED, ServingPolicy
-from echod.backends.reactor import Reactor, Timer
+from echod.backends.base import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    EXHAUSTED,
+    PEER_GONE,
+    ServingPolicy,
+)
+from echod.backends.reactor import Listening, Reactor, Timer
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
@@ -69,8 +74,6 @@ RECEIVE_SIZE = 16 * 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 # How long the end of serve() waits for shut-down threads to report their last bytes.
 JOIN_TIMEOUT = 1.0
-# Errors from accept() that mean "the client left" or "a firewall said no".
-_PEER_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class ThreadServer(ServingPolicy):
         self.closed_sent = 0
         self.wake_on_close = False  # the main thread waits for room or for the last close
         self.finished = False  # the wakeup pair is closed: threads must not write to it
-        self.accepting = False
+        self.listening = Listening(self.reactor, self.listeners, self._accept)
         self.backing_off = False
         # Threads wake the main thread's selector through this pair.
         self._wakeup_r, self._wakeup_w = socket.socketpair()
@@ -253,34 +256,20 @@ class ThreadServer(ServingPolicy):
 
     # Accepting -------------------------------------------------------------------------
     def _start_accepting(self) -> None:
-        if self.accepting or self.backing_off or self.lifecycle.draining:
+        if self.listening.active or self.backing_off or self.lifecycle.draining:
             return
         with self.lock:
             if len(self.connections) >= self.limit:
                 self.wake_on_close = True
                 return
             self.wake_on_close = False
-        self.accepting = True
-        for listener in self.listeners:
-            self.reactor.add(listener, WANT_READ, self._acceptor(listener))
+        self.listening.start()
 
     def _stop_accepting(self) -> None:
-        if not self.accepting:
-            return
-        self.accepting = False
-        for listener in self.listeners:
-            self.reactor.remove(listener)
+        self.listening.stop()
 
     def close_listeners(self) -> None:
-        self._stop_accepting()
-        for listener in self.listeners:
-            listener.close()
-
-    def _acceptor(self, listener: socket.socket) -> Callable[[int], None]:
-        def on_acceptable(mask: int) -> None:
-            self._accept(listener)
-
-        return on_acceptable
+        self.listening.close()
 
     def _accept(self, listener: socket.socket) -> None:
         tcp = listener.family != socket.AF_UNIX
@@ -301,7 +290,7 @@ class ThreadServer(ServingPolicy):
                 if exc.errno in EXHAUSTED:
                     self._back_off(os.strerror(exc.errno or 0))
                     return
-                if exc.errno in _PEER_GONE:
+                if exc.errno in PEER_GONE:
                     continue
                 raise
             sock.setblocking(True)

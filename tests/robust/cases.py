@@ -621,10 +621,12 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
         time.sleep(scale.settle)
         os.kill(victim, signal.SIGKILL)
         killed_at = [t.count for t in talkers]
-        replaced = wait_until(
-            lambda: len(server.children()) == 2 and victim not in server.children(),
-            timeout=10 * scale.settle,
-        )
+
+        def replaced_by_a_new_worker() -> bool:
+            now = server.children()
+            return len(now) == 2 and victim not in now and bool(set(now) - set(workers))
+
+        replaced = wait_until(replaced_by_a_new_worker, timeout=10 * scale.settle)
         time.sleep(2 * scale.settle)
         for talker in talkers:
             talker.stop()

@@ -38,7 +38,10 @@ def main() -> None:
     if args.workers > 1:
         for _ in range(args.workers):
             if os.fork() == 0:
-                serve(listener)
+                try:
+                    serve(listener)
+                finally:
+                    os._exit(1)  # a worker that dies must not go on forking as the parent
         print(f"ready: {args.workers} workers", file=sys.stderr, flush=True)
         while True:
             os.wait()  # a worker died: so be it
