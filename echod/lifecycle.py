@@ -36,6 +36,9 @@ class Stats:
         self.connections_open += 1
         self.connections_total += 1
 
+    def closed(self) -> None:
+        self.connections_open -= 1
+
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
         return (

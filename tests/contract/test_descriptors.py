@@ -23,6 +23,9 @@ from tests.support import Echod
 # The issue's bound: recovery is driven by the freed descriptors, not by a timer.
 RECOVERY_BOUND = 0.5
 LIMITS = (256, 4096)
+# The longest back-off a server might take instead of shedding (echod's, when even its
+# spare descriptor is gone).
+ACCEPT_BACKOFF = 1.0
 # Descriptors a server holds besides its clients: stdio, listener, loop, wakeup, spares.
 OVERHEAD = 16
 
@@ -46,6 +49,17 @@ def _echo(sock: socket.socket, message: bytes) -> bytes:
             break
         received += chunk
     return received
+
+
+def _probe(server: Echod) -> None:
+    """Connect once more and wait to be refused (a reset or an early close)."""
+    with socket.socket() as probe:
+        probe.settimeout(2 * ACCEPT_BACKOFF)
+        try:
+            probe.connect((server.host, server.port))
+            probe.recv(1)
+        except OSError:
+            pass  # refused, reset, or left waiting in the backlog: all the same here
 
 
 def _first_echo(server: Echod, message: bytes, deadline: float) -> bytes:
@@ -107,6 +121,10 @@ def test_accepts_again_as_soon_as_descriptors_are_freed(backend: str, limit: int
             if backend != "select" or limit <= 1024:
                 # (select refuses descriptors past FD_SETSIZE before it could run out.)
                 assert held >= limit - OVERHEAD, f"server holds {held} of {limit} descriptors"
+            # One more client, refused now (or once a back-off lets the server try it):
+            # a server that answers running out with a timed back-off has just started
+            # one, so its recovery cannot hide in the phase of that timer.
+            _probe(server)
         finally:
             for sock in holders:
                 sock.close()
