@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(name)
             return 0
         backend = backends.load(config.backend or backends.default_name())
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, log_format=config.log_format)
     except (ConfigError, backends.BackendUnavailable) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -36,6 +36,16 @@ class Stats:
         self.connections_open += 1
         self.connections_total += 1
 
+    def counts(self) -> dict[str, int]:
+        """The counters as one structured log field (``--log-format json``)."""
+        return {
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "connections_dropped": self.connections_dropped,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
         return (
@@ -103,7 +113,7 @@ class Lifecycle:
         return Command.DRAIN
 
     def report(self) -> None:
-        log.info("stats: %s", self.stats.summary())
+        log.info("stats: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
         if self.notifier:
             # Fresh counters for whoever listens: systemd's STATUS=, or the supervisor
             # that adds up its workers' counters on the same SIGUSR1.
@@ -120,6 +130,6 @@ class Lifecycle:
             self.notifier.stopping()
 
     def stopped(self) -> None:
-        log.info("stopped: %s", self.stats.summary())
+        log.info("stopped: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
         if self.notifier:
             self.notifier.status(self.stats.summary())  # a supervisor's final tally
