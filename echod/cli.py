@@ -23,6 +23,7 @@ from echod.backends.base import Backend
 from echod.config import OPTIONS, Config, ConfigError, from_environment
 from echod.lifecycle import Lifecycle
 from echod.logs import configure_logging
+from echod.metrics.endpoint import take_metrics_socket
 from echod.net.listeners import (
     Address,
     ListenerError,
@@ -122,9 +123,14 @@ def serve(config: Config, backend: Backend) -> int:
     shared: list[socket.socket] = []
     reservations: list[socket.socket] = []
     per_worker: list[Address] = []
+    metrics: list[socket.socket] = []  # the --metrics listener, if any
     try:
         inherited = inherited_sockets()
-        shared = [entry.sock for entry in inherited]
+        # systemd's FileDescriptorName=metrics socket is the endpoint's, not an echo one.
+        metrics_sock, shared = take_metrics_socket((e.name, e.sock) for e in inherited)
+        if metrics_sock is None and config.metrics is not None:
+            metrics_sock = bind(parse_address(config.metrics), 64)
+        metrics = [metrics_sock] if metrics_sock is not None else []
         # Socket-activated sockets belong to the socket unit: always shared.
         for address in [] if inherited else [parse_address(a) for a in config.addresses]:
             if reuseport and address.path is None:
@@ -134,13 +140,13 @@ def serve(config: Config, backend: Backend) -> int:
             else:
                 shared.append(bind(address, config.backlog))
     except (ListenerError, ServiceError) as exc:
-        close_all([*shared, *reservations])
+        close_all([*shared, *reservations, *metrics])
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_LISTEN
     # The limit is per process, and --max-connections is per worker: the same sum holds.
     raise_nofile_limit(config.max_connections + 64 if config.max_connections else None)
     # Inherited sockets belong to systemd's socket unit: never unlink their paths.
-    owned_paths = [] if inherited else unix_paths(shared)
+    owned_paths = [] if inherited else unix_paths([*shared, *metrics])
     try:
         if config.user is not None:
             _preload(backend)
@@ -153,10 +159,12 @@ def serve(config: Config, backend: Backend) -> int:
             else:
                 _drop_privileges(config.user, config.group)
         notifier = Notifier.from_env()
-        if config.workers > 1:
+        # Metrics are served by the supervisor, which never touches a client socket.
+        if config.workers > 1 or metrics:
             supervisor = Supervisor(
                 config, backend, shared, per_worker, reservations, notifier, watchdog_interval()
             )
+            supervisor.metrics_listener = metrics[0] if metrics else None
             return supervisor.run()
         lifecycle = Lifecycle(
             notifier=notifier if notifier.enabled else None, watchdog_interval=watchdog_interval()
@@ -166,7 +174,7 @@ def serve(config: Config, backend: Backend) -> int:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_LISTEN
     finally:
-        close_all([*shared, *reservations], remove=owned_paths)
+        close_all([*shared, *reservations, *metrics], remove=owned_paths)
     return 0
 
 

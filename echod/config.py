@@ -144,6 +144,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", str.lower, "text", "log lines as text (the journal's dialect under systemd) or one JSON object per line", "FORMAT", choices=LOG_FORMATS),
     Option("workers", worker_count, 1, "processes serving connections under one supervisor; auto = one per usable CPU", "N|auto"),
     Option("listen_mode", str.lower, "reuseport", "with workers: a SO_REUSEPORT socket per worker (even spread), or one accept queue all share (TCP only; Unix and systemd sockets are always shared)", "MODE", choices=LISTEN_MODES),
+    Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -182,6 +183,7 @@ class Config:
     # reuseport by measurement: 1,000 connections over 2 workers split at worst 467/533
     # with it and 246/754 with one shared queue (epoll, asyncio, uvloop, threads).
     listen_mode: str = "reuseport"
+    metrics: str | None = None
     user: str | None = None
     group: str | None = None
 

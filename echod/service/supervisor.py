@@ -45,6 +45,9 @@ from typing import NoReturn
 from echod.backends.base import Backend
 from echod.config import Config
 from echod.lifecycle import STATUS_INTERVAL, Lifecycle, Stats
+from echod.metrics.endpoint import MetricsEndpoint
+from echod.metrics.exposition import render
+from echod.metrics.figures import scrape
 from echod.net.listeners import Address, ListenerError, bind
 from echod.service import ServiceError
 from echod.service.limits import drop_privileges
@@ -159,6 +162,7 @@ class Slot:
     failures: int = 0
     restart_at: float | None = None
     retired: Counters = field(default_factory=Counters)
+    starts: int = 0  # workers forked for it: restarts are starts - 1
 
 
 def reserve(address: Address) -> tuple[socket.socket, Address]:
@@ -213,12 +217,19 @@ class Supervisor:
         self.report_waiting: set[int] = set()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self.pid = os.getpid()
+        self.metrics_listener: socket.socket | None = None  # --metrics: served from here
+        self.metrics: MetricsEndpoint | None = None
 
     # Running ---------------------------------------------------------------------------
     def run(self) -> int:
         for sock in (self._wakeup_r, self._wakeup_w):
             sock.setblocking(False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._read_signals)
+        if self.metrics_listener is not None:
+            self.metrics = MetricsEndpoint(self.metrics_listener, self._render_metrics)
+            self.selector.register(
+                self.metrics.fileno(), selectors.EVENT_READ, self.metrics.on_ready
+            )
         old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         old_handlers = {signum: signal.signal(signum, _queued) for signum in SIGNALS}
         log.info(
@@ -241,6 +252,8 @@ class Supervisor:
             self.selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
+            if self.metrics is not None:
+                self.metrics.close()
         log.info("stopped: %s", self.summary())
         return self.exit_status
 
@@ -265,6 +278,8 @@ class Supervisor:
                 self.spawn(number)
         if self.report_due is not None and now >= self.report_due:
             self._log_report()
+        if self.metrics is not None:
+            self.metrics.expire(now)
         if now >= self.next_tick:
             self.next_tick = now + self.interval
             if not self.stopping:
@@ -319,6 +334,7 @@ class Supervisor:
             self._become_worker(slot, write_fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         os.close(write_fd)
+        self.slots[slot].starts += 1
         now = time.monotonic()
         worker = Worker(slot, pid, read_fd, started=now, last_seen=now)
         self.workers[pid] = worker
@@ -495,6 +511,9 @@ class Supervisor:
             f"per worker open/total: {' '.join(per_worker)}"
         )
 
+    def _render_metrics(self, openmetrics: bool) -> str:
+        return render(scrape(self), openmetrics)
+
     # In the child ----------------------------------------------------------------------
     def _become_worker(self, slot: int, report_fd: int) -> NoReturn:
         """Shed the supervisor's state and serve; never returns into the parent's stack."""
@@ -517,6 +536,10 @@ class Supervisor:
             self._wakeup_w.close()
             for sock in self.reservations:
                 sock.close()
+            if self.metrics is not None:
+                self.metrics.close_in_child()
+            elif self.metrics_listener is not None:
+                self.metrics_listener.close()
             tag = WorkerTag(slot)
             for handler in logging.getLogger().handlers:
                 handler.addFilter(tag)
