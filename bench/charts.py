@@ -109,6 +109,8 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
         fig.tight_layout()
         drawn[name] = fig
 
+    if not cells:  # only the workers or ceiling cells ran: they have tables, no charts
+        return drawn
     grouped("throughput", cells, str, lambda s, c: res.median(s, c, query.rate), True,
             "messages/s (connections/s for churn)",
             "Throughput per backend and workload (median)")  # fmt: skip

@@ -49,18 +49,20 @@ class Section:
 
 def sections(res: Results) -> list[Section]:
     """Every section a run supports, in report order."""
-    out = [
-        Section(
-            "summary",
-            "Summary",
-            table=tables.summary_table(res),
-            charts=[
-                ("throughput", "throughput"),
-                ("latency", "latency"),
-                ("server CPU per message", "cpu"),
-            ],
+    out = []
+    if res.cells:  # a run of only the workers or ceiling cells has no summary
+        out.append(
+            Section(
+                "summary",
+                "Summary",
+                table=tables.summary_table(res),
+                charts=[
+                    ("throughput", "throughput"),
+                    ("latency", "latency"),
+                    ("server CPU per message", "cpu"),
+                ],
+            )
         )
-    ]
     if res.ceiling_cells and res.reference:
         out.append(
             Section(
@@ -166,7 +168,7 @@ def readme_sections(data: dict[str, Any], links: str = README_LINKS) -> dict[str
         f"Full report with every cell, spreads and charts: [{links}latest.md]({links}latest.md). "
         "This section is rewritten by `python -m bench --publish`.",
         "",
-        *by_key["summary"].table,
+        *(by_key["summary"].table if "summary" in by_key else []),
         "",
         *tail,
     ]

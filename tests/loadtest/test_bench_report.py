@@ -340,3 +340,16 @@ def test_charts_of_a_clean_run_carry_no_marks() -> None:
         import matplotlib.pyplot as plt
 
         plt.close("all")
+
+
+def test_a_run_of_only_the_ceiling_cell_renders(tmp_path: Path) -> None:
+    """`python -m bench --cells ceiling-64` runs no cell the summary could rest on."""
+    data = results()
+    data["cells"] = [c for c in data["cells"] if c["name"] == "ceiling-1k-10"]
+    data["runs"] = [r for r in data["runs"] if r["cell"] == "ceiling-1k-10"]
+    data["servers"] = ["c-epoll"]
+    paths = report.write(data, tmp_path, "only")
+    text = (tmp_path / "only.md").read_text()
+    assert "## Generator ceiling" in text and "## Summary" not in text
+    assert "| 55,000 (55,000..55,000) | 100,000 (100,000..100,000) | 0.55 |" in text
+    assert paths == [tmp_path / "only.md"]
