@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from bench import run, servers  # noqa: E402
+from bench import generators, run, servers  # noqa: E402
 from bench.matrix import QUICK, Timing, named  # noqa: E402
 from bench.query import C_CLIENT, ECHOD_BENCH, Results  # noqa: E402
 
@@ -145,3 +145,20 @@ def test_a_server_that_ignores_sigterm_is_recorded_as_killed() -> None:
     server = servers.RunningServer(spec, None)
     assert server.stop(timeout=0.5) == -9
     assert server.killed
+
+
+def test_c_client_counts_become_error_kinds() -> None:
+    line = (
+        '{"requests": 10, "seconds": 1.0, "requests_per_s": 10.0, '
+        '"mismatches": 1, "errors": 0, "lost": 2}\n'
+    )
+    figures = generators.c_client_figures(line, cpu_s=0.95, wall_s=1.0)
+    assert figures["errors"] == {"mismatch": 1, "lost": 2}
+    assert figures["requests_per_s"] == 10.0 and figures["messages"] == 10
+    assert figures["workers"] == [{"index": 0, "cpu_pct": 95.0, "saturated": True}]
+
+
+def test_ceiling_cells_are_dropped_with_a_note_without_the_c_programs() -> None:
+    kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], ceiling=False)
+    assert [c.name for c in kept] == [c.name for c in QUICK if not c.ceiling_for]
+    assert notes == ["ceiling-1k-10 skipped: needs the C reference and the C client"]
