@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,24 @@ def test_bad_roff_would_be_caught(tmp_path: Path) -> None:
     page = tmp_path / "broken.8"
     page.write_text(PAGES["echod.8"].read_text().replace(".SH OPTIONS", ".XX OPTIONS"))
     assert render(page).stderr != ""
+
+
+@pytest.mark.slow
+def test_install_script_puts_the_pages_where_man_finds_them(tmp_path: Path) -> None:
+    """What Documentation=man:echod(8) resolves to after `make install-systemd`."""
+    man = require("man", "man-db")
+    env = {**os.environ, "DESTDIR": str(tmp_path), "PYTHON": sys.executable}
+    script = manpage.PAGES_DIR.parent.parent / "systemd" / "install.sh"
+    result = subprocess.run(
+        ["sh", str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    mandir = tmp_path / "usr/local/share/man"
+    for name, page in PAGES.items():
+        installed = mandir / f"man{name.rsplit('.', 1)[1]}" / name
+        assert installed.read_text() == page.read_text()
+    found = subprocess.run(
+        [man, "-M", str(mandir), "-w", "8", "echod"], capture_output=True, text=True, timeout=60
+    )
+    assert found.stdout.strip() == str(mandir / "man8/echod.8")
+    assert (tmp_path / "etc/systemd/system/echod-metrics.socket").exists()
