@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from echod.net.activation import ActivationError, inherited_sockets
 from echod.net.listeners import ListenerError
+from tests.support import require_tool
 
 # Runs in a fresh interpreter so that fds 3, 4, ... are free. Moves the fds
 # it was given to 3, 4, ..., sets LISTEN_PID to itself as a service manager
@@ -118,9 +118,7 @@ def test_names_default_to_unknown_without_listen_fdnames() -> None:
 
 
 def test_with_systemd_socket_activate(tmp_path: Path) -> None:
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate not installed: apt-get install systemd")
+    tool = require_tool("systemd-socket-activate")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
