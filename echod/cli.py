@@ -8,7 +8,6 @@ that cannot be used), never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -25,8 +24,6 @@ from echod.service import ServiceError, worker_process
 from echod.service.arbiter import Supervisor
 from echod.service.limits import check_identity, raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
-
-log = logging.getLogger("echod")
 
 EXIT_USAGE = 2
 EXIT_LISTEN = 1
