@@ -109,7 +109,8 @@ def test_sigterm_closes_the_listener_at_once(backend: str) -> None:
         assert round_trip(quiet, b"before") == b"before"
         server.signal(signal.SIGTERM)
         server.wait_for(r"stopping: 1 connection\(s\) open")
-        assert _refused_within(server.host, server.port, seconds=1.0)
+        # Refused, not queued: the listener is closed (3 s is slack for a loaded machine).
+        assert _refused_within(server.host, server.port, seconds=3.0)
         # Quiet with nothing pending: closed by the server's drain, not by the test.
         quiet.settimeout(5)
         assert quiet.recv(1) == b""
