@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE
 
@@ -30,8 +29,6 @@ HEAD_LIMIT = 8192
 DEADLINE = 5.0
 RENDER_GAP = 0.1
 ACCEPTS_PER_EVENT = 32
-METRICS_FD_NAME = "metrics"  # FileDescriptorName= of the metrics socket unit
-
 log = logging.getLogger("echod")
 
 Render = Callable[[bool], str]  # openmetrics? -> the exposition
@@ -92,15 +89,10 @@ class MetricsEndpoint:
         self.selector.close()
         self.listener.close()
 
-    def close_in_child(self) -> None:
-        """In a forked worker: drop every descriptor without touching the parent's
-        registrations (an epoll set is shared across fork; unregistering would empty it)."""
-        for fd in (self.selector.fileno(), self.listener.fileno(), *self.scrapers):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for scraper in self.scrapers.values():
-            scraper.sock.detach()
-        self.listener.detach()
+    def fds(self) -> list[int]:
+        """Every descriptor it holds, for a forked worker to close plainly (unregistering
+        would remove the supervisor's registrations from the epoll set they share)."""
+        return [self.selector.fileno(), self.listener.fileno(), *self.scrapers]
 
     # Connections -------------------------------------------------------------------
     def _accept(self) -> None:
@@ -199,20 +191,6 @@ def answer(head: bytes, body: Callable[[bool], bytes]) -> tuple[str, str, bytes]
     openmetrics = "application/openmetrics-text" in accept
     content = body(openmetrics)
     return "200 OK", OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, content
-
-
-def take_metrics_socket(
-    inherited: Iterable[tuple[str, socket.socket]],
-) -> tuple[socket.socket | None, list[socket.socket]]:
-    """Split socket-activated descriptors into the metrics one and the echo ones."""
-    metrics = None
-    echo = []
-    for name, sock in inherited:
-        if name == METRICS_FD_NAME and metrics is None:
-            metrics = sock
-        else:
-            echo.append(sock)
-    return metrics, echo
 
 
 def where(listener: socket.socket) -> str:

@@ -17,7 +17,7 @@ from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
 
 if TYPE_CHECKING:
-    from echod.service.supervisor import Supervisor
+    from echod.service.arbiter import Supervisor
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,9 @@ def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
             SlotFigures(
                 slot=number,
                 pid=worker.pid if worker is not None else None,
-                open=live.open if live is not None else 0,
-                accepted=past.total + (live.total if live else 0),
-                refused=past.dropped + (live.dropped if live else 0),
+                open=live.connections_open if live is not None else 0,
+                accepted=past.connections_total + (live.connections_total if live else 0),
+                refused=past.connections_dropped + (live.connections_dropped if live else 0),
                 received=past.bytes_in + (live.bytes_in if live else 0),
                 sent=past.bytes_out + (live.bytes_out if live else 0),
                 restarts=max(slot.starts - 1, 0),

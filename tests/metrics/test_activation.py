@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 from tests.metrics.scrape import per_worker, scrape, value
-from tests.packaging.tools import require
-from tests.support import Echod, exchange, wait_until
+from tests.support import Echod, exchange, require_tool, wait_until
 
 
 def test_systemd_socket_activate_with_echo_and_metrics_sockets(tmp_path: Path) -> None:
-    tool = require("systemd-socket-activate", "systemd")
+    tool = require_tool("systemd-socket-activate")
     echo_path, metrics_path = str(tmp_path / "echo.sock"), str(tmp_path / "metrics.sock")
     wrapper = [
         tool,

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from echod.metrics.endpoint import METRICS_FD_NAME
+from echod.net.listener_set import METRICS_FD_NAME
 from tests.service.test_units import SYSTEMD_DIR, stage_root, systemd_analyze, verify
 
 

@@ -12,14 +12,14 @@ import pytest
 from echod import manpage
 from echod.config import OPTIONS
 from loadtest import params
-from tests.packaging.tools import require
+from tests.support import require_tool
 
 PAGES = {name: manpage.PAGES_DIR / name for name in ("echod.8", "echod-bench.1")}
 
 
 def render(page: Path) -> subprocess.CompletedProcess[str]:
     """``man -l`` as a reader would see it; groff's warnings go to stderr."""
-    man = require("man", "man-db")
+    man = require_tool("man")
     env = {**os.environ, "MANWIDTH": "200", "LC_ALL": "C.UTF-8", "MAN_KEEP_FORMATTING": ""}
     return subprocess.run(
         [man, "--warnings", "-l", str(page)],
@@ -78,7 +78,7 @@ def test_bad_roff_would_be_caught(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_install_script_puts_the_pages_where_man_finds_them(tmp_path: Path) -> None:
     """What Documentation=man:echod(8) resolves to after `make install-systemd`."""
-    man = require("man", "man-db")
+    man = require_tool("man")
     env = {**os.environ, "DESTDIR": str(tmp_path), "PYTHON": sys.executable}
     script = manpage.PAGES_DIR.parent.parent / "systemd" / "install.sh"
     result = subprocess.run(
