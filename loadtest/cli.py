@@ -3,6 +3,7 @@
 The parent never touches a load connection: it makes one preflight connect (so
 an unreachable server fails fast with one line), starts the workers, samples the
 server, shows progress and merges what the workers send back.
+``echod-bench merge`` (loadtest/merge.py) adds the results of several runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -21,8 +23,11 @@ from typing import Any
 from loadtest.limits import ensure_open_files
 from loadtest.monitor import NoSuchServer, TreeSampler
 from loadtest.params import Params, default_processes, parse
-from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table, write_json
-from loadtest.stats import WorkerResult
+from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table
+from loadtest.results import stream_line, write
+from loadtest.seconds import Seconds
+from loadtest.sources import check_sources
+from loadtest.stats import Interval, WorkerResult
 from loadtest.worker import WorkerPlan, worker_main
 
 # Descriptors a worker needs besides its connections: selector, queue pipes, stdio.
@@ -52,6 +57,8 @@ def preflight(params: Params, family: int, address: tuple[Any, ...]) -> None:
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(params.connect_timeout)
     try:
+        if params.source_address:  # reachable from where the load comes from
+            probe.bind((params.source_address[0], 0))
         probe.connect(address)
     except TimeoutError as exc:
         raise Abort(
@@ -78,7 +85,20 @@ def plans(
         count = split(params.connections, processes, i)
         active = split(active_total, processes, i)
         rate = (params.rate or 0.0) * active / active_total if active_total else 0.0
-        result.append(WorkerPlan(i, first, count, active, rate, family, address))
+        connect_rate = (params.connect_rate or 0.0) * count / params.connections
+        result.append(
+            WorkerPlan(
+                i,
+                first,
+                count,
+                active,
+                rate,
+                family,
+                address,
+                connect_rate=connect_rate,
+                sources=params.source_address,
+            )
+        )
         first += count
     return result
 
@@ -119,6 +139,9 @@ class Progress:
 
 def run(params: Params) -> tuple[dict[str, Any], int]:
     family, address = resolve(params)
+    problem = check_sources(params.source_address, family)
+    if problem:
+        raise Abort(problem)
     preflight(params, family, address)
     processes = min(params.processes or default_processes(), params.connections)
     if params.workload == "rate" and params.active_connections == 0:
@@ -153,17 +176,37 @@ def run(params: Params) -> tuple[dict[str, Any], int]:
             worker.start()
             workers.append(worker)
         per_worker = math.ceil(params.connections / processes)
+        ramp = params.connections / params.connect_rate if params.connect_rate else 0.0
         _collect(
             queue,
             workers,
             "ready",
-            time.monotonic() + params.connect_timeout + per_worker / 1000 + 30,
+            time.monotonic() + ramp + params.connect_timeout + per_worker / 1000 + 30,
         )
         start = time.monotonic() + 0.05
+        if params.start_at is not None:
+            # Workers wait on the monotonic clock: convert once, here, so a wall-clock
+            # step during the run cannot move one worker's window.
+            lead = params.start_at - time.time()
+            if lead < 0:
+                raise Abort(
+                    f"--start-at passed {-lead:,.1f} s before the connections were up: "
+                    "start the generators earlier or choose a later time"
+                )
+            start = time.monotonic() + lead
         start_at.value = start
         go.set()
         end = start + params.warmup + params.duration
-        results = _collect(queue, workers, "result", end + params.timeout + 10, progress, start)
+        seconds = Seconds(processes, params.duration)
+
+        def on_interval(interval: Interval) -> None:
+            record = seconds.add(interval)
+            if record is not None and params.json_stream:
+                print(stream_line("interval", record), flush=True)
+
+        results = _collect(
+            queue, workers, "result", end + params.timeout + 10, progress, start, on_interval
+        )
         progress.clear()
         finished = True
     finally:
@@ -175,7 +218,13 @@ def run(params: Params) -> tuple[dict[str, Any], int]:
         if sampler is not None:
             sampler.stop()
     server = sampler.figures(start + params.warmup, end) if sampler else None
-    figures = build(params, processes, [r for r in results if isinstance(r, WorkerResult)], server)
+    figures = build(
+        params,
+        processes,
+        [r for r in results if isinstance(r, WorkerResult)],
+        server,
+        seconds.records(),
+    )
     return figures, int(figures["exit_status"])
 
 
@@ -186,6 +235,7 @@ def _collect(
     deadline: float,
     progress: Progress | None = None,
     start: float = 0.0,
+    on_interval: Callable[[Interval], None] | None = None,
 ) -> list[Any]:
     """Wait for one ``kind`` message from every worker, showing progress meanwhile."""
     received: dict[int, Any] = {}
@@ -205,7 +255,10 @@ def _collect(
         tag, index = message[0], message[1]
         if tag == "crash":
             raise Abort(f"worker {index} failed:\n{message[2]}", EXIT_ERRORS)
-        if tag == "tick" and progress:
+        if tag == "interval":
+            if on_interval is not None:
+                on_interval(message[2])
+        elif tag == "tick" and progress:
             progress.update(index, message[2], message[3])
             if index == 0:
                 progress.show(now - start)
@@ -215,6 +268,11 @@ def _collect(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["merge"]:
+        from loadtest.merge import main as merge_main
+
+        return merge_main(argv[1:])
     params = parse(argv)
     try:
         figures, status = run(params)
@@ -230,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERRORS
-    out = sys.stderr if params.json == "-" else sys.stdout
+    out = sys.stderr if params.json == "-" or params.json_stream else sys.stdout
     print(table(figures), file=out)
     if params.json:
-        write_json(params.json, figures)
+        write(params.json, figures)
+    if params.json_stream:
+        print(stream_line("end", figures), flush=True)
     return status
