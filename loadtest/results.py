@@ -100,6 +100,19 @@ def stream_line(event: str, data: dict[str, Any]) -> str:
     return json.dumps({"event": event, "data": data}, separators=(",", ":"))
 
 
+def _stream_end(text: str) -> Any:
+    """The result a --json-stream capture ends with; log lines after it (kubectl logs
+    mixes in stderr, where the table goes) are passed over."""
+    for line in reversed(text.splitlines()):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "end":
+            return event.get("data")
+    return None
+
+
 def load(path: str) -> dict[str, Any]:
     """A result from a --json file or the last line of a --json-stream capture.
 
@@ -114,14 +127,9 @@ def load(path: str) -> dict[str, Any]:
     try:
         figures = json.loads(text)
     except json.JSONDecodeError:
-        lines = text.strip().splitlines()
-        try:
-            last = json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:
-            last = None
-        if not (isinstance(last, dict) and last.get("event") == "end"):
+        figures = _stream_end(text)
+        if figures is None:
             raise ResultError(f"{path}: not JSON, so not an echod-bench result") from None
-        figures = last.get("data")
     if not isinstance(figures, dict) or "format" not in figures:
         raise ResultError(f"{path}: not an echod-bench result (no format field)")
     if figures["format"] != FORMAT:

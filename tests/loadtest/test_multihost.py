@@ -270,7 +270,7 @@ def test_merge_needs_files() -> None:
 # -- one generator, several addresses; streaming; ramp-up -----------------------
 
 
-def test_json_stream_is_one_line_a_second_then_the_result(server: Echod) -> None:
+def test_json_stream_is_one_line_a_second_then_the_result(server: Echod, tmp_path: Path) -> None:
     result = run_bench(
         "--port", str(server.port), "--connections", "3", "--warmup", "0.2",
         "--duration", "2.5", "--json-stream",
@@ -285,6 +285,12 @@ def test_json_stream_is_one_line_a_second_then_the_result(server: Echod) -> None
     assert final["intervals"] == seconds
     assert sum(s["messages"] for s in seconds) == final["messages"] > 0
     assert "requests/s" in result.stderr  # the table moved out of stdout's way
+    # A capture as `kubectl logs` gives it, stderr last, is a result merge reads.
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text(result.stdout + result.stderr)
+    merged = merge(str(capture), str(capture), "--json", "-")
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout)["messages"] == 2 * final["messages"]
 
 
 def test_connect_rate_paces_the_ramp_up(server: Echod, tmp_path: Path) -> None:
@@ -327,3 +333,28 @@ def test_source_addresses_are_spread_over_the_connections() -> None:
         echo.close()
     # Six load connections, one each way round, and the preflight connect from the first.
     assert sorted(echo.peers) == ["127.0.0.2"] * 4 + ["127.0.0.3"] * 3, echo.peers
+
+
+# -- the pure parts --------------------------------------------------------------
+
+
+def test_source_lists_and_ranges_expand_in_order() -> None:
+    from loadtest.sources import parse_sources
+
+    assert parse_sources("127.0.0.2-127.0.0.4,127.0.0.9") == (
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.9",
+    )
+    assert parse_sources("fd00::fe-fd00::101") == ("fd00::fe", "fd00::ff", "fd00::100", "fd00::101")
+    assert parse_sources("[::1]") == ("::1",)
+
+
+def test_start_at_reads_unix_seconds_and_iso_with_a_zone() -> None:
+    from loadtest.params import start_time
+
+    now = 1_800_000_000.0
+    assert start_time("1800000060", now) == 1_800_000_060.0
+    assert start_time("2027-01-15T08:01:00Z", now) == 1_800_000_060.0
+    assert start_time("2027-01-15T09:01:00+01:00", now) == 1_800_000_060.0
