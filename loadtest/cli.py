@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import queue as queue_module
 import socket
 import sys
@@ -282,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("echod-bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # --json-stream | head: the reader left, so stop quietly
+        _silence_stdout()
+        return EXIT_ERRORS
     except Exception:  # a bug of ours: say so in one block, not a bare traceback
         print(
             "echod-bench: internal error, please report:\n" + traceback.format_exc(),
@@ -289,9 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_ERRORS
     out = sys.stderr if params.json == "-" or params.json_stream else sys.stdout
-    print(table(figures), file=out)
-    if params.json:
-        write(params.json, figures)
-    if params.json_stream:
-        print(stream_line("end", figures), flush=True)
+    try:
+        print(table(figures), file=out)
+        if params.json:
+            write(params.json, figures)
+        if params.json_stream:
+            print(stream_line("end", figures), flush=True)
+    except BrokenPipeError:  # echod-bench | head: not an error of the run
+        _silence_stdout()
     return status
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
