@@ -80,6 +80,14 @@ def merge_results(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """The merged result of ``(name, result)`` pairs; ResultError when they cannot be merged."""
     warnings = check_overlap(runs)
     results = [figures for _, figures in runs]
+    shapes = {
+        tuple(f["parameters"].get(key) for key in ("workload", "size", "pipeline")) for f in results
+    }
+    if len(shapes) > 1:
+        warnings.append(
+            "the runs differ in workload, size or pipeline: the merged latencies mix "
+            "different requests"
+        )
     latency, connect = new_histogram(), new_histogram()
     for figures in results:
         latency.add(decode_histogram(figures["histograms"]["latency"]))
