@@ -12,6 +12,8 @@ from loadtest.params import Params
 from loadtest.results import FORMAT, histogram_text
 from loadtest.stats import MISMATCH, WorkerResult, merge, merge_errors, summarize
 
+# Error kind: held connections not up at the end of the window.
+UNCONNECTED = "unconnected"
 # A worker above this share of one core is measuring itself, not the server.
 SATURATED = 0.9
 
@@ -56,6 +58,13 @@ def build(
     messages = sum(r.messages for r in results)
     echoed = sum(r.echoed for r in results)
     errors = merge_errors(results)
+    if params.workload != "churn":
+        # A held connection that never came up (or was down when the window closed)
+        # carried none of the load asked for, even when nothing failed outright:
+        # connects still queued behind a slow server or an exhausted port range.
+        down = params.connections - sum(r.established for r in results)
+        if down > 0:
+            errors = dict(sorted({**errors, UNCONNECTED: down}.items()))
     warnings: list[str] = []
     workers = []
     for r in sorted(results, key=lambda r: r.index):

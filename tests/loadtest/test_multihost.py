@@ -358,3 +358,22 @@ def test_start_at_reads_unix_seconds_and_iso_with_a_zone() -> None:
     assert start_time("1800000060", now) == 1_800_000_060.0
     assert start_time("2027-01-15T08:01:00Z", now) == 1_800_000_060.0
     assert start_time("2027-01-15T09:01:00+01:00", now) == 1_800_000_060.0
+
+
+def test_connections_not_up_at_the_end_are_an_error() -> None:
+    from loadtest.params import Params
+    from loadtest.report import build
+    from loadtest.stats import WorkerResult, encode_counts
+
+    def worker(index: int, established: int) -> WorkerResult:
+        return WorkerResult(
+            index=index, connections=10, established=established, messages=100, echoed=6400,
+            unsent=0, window_s=1.0, cpu_s=0.1, latency=encode_counts({50: 100}),
+            connect=encode_counts({20: 10}), window_start_wall=1.0, window_end_wall=2.0,
+        )  # fmt: skip
+
+    params = Params(connections=20)
+    figures = build(params, 2, [worker(0, 10), worker(1, 7)], None)
+    assert figures["errors"] == {"unconnected": 3}
+    assert figures["exit_status"] == 1
+    assert build(params, 2, [worker(0, 10), worker(1, 10)], None)["exit_status"] == 0
