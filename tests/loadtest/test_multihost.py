@@ -335,6 +335,20 @@ def test_source_addresses_are_spread_over_the_connections() -> None:
     assert sorted(echo.peers) == ["127.0.0.2"] * 4 + ["127.0.0.3"] * 3, echo.peers
 
 
+def test_ipv6_source_address_binds_and_connects() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with echod("--host", "::1", "--port", "0", "--backend", "epoll") as six:
+        result = run_bench(
+            "--host", "::1", "--port", str(six.port), "--connections", "4", "--warmup", "0",
+            "--duration", "0.5", "--source-address", "::1", "--json", "-",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["parameters"]["source_address"] == ["::1"]
+    assert figures["connections"]["established"] == 4 and figures["messages"] > 0
+
+
 # -- the pure parts --------------------------------------------------------------
 
 
