@@ -140,6 +140,28 @@ class AsyncServer(ServingCore[EchoProtocol]):
         self.finished: asyncio.Future[None] = loop.create_future()
         self._timers: list[Repeating | asyncio.TimerHandle] = []
 
+    def start(self, label: str) -> None:
+        if type(self.loop).__module__.startswith("uvloop"):
+            self._open_libuv_spare()
+        super().start(label)
+
+    def _open_libuv_spare(self) -> None:
+        """Have libuv open its own spare descriptor now, not with the first client.
+
+        libuv keeps a descriptor for its EMFILE trick and opens it with the first stream
+        handle; since the core accepts, that would be the first client's, and the
+        process would hold one descriptor more after it than before (a leak, to anyone
+        counting from READY). A throwaway stream on a socket pair opens it at start.
+        """
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.setblocking(False)
+            transport, _ = self.loop.run_until_complete(
+                self.loop.connect_accepted_socket(asyncio.Protocol, ours)
+            )
+            transport.abort()
+            self.loop.run_until_complete(asyncio.sleep(0))
+
     # What the serving core asks of a backend --------------------------------------------
     def handle_signals(self) -> None:
         for signum in HANDLED_SIGNALS:
