@@ -36,6 +36,7 @@ from echod.service.activation import inherited_sockets
 from echod.service.limits import PrivilegeError, drop_privileges, raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
 from echod.service.supervisor import Supervisor, reserve
+from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
 
@@ -127,12 +128,13 @@ def serve(config: Config, backend: Backend) -> int:
         shared = [entry.sock for entry in inherited]
         # Socket-activated sockets belong to the socket unit: always shared.
         for address in [] if inherited else [parse_address(a) for a in config.addresses]:
-            if reuseport and address.path is None:
+            if reuseport and address.path is None and not address.datagram:
                 reservation, resolved = reserve(address)
                 reservations.append(reservation)
                 per_worker.append(resolved)
             else:
                 shared.append(bind(address, config.backlog))
+        check_backend(backend.name, shared)
     except (ListenerError, ServiceError) as exc:
         close_all([*shared, *reservations])
         print(f"echod: error: {exc}", file=sys.stderr)

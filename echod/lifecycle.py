@@ -12,7 +12,10 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from echod.udp.guard import UdpCounters
 
 log = logging.getLogger("echod")
 
@@ -31,6 +34,7 @@ class Stats:
     connections_dropped: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    udp: UdpCounters | None = None  # set by the datagram service when there are UDP listeners
 
     def opened(self) -> None:
         self.connections_open += 1
@@ -38,10 +42,11 @@ class Stats:
 
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
+        udp = f" {self.udp.summary()}" if self.udp is not None else ""
         return (
             f"connections open={self.connections_open} total={self.connections_total} "
             f"dropped={self.connections_dropped} bytes in={self.bytes_in} "
-            f"out={self.bytes_out} uptime={uptime:.0f}s"
+            f"out={self.bytes_out}{udp} uptime={uptime:.0f}s"
         )
 
 
