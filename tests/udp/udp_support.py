@@ -25,7 +25,7 @@ class UdpEchod(Echod):
 
     def __init__(self, *args: str, listeners: int = 1, **kwargs: object) -> None:
         super().__init__(*args, wait=False, **kwargs)  # type: ignore[arg-type]
-        self.wait_for(re.compile(r"(?s)(?:listening on udp:[^\n]*\n.*?){%d}" % listeners))
+        self.wait_for(re.compile(r"(?s)(?:listening on udp:[^\n]*\n.*?){" + str(listeners) + "}"))
         self.udp = [
             (m.group(1).strip("[]"), int(m.group(2))) for m in UDP_LISTENING.finditer(self.log)
         ]
@@ -38,7 +38,7 @@ class UdpEchod(Echod):
         """Fresh counters, from the line a SIGUSR1 makes echod log."""
         self._reports += 1
         self.signal(signal.SIGUSR1)
-        self.wait_for(re.compile(r"(?s)(?:stats: [^\n]*\n.*?){%d}" % self._reports))
+        self.wait_for(re.compile(r"(?s)(?:stats: [^\n]*\n.*?){" + str(self._reports) + "}"))
         line = STATS.findall(self.log)[-1]
         udp = line[line.index("udp in=") :]
         return {key: int(value) for key, value in re.findall(r"([a-z-]+)=(\d+)", udp)}
