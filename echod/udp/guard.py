@@ -10,7 +10,8 @@ Each datagram passes, in order of cost:
 2. the source endpoint: the listener's own address and port;
 3. the source address: broadcast, multicast or unspecified (never a real sender);
 4. a token bucket per source address, in datagrams and bytes per second, kept in a
-   table of fixed size that forgets the least recently seen source when full;
+   table of fixed size: when it is full a new source takes over the bucket of the
+   least recently seen one (with what tokens it had left, not a fresh burst);
 5. a global budget of answered bytes per second, so a flood from more spoofed sources
    than the table holds still cannot make echod send more than that.
 
@@ -185,10 +186,16 @@ class Guard:
                 return Refusal.ADDRESS
             if not self.limit_rate and self.budget is None:
                 return None
-            entry = [self.packet_capacity, self.byte_capacity, now]
+            if len(table) < self.settings.sources:
+                entry = [self.packet_capacity, self.byte_capacity, now]
+            else:
+                # Full: the new source takes over the least recently seen one's bucket,
+                # tokens and all, instead of a full one. A flood from more sources than
+                # the table holds then gets no fresh burst per source it cycles through:
+                # however many sources, the table's tokens grow by at most its size
+                # times the rate, per second.
+                entry = table.popitem(last=False)[1]
             table[host] = entry
-            if len(table) > self.settings.sources:
-                table.popitem(last=False)
             self.counters.sources = len(table)
         else:
             table.move_to_end(host)

@@ -83,6 +83,19 @@ def test_table_holds_at_most_its_size_and_forgets_the_least_recent() -> None:
     assert "192.0.2.1" in guard.table
 
 
+def test_a_flood_cycling_through_more_sources_than_the_table_gets_no_fresh_bursts() -> None:
+    settings = GuardSettings(packets_per_second=5, bytes_per_second=0, burst_seconds=1, sources=64)
+    guard = Guard(settings, counters=None)
+    answered = 0
+    for second in range(4):
+        for _ in range(20):
+            for i in range(1000):
+                answered += guard.check(f"10.0.{i >> 8}.{i & 255}", 40000, 1, float(second)) is None
+    # The table's tokens: 64 full buckets, then 64 x 5 per second for 3 seconds.
+    assert answered <= 64 * 5 + 64 * 5 * 3
+    assert len(guard.table) == 64
+
+
 def test_global_budget_caps_answers_from_many_sources() -> None:
     settings = GuardSettings(budget_bytes_per_second=100_000, sources=16)
     guard = Guard(settings)
