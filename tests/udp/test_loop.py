@@ -24,7 +24,6 @@ def bounce(args: tuple[str, ...]) -> tuple[dict[str, int], dict[str, int], dict[
             a.signal(signal.SIGSTOP)
             try:
                 trigger.sendto(b"ping-pong", a.udp[0])
-            finally:
                 trigger.close()
                 with udp_echod("--listen", f"udp:127.0.0.1:{port}", *args) as b:
                     a.signal(signal.SIGCONT)
@@ -32,7 +31,9 @@ def bounce(args: tuple[str, ...]) -> tuple[dict[str, int], dict[str, int], dict[
                     early = b.stats()
                     time.sleep(1)
                     late = b.stats()
-                    return early, late, a.stats()
+            finally:
+                a.signal(signal.SIGCONT)
+        return early, late, a.stats()
 
 
 def test_an_echo_loop_between_two_echods_dies_out() -> None:
