@@ -216,6 +216,10 @@ def _collect(
 
 def main(argv: list[str] | None = None) -> int:
     params = parse(argv)
+    if params.workload == "udp":
+        from loadtest import udp  # its own flows and figures: datagrams, not connections
+
+        return udp.main(params)
     try:
         figures, status = run(params)
     except Abort as exc:
