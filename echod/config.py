@@ -136,9 +136,11 @@ class Option:
         if self.default in (None, ()):
             return "—"
         if self.parse is packet_and_byte_rate:
-            return f"{self.default[0]:g}/{self.default[1] // 1024}K"
+            return f"{self.default[0]:g}/{self.default[1] >> 20}M"
         if self.parse is port_list:
             return ",".join(map(str, self.default))
+        if self.parse is byte_size and self.default and self.default % (1 << 20) == 0:
+            return f"{self.default >> 20}M"
         if self.parse is byte_size and self.default % 1024 == 0:
             return f"{self.default // 1024}K"
         if isinstance(self.default, float) and self.default.is_integer():
@@ -170,7 +172,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("udp_rate", packet_and_byte_rate, (100.0, 1 << 20), "UDP: answers per source address, DATAGRAMS/BYTES per second (0/0 = no limit)", "N/BYTES"),
     Option("udp_burst", seconds, 2.0, "UDP: seconds of --udp-rate a quiet source may send at once", "SECONDS"),
     Option("udp_budget", byte_size, 8 << 20, "UDP: bytes per second answered in total, whatever the sources (0 = no limit)", "BYTES"),
-    Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it the least recently seen is forgotten", "N"),
+    Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it a new source takes over the least recently seen one's bucket", "N"),
     Option("udp_refuse_ports", port_list, (53, 123, 161, 389, 1900, 5353, 11211), "UDP: source ports never answered besides those below 1024 and echod's own (none = only those)", "PORTS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
