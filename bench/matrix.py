@@ -22,6 +22,9 @@ class Cell:
     backends: tuple[str, ...] = ()
     # "few" and "many": the two sides of the "Which IO model?" comparison (issue 6).
     role: str = ""
+    # A generator-ceiling cell (issue 9) names the cell whose shape it repeats: it runs
+    # only the C reference, driven by echod-bench and by the C client in turn.
+    ceiling_for: str = ""
 
 
 FULL = (
@@ -48,6 +51,21 @@ FULL = (
         10_000,
         role="many",
     ),
+    # Same shapes as rr-64 and rr-1k: their rows are judged against these.
+    Cell(
+        "ceiling-64",
+        "generator ceiling, 64 B rr, 100 conns",
+        ("--size", "64", "--connections", "100"),
+        100,
+        ceiling_for="rr-64",
+    ),
+    Cell(
+        "ceiling-1k",
+        "generator ceiling, 1 KiB rr, 100 conns",
+        ("--size", "1024", "--connections", "100"),
+        100,
+        ceiling_for="rr-1k",
+    ),
     Cell(
         "workers-1k",
         "1 KiB rr, 100 conns, 1 vs 2 workers, unpinned",
@@ -58,9 +76,14 @@ FULL = (
     ),
 )
 
+
+def named(name: str) -> Cell:
+    return next(c for c in FULL if c.name == name)
+
+
 # A smoke test of every code path, the report's sections included, in under a minute.
 QUICK = (
-    FULL[5],
+    named("rr-1k-10"),
     Cell(
         "idle-2k",
         "2k conns, 100 active, 1 KiB",
@@ -68,7 +91,14 @@ QUICK = (
         2000,
         role="many",
     ),
-    FULL[7],
+    named("workers-1k"),
+    Cell(
+        "ceiling-1k-10",
+        "generator ceiling, 1 KiB rr, 10 conns",
+        ("--size", "1024", "--connections", "10"),
+        10,
+        ceiling_for="rr-1k-10",
+    ),
 )
 
 
@@ -79,8 +109,8 @@ class Timing:
     warmup: float
 
 
-# 9 servers x 7 cells + 4 workers runs = 67 runs a round, each with ~1.3 s of start,
-# connect and stop around its warmup and measurement: 3 rounds of 1 + 3.5 s take
-# about 20 minutes (3 x 4 s took 13 minutes for 7 servers and 6 cells).
+# 9 servers x 7 cells + 4 workers runs + 2 x 2 ceiling runs = 71 runs a round, each
+# with ~1.3 s of start, connect and stop around its warmup and measurement: 3 rounds
+# of 1 + 3.5 s take about 21 minutes (3 x 4 s took 13 minutes for 7 servers and 6 cells).
 FULL_TIMING = Timing(rounds=3, duration=3.5, warmup=1.0)
 QUICK_TIMING = Timing(rounds=1, duration=0.5, warmup=0.2)
