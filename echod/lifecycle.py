@@ -12,10 +12,9 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from echod.udp.guard import UdpCounters
+from echod.udp.guard import UdpCounters
 
 log = logging.getLogger("echod")
 
@@ -57,22 +56,32 @@ class Stats:
     )
 
     def encode(self) -> str:
-        return " ".join(str(getattr(self, name)) for name in self.COUNTERS)
+        words = [str(getattr(self, name)) for name in self.COUNTERS]
+        if self.udp is not None:  # UDP listeners: their counters follow
+            words += self.udp.encode()
+        return " ".join(words)
 
     @classmethod
     def decode(cls, text: str) -> Stats:
         """The counters :meth:`encode` wrote; ValueError for anything else."""
         words = text.split()
-        if len(words) != len(cls.COUNTERS) or not all(word.isdigit() for word in words):
+        sizes = (len(cls.COUNTERS), len(cls.COUNTERS) + UdpCounters.WORDS)
+        if len(words) not in sizes or not all(word.isdigit() for word in words):
             raise ValueError(f"not a stats record: {text!r}")
         stats = cls()
-        for name, word in zip(cls.COUNTERS, words, strict=True):
+        for name, word in zip(cls.COUNTERS, words, strict=False):
             setattr(stats, name, int(word))
+        if len(words) > len(cls.COUNTERS):
+            stats.udp = UdpCounters.decode(words[len(cls.COUNTERS) :])
         return stats
 
     def add(self, other: Stats) -> None:
         for name in self.COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.udp is not None:
+            if self.udp is None:
+                self.udp = UdpCounters()
+            self.udp.add(other.udp)
 
     def summary(self) -> str:
         uptime = time.monotonic() - self.started

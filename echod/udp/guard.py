@@ -81,6 +81,32 @@ class UdpCounters:
     refused: dict[Refusal, int] = field(default_factory=lambda: dict.fromkeys(Refusal, 0))
     sources: int = 0  # entries in the rate table right now
 
+    # Words of :meth:`encode`: the counters that add up across worker processes.
+    WORDS = 4 + len(Refusal) + 1
+
+    def encode(self) -> list[str]:
+        """The counters as words, for the worker's stats line to its supervisor."""
+        counts = [self.received, self.echoed, self.bytes_echoed, self.dropped]
+        return [str(n) for n in [*counts, *self.refused.values(), self.sources]]
+
+    @classmethod
+    def decode(cls, words: list[str]) -> UdpCounters:
+        numbers = [int(word) for word in words]
+        if len(numbers) != cls.WORDS:
+            raise ValueError(f"not UDP counters: {' '.join(words)!r}")
+        received, echoed, bytes_echoed, dropped = numbers[:4]
+        refused = dict(zip(Refusal, numbers[4:-1], strict=True))
+        return cls(received, echoed, bytes_echoed, dropped, refused, numbers[-1])
+
+    def add(self, other: UdpCounters) -> None:
+        self.received += other.received
+        self.echoed += other.echoed
+        self.bytes_echoed += other.bytes_echoed
+        self.dropped += other.dropped
+        for reason, count in other.refused.items():
+            self.refused[reason] += count
+        self.sources += other.sources
+
     def summary(self) -> str:
         refused = " ".join(f"{reason.value}={n}" for reason, n in self.refused.items())
         return (

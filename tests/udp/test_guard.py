@@ -126,3 +126,22 @@ def test_refusal_log_names_the_source_once_per_interval_per_reason() -> None:
     assert other is not None and "[2001:db8::1]:4000" in other
     again = log.line(Refusal.LOW_PORT, "192.0.2.4", 7, 10.0)
     assert again is not None and "192.0.2.4:7" in again and "2 more" in again
+
+
+def test_udp_counters_cross_the_worker_pipe_and_add_up() -> None:
+    from echod.lifecycle import Stats
+
+    one = Stats(bytes_in=5)
+    one.udp = Guard(GuardSettings()).counters
+    one.udp.received, one.udp.echoed = 7, 3
+    one.udp.refused[Refusal.RATE] = 4
+    decoded = Stats.decode(one.encode())
+    assert decoded.udp is not None and decoded.udp.summary() == one.udp.summary()
+    total = Stats()
+    total.add(decoded)
+    total.add(decoded)
+    total.add(Stats.decode(Stats(bytes_in=1).encode()))  # a worker without UDP
+    assert total.udp is not None and total.bytes_in == 11
+    assert (total.udp.received, total.udp.echoed, total.udp.refused[Refusal.RATE]) == (14, 6, 8)
+    with pytest.raises(ValueError):
+        Stats.decode(one.encode() + " 1")
