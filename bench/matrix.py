@@ -27,6 +27,28 @@ class Cell:
     ceiling_for: str = ""
 
 
+# C100k (issue 9): how server CPU per request, p99 and RSS per connection grow from
+# 1k to 100k connections held, 100 of them busy.  One source address reaches one
+# server port through ~28k ephemeral ports, so the load comes from eight loopback
+# addresses; run.py raises the descriptor limits with prlimit.
+C100K_SOURCES = "127.0.0.2-127.0.0.9"
+
+
+def c100k(connections: int, name: str, sources: str = C100K_SOURCES) -> Cell:
+    return Cell(
+        name,
+        f"{connections:,} conns, 100 active, 64 B",
+        ("--size", "64", "--connections", str(connections), "--active", "100",
+         "--source-address", sources, "--connect-timeout", "30"),
+        connections,
+        role="c100k",
+    )  # fmt: skip
+
+
+C100K = (c100k(1_000, "c100k-1k"), c100k(10_000, "c100k-10k"), c100k(100_000, "c100k-100k"))
+# Not in any matrix: the C100k path at a size any machine holds (--cells c100k-3k).
+C100K_SMALL = c100k(3_000, "c100k-3k", "127.0.0.2-127.0.0.3")
+
 FULL = (
     Cell("rr-64", "64 B rr, 100 conns", ("--size", "64", "--connections", "100"), 100),
     Cell("rr-1k", "1 KiB rr, 100 conns", ("--size", "1024", "--connections", "100"), 100),
@@ -74,6 +96,7 @@ FULL = (
         workers=(1, 2),
         backends=("epoll", "uvloop"),
     ),
+    *C100K,
 )
 
 

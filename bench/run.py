@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import report
 from bench.generators import GENERATORS, c_client_argv, c_client_figures, echod_bench_argv
-from bench.matrix import FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
+from bench.matrix import C100K_SMALL, FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
 from bench.query import C_CLIENT, ECHOD_BENCH
 from bench.servers import (
     REFERENCE,
@@ -91,11 +91,50 @@ class LoadWatch:
             self.seen |= foreign_load()
 
 
-def raise_open_files() -> None:
-    """The 10k cell needs 10k descriptors in the server and in the generator."""
+def raise_open_files(cells: list[Cell]) -> str | None:
+    """Descriptors for the largest cell in the server and in the generator (both inherit).
+
+    Past the hard limit only ``prlimit`` (with CAP_SYS_RESOURCE) helps; returns a note
+    when it cannot, and ``obstacle`` then reports the cells that need more.
+    """
+    needed = max((c.connections for c in cells), default=0) + 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        proc = subprocess.run(
+            ["prlimit", f"--pid={os.getpid()}", f"--nofile={needed}:{needed}"],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            return f"prlimit --nofile={needed} failed: {proc.stderr.strip()}"
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return None
+
+
+def obstacle(spec: ServerSpec, cell: Cell) -> str | None:
+    """Why a server cannot hold a cell's connections on this machine, said up front.
+
+    Trying would only measure refused connections (select) or failed thread starts.
+    """
+    # 16: the server's own descriptors (stdio, listener, wakeup pipe, log).
+    if spec.backend == "select" and cell.connections > 1024 - 16:
+        return f"not run: select() watches descriptors below FD_SETSIZE (1024), not {cell.connections:,}"
+    if spec.backend == "threads":
+        # One thread per connection, and each thread takes a pid.
+        limits = []
+        for knob in ("pid_max", "threads-max"):
+            try:
+                limits.append(int(Path(f"/proc/sys/kernel/{knob}").read_text()))
+            except (OSError, ValueError):
+                continue
+        if limits and cell.connections > min(limits) - 1024:
+            return f"not run: one thread per connection, and kernel.pid_max/threads-max allow {min(limits):,}"
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and cell.connections + 64 > hard:
+        return f"not run: {cell.connections:,} connections need more open files than the hard limit {hard:,} (see the prlimit note)"
+    return None
 
 
 def split_cpus() -> tuple[set[int] | None, set[int] | None, str]:
@@ -118,6 +157,16 @@ def run_cell(
     generator: str = ECHOD_BENCH,
 ) -> dict[str, Any]:
     """One server, one cell, one generator: start, measure, stop."""
+    reason = obstacle(spec, cell)
+    if reason:
+        return {
+            "server": spec.name,
+            "cell": cell.name,
+            "backend": spec.backend or spec.name,
+            "workers": spec.workers,
+            "generator": generator,
+            "error": reason,
+        }
     with LoadWatch() as watch:
         record = measure(spec, cell, timing, server_cpus, generator_cpus, generator)
     if watch.seen:
@@ -318,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells:
         wanted = set(args.cells.split(","))
         # dict: a cell in both matrices (rr-1k-10, workers-1k) runs once.
-        cells = list({c.name: c for c in (*FULL, *QUICK) if c.name in wanted}.values())
+        cells = list({c.name: c for c in (*FULL, *QUICK, C100K_SMALL) if c.name in wanted}.values())
     notes: list[str] = []
-    raise_open_files()
+    limit_problem = raise_open_files(cells)
+    if limit_problem:
+        notes.append(limit_problem)
     problem = None if args.no_reference else build_reference()
     if problem:
         notes.append(problem)

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(name)
             return 0
         backend = backends.load(config.backend or backends.default_name())
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, log_format=config.log_format)
     except (ConfigError, backends.BackendUnavailable) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -111,6 +111,7 @@ def serve(config: Config, backend: Backend) -> int:
             config.addresses,
             config.backlog,
             per_worker=workers and config.listen_mode == "reuseport",
+            metrics=config.metrics,
         )
     except ListenerError as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
@@ -120,7 +121,8 @@ def serve(config: Config, backend: Backend) -> int:
     notifier = Notifier.from_env()
     try:
         check_backend(backend.name, listeners.shared)
-        if not workers:
+        # Metrics are served by the supervisor, which never touches a client socket.
+        if not workers and listeners.metrics is None:
             stats = Stats()
             worker_process.serve(
                 backend,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from echod.logs import FORMATS as LOG_FORMATS
 from echod.session import WaterMarks
 
 
@@ -167,6 +168,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout", seconds, 0.0, "close a connection silent this long (0 = never)", "SECONDS"),
     Option("graceful_timeout", seconds, 30.0, "on SIGTERM, how long open connections may go on before they are closed", "SECONDS"),
     Option("log_level", str.lower, "info", "least severe message logged", "LEVEL", choices=LOG_LEVELS),
+    Option("log_format", str.lower, "text", "log lines as text (the journal's dialect under systemd) or one JSON object per line", "FORMAT", choices=LOG_FORMATS),
     Option("workers", worker_count, 1, "processes serving connections under one supervisor; auto = one per usable CPU", "N|auto"),
     Option("listen_mode", str.lower, "reuseport", "with workers: a SO_REUSEPORT socket per worker (even spread), or one accept queue all share (TCP only; Unix and systemd sockets are always shared)", "MODE", choices=LISTEN_MODES),
     Option("udp_rate", packet_and_byte_rate, (100.0, 1 << 20), "UDP: answers per source address, DATAGRAMS/BYTES per second (0/0 = no limit)", "N/BYTES"),
@@ -174,6 +176,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("udp_budget", byte_size, 8 << 20, "UDP: bytes per second answered in total, whatever the sources (0 = no limit)", "BYTES"),
     Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it a new source takes over the least recently seen one's bucket", "N"),
     Option("udp_refuse_ports", port_list, (53, 123, 161, 389, 1900, 5353, 11211), "UDP: source ports never answered besides those below 1024 and echod's own (none = only those)", "PORTS"),
+    Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -207,10 +210,12 @@ class Config:
     idle_timeout: float = 0.0
     graceful_timeout: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"
     workers: int = 1
     # reuseport by measurement: 1,000 connections over 2 workers split at worst 467/533
     # with it and 246/754 with one shared queue (epoll, asyncio, uvloop, threads).
     listen_mode: str = "reuseport"
+    metrics: str | None = None
     user: str | None = None
     group: str | None = None
     udp_rate: tuple[float, int] = (100.0, 1 << 20)
@@ -226,6 +231,10 @@ class Config:
             raise ConfigError(f"{exc} (high {self.high_water} B, low {self.low_water} B)") from None
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+            )
         if self.listen_mode not in LISTEN_MODES:
             raise ConfigError(
                 f"listen mode {self.listen_mode!r} is not one of {', '.join(LISTEN_MODES)}"

@@ -83,6 +83,10 @@ class Stats:
                 self.udp = UdpCounters()
             self.udp.add(other.udp)
 
+    def counts(self) -> dict[str, int]:
+        """The counters as one structured log field (``--log-format json``)."""
+        return {name: getattr(self, name) for name in self.COUNTERS}
+
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
         udp = f" {self.udp.summary()}" if self.udp is not None else ""
@@ -151,7 +155,7 @@ class Lifecycle:
         return Command.DRAIN
 
     def report(self) -> None:
-        log.info("stats: %s", self.stats.summary())
+        log.info("stats: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
         if self.notifier:
             # Fresh counters for whoever listens: systemd's STATUS=, or the supervisor
             # that adds up its workers' counters on the same SIGUSR1.
@@ -168,6 +172,6 @@ class Lifecycle:
             self.notifier.stopping()
 
     def stopped(self) -> None:
-        log.info("stopped: %s", self.stats.summary())
+        log.info("stopped: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
         if self.notifier:
             self.notifier.status(self.stats.summary())  # a supervisor's final tally

@@ -8,6 +8,7 @@ parent decodes and adds: percentiles are merged, never averaged.
 
 from __future__ import annotations
 
+import builtins
 import errno
 from dataclasses import dataclass, field
 
@@ -100,6 +101,18 @@ def summarize(histogram: HdrHistogram) -> dict[str, float | int]:
 
 
 @dataclass
+class Interval:
+    """One second of one worker's measurement window."""
+
+    second: int  # 0 = first second after warmup (a last partial second too)
+    messages: int
+    bytes: int
+    errors: dict[str, int]
+    # builtins.: the field ``bytes`` above shadows the type in the class body.
+    latency: builtins.bytes  # encoded HDR histogram of that second's latencies, µs (corrected)
+
+
+@dataclass
 class WorkerResult:
     """What a worker sends its parent when the run ends."""
 
@@ -114,6 +127,10 @@ class WorkerResult:
     latency: bytes
     connect: bytes
     errors: dict[str, int] = field(default_factory=dict)
+    # time.time() at the window's start and end: runs on several hosts are merged
+    # only when their windows overlap (loadtest/merge.py).
+    window_start_wall: float = 0.0
+    window_end_wall: float = 0.0
 
     @property
     def cpu_share(self) -> float:

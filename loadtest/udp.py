@@ -27,7 +27,8 @@ import psutil
 from loadtest.monitor import NoSuchServer, TreeSampler
 from loadtest.params import Params, default_processes
 from loadtest.pattern import PERIOD, Pattern
-from loadtest.report import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_MISMATCH, environment, write_json
+from loadtest.report import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_MISMATCH, environment
+from loadtest.results import write
 from loadtest.stats import encode_counts, merge, summarize
 
 # flow id, sequence number: what makes every datagram of a run unique.
@@ -290,7 +291,20 @@ def resolve(params: Params) -> tuple[int, tuple[Any, ...]]:
     return family, address
 
 
+# TCP-only flags of Params: refused with --udp rather than silently ignored.
+NOT_FOR_UDP = {
+    "json_stream": "--json-stream",
+    "start_at": "--start-at",
+    "connect_rate": "--connect-rate",
+    "source_address": "--source-address",
+    "active": "--active",
+}
+
+
 def run(params: Params) -> tuple[dict[str, Any], int]:
+    for name, flag in NOT_FOR_UDP.items():
+        if getattr(params, name, None):
+            raise UdpAbort(f"{flag} applies to TCP workloads, not --udp")
     family, address = resolve(params)
     processes = min(params.processes or default_processes(), params.connections)
     sampler = None
@@ -421,5 +435,5 @@ def main(params: Params) -> int:
     out = sys.stderr if params.json == "-" else sys.stdout
     print(table(figures), file=out)
     if params.json:
-        write_json(params.json, figures)
+        write(params.json, figures)
     return status

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
-from time import monotonic, sleep
+from time import monotonic, sleep, time
 from typing import Any
 
 import psutil
 
 from loadtest.params import Params
 from loadtest.pattern import CHUNK, Pattern
-from loadtest.stats import Tally, WorkerResult, encode_counts
+from loadtest.stats import Interval, Tally, WorkerResult, encode_counts
 from loadtest.workloads import (
     UP,
     ChurnConnection,
@@ -54,6 +54,12 @@ class WorkerPlan:
     rate: float
     family: int
     address: tuple[Any, ...]
+    # This worker's share of --connect-rate, connections/s; 0 = as fast as the
+    # connect limiter allows.
+    connect_rate: float = 0.0
+    # Local addresses to bind before connect (--source-address): connection id i
+    # uses sources[i % len(sources)]; empty = the kernel chooses.
+    sources: tuple[str, ...] = ()
 
 
 class Worker:
@@ -84,6 +90,12 @@ class Worker:
             (kind if i < plan.active else Connection)(self, Pattern.base(plan.first_id + i))
             for i in range(plan.connections)
         ]
+        if plan.sources:
+            for i, conn in enumerate(self.connections):
+                conn.source = plan.sources[(plan.first_id + i) % len(plan.sources)]
+        # Latency counts of the window's finished seconds; tally.latency holds the
+        # current second's, so each second's histogram comes without a copy.
+        self.window_latency: dict[int, int] = {}
 
     # -- connecting -------------------------------------------------------
     def request_connect(self, conn: Connection) -> None:
@@ -130,13 +142,22 @@ class Worker:
         """Connect everything before the clock starts (churn connects as its workload)."""
         if self.params.workload == "churn":
             return 0
-        for conn in self.connections:
-            self.request_connect(conn)
         count = len(self.connections)
-        deadline = monotonic() + self.params.connect_timeout + count / 2000
-        next_check = monotonic() + 0.1
+        rate = self.plan.connect_rate
+        began = monotonic()
+        ramp = count / rate if rate > 0 else 0.0
+        deadline = began + ramp + self.params.connect_timeout + count / 2000
+        next_check = began + 0.1
+        issued = 0
         while True:
             now = monotonic()
+            if issued < count:
+                # --connect-rate paces the ramp-up; the limiter still bounds connects
+                # in flight, so a slow server backs the ramp up instead of the backlog.
+                due = count if rate <= 0 else min(count, int((now - began) * rate) + 1)
+                while issued < due:
+                    self.request_connect(self.connections[issued])
+                    issued += 1
             self._fire_timers(now)
             if now >= next_check:
                 self._check(now)
@@ -145,9 +166,31 @@ class Worker:
                     break
             if now >= deadline:
                 break
-            for key, mask in self.selector.select(0.05):
+            wait = 0.05 if issued >= count else min(0.05, max(0.0, began + issued / rate - now))
+            for key, mask in self.selector.select(wait):
                 key.data(mask)
         return self.up()
+
+    def interval(self, second: int, mark: tuple[int, int, dict[str, int]]) -> Interval:
+        """The second that ends now: counts since ``mark``; its latencies move to the window's."""
+        tally = self.tally
+        messages, echoed, errors = mark
+        counts = tally.latency
+        tally.latency = {}
+        window = self.window_latency
+        for value, count in counts.items():
+            window[value] = window.get(value, 0) + count
+        return Interval(
+            second=second,
+            messages=tally.messages - messages,
+            bytes=tally.bytes - echoed,
+            errors={
+                kind: count - errors.get(kind, 0)
+                for kind, count in tally.errors.items()
+                if count != errors.get(kind, 0)
+            },
+            latency=encode_counts(counts),
+        )
 
     def run(self, start: float, queue: Queue[Any]) -> WorkerResult:
         params = self.params
@@ -170,6 +213,10 @@ class Worker:
         me = psutil.Process()
         measuring = False
         window_start = now
+        window_start_wall = 0.0
+        second = 0
+        next_second = end
+        mark: tuple[int, int, dict[str, int]] = (0, 0, {})
         cpu_start = 0.0
         carried = 0
         next_scan = now + scan_interval
@@ -205,10 +252,19 @@ class Worker:
                     carried = tally.messages
                     tally.reset(connects=params.workload == "churn")
                     window_start = now
+                    window_start_wall = time()
+                    next_second = now + 1.0
+                    mark = (0, 0, dict(tally.errors))
                     times = me.cpu_times()
                     cpu_start = times.user + times.system
                 else:
                     wake = min(wake, warm_end)
+            if now >= next_second:
+                queue.put(("interval", self.plan.index, self.interval(second, mark)))
+                second += 1
+                next_second += 1.0
+                mark = (tally.messages, tally.bytes, dict(tally.errors))
+            wake = min(wake, next_second)
             if now >= next_tick:
                 next_tick = now + TICK_INTERVAL
                 if params.progress:
@@ -235,8 +291,11 @@ class Worker:
                 key.data(mask)
 
         now = monotonic()
+        window_end_wall = time()
         times = me.cpu_times()
         cpu_s = times.user + times.system - cpu_start
+        if measuring:  # the last, partial second, always sent
+            queue.put(("interval", self.plan.index, self.interval(second, mark)))
         established = self.up()
         self.stopping = True
         for conn in self.connections:
@@ -244,7 +303,11 @@ class Worker:
         if not measuring:  # a zero-length window
             tally.reset()
             window_start = now
+            window_start_wall = window_end_wall
             cpu_s = 0.0
+        latency = self.window_latency
+        for value, count in tally.latency.items():
+            latency[value] = latency.get(value, 0) + count
         return WorkerResult(
             index=self.plan.index,
             connections=len(self.connections),
@@ -254,9 +317,11 @@ class Worker:
             unsent=tally.unsent,
             window_s=now - window_start,
             cpu_s=cpu_s,
-            latency=encode_counts(tally.latency),
+            latency=encode_counts(latency),
             connect=encode_counts(tally.connect),
             errors=dict(tally.errors),
+            window_start_wall=window_start_wall,
+            window_end_wall=window_end_wall,
         )
 
 

@@ -16,6 +16,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from loadtest.pattern import CHUNK, PERIOD
+from loadtest.sources import BIND_ADDRESS_NO_PORT
 from loadtest.stats import CLOSED, CONNECT_TIMEOUT, MISMATCH, TIMEOUT, error_kind
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class Connection:
         "failures",
         "mark",
         "sock",
+        "source",
         "stalled_since",
         "state",
         "worker",
@@ -48,6 +50,7 @@ class Connection:
         self.failures = 0
         self.mark = -1
         self.stalled_since = 0.0
+        self.source: str | None = None  # local address to bind (--source-address)
 
     def connect(self) -> None:
         worker = self.worker
@@ -57,6 +60,14 @@ class Connection:
         self.sock = sock
         self.state = CONNECTING
         worker.selector.register(sock, EVENT_WRITE, self.on_connect)
+        if self.source is not None:
+            try:
+                if BIND_ADDRESS_NO_PORT is not None:
+                    sock.setsockopt(socket.IPPROTO_IP, BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source, 0))
+            except OSError as exc:
+                self.fail(error_kind(exc.errno or 0))
+                return
         self.connect_started = monotonic()
         code = sock.connect_ex(worker.address)
         if code not in (0, errno.EINPROGRESS):

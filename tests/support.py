@@ -323,6 +323,7 @@ PACKAGES = {
     "systemd-analyze": "systemd",
     "strace": "strace",
     "gcc": "gcc",
+    "man": "man-db",
 }
 
 

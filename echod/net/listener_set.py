@@ -22,6 +22,9 @@ from echod.net.listeners import (
     unix_paths,
 )
 
+METRICS_FD_NAME = "metrics"  # FileDescriptorName= of echod-metrics.socket
+METRICS_BACKLOG = 64  # scrapers are few; the endpoint caps how many it serves at once
+
 
 @dataclass
 class Listeners:
@@ -31,6 +34,8 @@ class Listeners:
     per_worker: list[Address] = field(default_factory=list)  # each worker binds these
     reservations: list[socket.socket] = field(default_factory=list)
     owned_paths: list[str] = field(default_factory=list)  # Unix socket files to remove
+    # --metrics, or systemd's socket named METRICS_FD_NAME: served by the supervisor alone.
+    metrics: socket.socket | None = None
 
     def bind_own(self, backlog: int) -> list[socket.socket]:
         """In a worker: its own SO_REUSEPORT sockets, then every socket it serves."""
@@ -38,10 +43,13 @@ class Listeners:
         return [*self.shared, *own]
 
     def close(self) -> None:
-        close_all([*self.shared, *self.reservations], remove=self.owned_paths)
+        metrics = [self.metrics] if self.metrics is not None else []
+        close_all([*self.shared, *self.reservations, *metrics], remove=self.owned_paths)
 
 
-def open_listeners(addresses: Sequence[str], backlog: int, *, per_worker: bool) -> Listeners:
+def open_listeners(
+    addresses: Sequence[str], backlog: int, *, per_worker: bool, metrics: str | None = None
+) -> Listeners:
     """Inherit systemd's sockets, or bind ``addresses`` (or reserve them, ``per_worker``).
 
     Raises :class:`~echod.net.listeners.ListenerError` with one line for the operator,
@@ -50,7 +58,14 @@ def open_listeners(addresses: Sequence[str], backlog: int, *, per_worker: bool) 
     listeners = Listeners()
     try:
         inherited = inherited_sockets()
-        listeners.shared = [entry.sock for entry in inherited]
+        for entry in inherited:
+            if entry.name == METRICS_FD_NAME and listeners.metrics is None:
+                listeners.metrics = entry.sock
+            else:
+                listeners.shared.append(entry.sock)
+        if listeners.metrics is None and metrics is not None:
+            listeners.metrics = bind(parse_address(metrics), METRICS_BACKLOG)
+            listeners.owned_paths = unix_paths([listeners.metrics])
         if inherited:
             return listeners
         for text in addresses:
@@ -64,5 +79,5 @@ def open_listeners(addresses: Sequence[str], backlog: int, *, per_worker: bool) 
     except BaseException:
         listeners.close()
         raise
-    listeners.owned_paths = unix_paths(listeners.shared)
+    listeners.owned_paths += unix_paths(listeners.shared)
     return listeners

@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 from echod.backends.base import Backend
 from echod.config import Config
 from echod.lifecycle import Stats, heartbeat_interval
+from echod.metrics.endpoint import MetricsEndpoint
+from echod.metrics.exposition import render
+from echod.metrics.figures import scrape
 from echod.net.listener_set import Listeners
 from echod.service.notify import Notifier
 from echod.service.worker_process import Handoff, run_worker
@@ -91,6 +94,7 @@ class Slot:
     failures: int = 0
     restart_at: float | None = None
     retired: Stats = field(default_factory=Stats)
+    starts: int = 0  # workers forked for it: restarts are starts - 1
 
 
 def describe_exit(status: int) -> str:
@@ -131,12 +135,18 @@ class Supervisor:
         self.report_waiting: set[int] = set()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self.pid = os.getpid()
+        self.metrics: MetricsEndpoint | None = None  # --metrics: served from this loop
 
     # Running ---------------------------------------------------------------------------
     def run(self) -> int:
         for sock in (self._wakeup_r, self._wakeup_w):
             sock.setblocking(False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._read_signals)
+        if self.listeners.metrics is not None:
+            self.metrics = MetricsEndpoint(self.listeners.metrics, self._render_metrics)
+            self.selector.register(
+                self.metrics.fileno(), selectors.EVENT_READ, self.metrics.on_ready
+            )
         old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         old_handlers = {signum: signal.signal(signum, _queued) for signum in SIGNALS}
         log.info(
@@ -159,6 +169,8 @@ class Supervisor:
             self.selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
+            if self.metrics is not None:
+                self.metrics.close()
         log.info("stopped: %s", self.summary())
         return self.exit_status
 
@@ -183,6 +195,8 @@ class Supervisor:
                 self.spawn(number)
         if self.report_due is not None and now >= self.report_due:
             self._log_report()
+        if self.metrics is not None:
+            self.metrics.expire(now)
         if now >= self.next_tick:
             self.next_tick = now + self.interval
             if not self.stopping:
@@ -244,12 +258,14 @@ class Supervisor:
                     self._wakeup_r.fileno(),
                     self._wakeup_w.fileno(),
                     *(w.reports for w in self.workers.values()),
+                    *(self.metrics.fds() if self.metrics is not None else ()),
                 ],
                 watchdog_interval=self.watchdog_interval,
             )
             run_worker(handoff, self.backend, self.config, self.listeners)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         os.close(write_fd)
+        self.slots[slot].starts += 1
         now = time.monotonic()
         worker = Worker(slot, pid, read_fd, started=now, last_seen=now)
         self.workers[pid] = worker
@@ -412,6 +428,9 @@ class Supervisor:
                 continue
             worker.asked_to_stop = True
             _kill(worker.pid, signum)
+
+    def _render_metrics(self, openmetrics: bool) -> str:
+        return render(scrape(self), openmetrics)
 
     def summary(self) -> str:
         total = Stats()

@@ -185,12 +185,14 @@ class WorkerTag(logging.Filter):
 
     def __init__(self, slot: int) -> None:
         super().__init__()
+        self.slot = slot
         self.prefix = f"worker {slot}: "
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "worker_tagged", False):
             record.msg = self.prefix + str(record.msg)
             record.worker_tagged = True
+            record.worker = self.slot  # a field of its own in --log-format json
         return True
 
 
