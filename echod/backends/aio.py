@@ -189,6 +189,14 @@ class AsyncServer(ServingCore[EchoProtocol]):
         for sock in self.listeners:
             self.loop.remove_reader(sock.fileno())
 
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        # Datagrams are read straight off the socket, as the reactor does: asyncio's
+        # datagram transport would queue answers without bound on EAGAIN.
+        self.loop.add_reader(sock, callback, 0)
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        self.loop.remove_reader(sock)
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
         timer = self.loop.call_later(delay, callback)
         self._timers.append(timer)

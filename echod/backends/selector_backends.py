@@ -197,6 +197,12 @@ class ReactorServer(ServingCore[Connection]):
     def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
         return self.reactor.call_every(interval, callback)
 
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        self.reactor.add(sock.fileno(), WANT_READ, callback)
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        self.reactor.remove(sock.fileno())
+
     def io_description(self) -> str:
         return self.reactor.describe()
 

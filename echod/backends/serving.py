@@ -50,6 +50,7 @@ from echod.config import Config
 from echod.lifecycle import Command, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
+from echod.udp.serving import DatagramService
 
 log = logging.getLogger("echod")
 
@@ -125,7 +126,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         limit: int | None = None,
         fd_limit: int | None = None,
     ) -> None:
-        self.listeners = list(listeners)
+        # UDP listeners have no connections: the datagram service answers them on the
+        # backend's loop (reactor and asyncio family only; cli refuses the others).
+        self.listeners, self.udp = DatagramService.take(listeners, config, lifecycle.stats)
         self.config = config
         self.lifecycle = lifecycle
         self.stats = lifecycle.stats
@@ -171,6 +174,13 @@ class ServingCore(abc.ABC, Generic[Conn]):
     @abc.abstractmethod
     def call_every(self, interval: float, callback: Callable[[], object]) -> Cancellable: ...
 
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` whenever ``sock`` is readable (for datagram listeners)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve datagrams")
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not serve datagrams")
+
     def io_description(self) -> str | None:
         """What the loop waits on, logged at start when there is a choice."""
         return None
@@ -198,7 +208,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.resume_accepting()
         self.call_every(self.lifecycle.heartbeat_interval, self.heartbeat)
         self.start_idle_sweeps()
-        self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
+        self.udp.start(self.watch_readable, self.unwatch_readable)
+        addresses = [describe(sock) for sock in self.listeners] + self.udp.addresses
+        self.lifecycle.ready(addresses, label)
         io = self.io_description()
         if io is not None:
             log.info("backend %s waits on %s", label, io)
@@ -281,6 +293,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.listeners_closed = True
             for sock in self.listeners:
                 sock.close()
+            self.udp.close()  # a graceful stop has no datagram to finish
 
     # Admit -----------------------------------------------------------------------------
     def accept_from(self, listener: socket.socket) -> None:
