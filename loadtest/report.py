@@ -11,7 +11,7 @@ from typing import Any
 from loadtest import __version__
 from loadtest.monitor import ServerFigures
 from loadtest.params import Params
-from loadtest.stats import MISMATCH, WorkerResult, merge, merge_errors, summarize
+from loadtest.stats import LOST, MISMATCH, WorkerResult, merge, merge_errors, summarize
 
 # A worker above this share of one core is measuring itself, not the server.
 SATURATED = 0.9
@@ -20,6 +20,7 @@ EXIT_CLEAN = 0
 EXIT_ERRORS = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 3
+EXIT_LOST = 4
 
 
 def environment() -> dict[str, Any]:
@@ -42,6 +43,8 @@ def environment() -> dict[str, Any]:
 def exit_status(errors: dict[str, int]) -> int:
     if errors.get(MISMATCH):
         return EXIT_MISMATCH
+    if errors.get(LOST):
+        return EXIT_LOST
     return EXIT_ERRORS if any(errors.values()) else EXIT_CLEAN
 
 
@@ -83,7 +86,8 @@ def build(
     unsent = sum(r.unsent for r in results)
     if unsent:
         warnings.append(
-            f"{unsent} scheduled messages were not sent because their connection was down"
+            f"{unsent} scheduled messages fell due and were never sent (their connection "
+            "was down or stalled until the end)"
         )
     server_figures: dict[str, Any] | None = None
     if server is not None:
@@ -115,6 +119,12 @@ def build(
         "bytes_echoed": echoed,
         "mb_per_s": round(echoed / window / 1e6, 3) if window else 0.0,
         "latency_us": summarize(merge([r.latency for r in results])),
+        "latency_uncorrected_us": summarize(merge([r.latency_uncorrected for r in results])),
+        "drain": {
+            "messages": sum(r.drained for r in results),
+            "latency_us": summarize(merge([r.drain_latency for r in results])),
+        },
+        "loop": results[0].loop if results else None,
         "connect_us": summarize(merge([r.connect for r in results])),
         "errors": errors,
         "errors_total": sum(errors.values()),
@@ -156,6 +166,11 @@ def table(figures: dict[str, Any]) -> str:
         f"  {rate_name:<15}{_count(figures['requests_per_s'])}",
         f"  MB/s echoed    {figures['mb_per_s']:,.2f} (each way)",
         f"  latency µs     {_percentiles(figures['latency_us'])}",
+        *(
+            [f"  uncorrected µs {_percentiles(figures['latency_uncorrected_us'])} (from the send)"]
+            if p["workload"] == "rate"
+            else []
+        ),
         f"  connect µs     {_percentiles(figures['connect_us'])}",
     ]
     errors = figures["errors"]

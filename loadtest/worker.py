@@ -1,9 +1,13 @@
 """One worker process: a selectors loop driving its share of the connections.
 
 The parent hands each worker a ``WorkerPlan``; the worker connects, reports
-``ready``, waits for the common start time, runs until the end of the window and
-sends back a ``WorkerResult``.  Messages on the queue are tuples whose first item
-says what they are: ``ready``, ``tick`` (progress), ``result`` or ``crash``.
+``ready``, waits for the common start time, runs the warmup and the window,
+drains what the server still owes, and sends back a ``WorkerResult``.  Messages
+on the queue are tuples whose first item says what they are: ``ready``, ``tick``
+(progress), ``interval`` (one second of the window), ``result`` or ``crash``.
+
+The worker owns the loop, the timers and the connect limiter; connections
+(``workloads.py``) see it only through the ``Link`` it hands them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import heapq
 import selectors
 import signal
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -23,13 +28,18 @@ from typing import Any
 import psutil
 
 from loadtest.params import Params
-from loadtest.pattern import CHUNK, Pattern
-from loadtest.stats import Tally, WorkerResult, encode_counts
+from loadtest.pattern import Pattern
+from loadtest.stats import LOST, UNSENT, Tally, WorkerResult, encode_counts
 from loadtest.workloads import (
+    CONNECTING,
+    DRAINING,
+    RUNNING,
     UP,
     ChurnConnection,
     Connection,
     EchoConnection,
+    Link,
+    Settings,
     StreamConnection,
 )
 
@@ -54,6 +64,11 @@ class WorkerPlan:
     rate: float
     family: int
     address: tuple[Any, ...]
+    # This worker's share of --connect-rate, connections/s (0 = as fast as the
+    # connect limiter allows), and local addresses to bind: connection ``i`` uses
+    # ``sources[i % len(sources)]``; empty lets the kernel choose.
+    connect_rate: float = 0.0
+    sources: tuple[str, ...] = ()
 
 
 class Worker:
@@ -62,18 +77,25 @@ class Worker:
     def __init__(self, params: Params, plan: WorkerPlan) -> None:
         self.params = params
         self.plan = plan
-        self.family = plan.family
-        self.address = plan.address
         self.selector = selectors.DefaultSelector()
-        self.pattern = Pattern()
-        self.buffer = memoryview(bytearray(CHUNK))
         self.tally = Tally()
-        self.running = False
         self.stopping = False
         self.pending_connects = 0
         self.waiting: deque[Connection] = deque()
         self.timers: list[tuple[float, int, Connection]] = []
         self.timer_seq = 0
+        settings = Settings(
+            family=plan.family,
+            address=plan.address,
+            size=params.size,
+            depth=params.pipeline,
+            open_loop=params.workload == "rate",
+            timeout=params.timeout,
+            connect_timeout=params.connect_timeout,
+        )
+        self.link = Link(
+            settings, self.selector, self.tally, self._connected, self._failed, self.request_connect
+        )
         kind: type[Connection] = {
             "rr": EchoConnection,
             "rate": EchoConnection,
@@ -81,7 +103,7 @@ class Worker:
             "churn": ChurnConnection,
         }[params.workload]
         self.connections: list[Connection] = [
-            (kind if i < plan.active else Connection)(self, Pattern.base(plan.first_id + i))
+            (kind if i < plan.active else Connection)(self.link, Pattern.base(plan.first_id + i))
             for i in range(plan.connections)
         ]
 
@@ -98,10 +120,10 @@ class Worker:
         while self.waiting and self.pending_connects < MAX_PENDING_CONNECTS and not self.stopping:
             self.request_connect(self.waiting.popleft())
 
-    def connected(self, conn: Connection) -> None:
+    def _connected(self, conn: Connection) -> None:
         self._connect_done()
 
-    def lost(self, conn: Connection, was_connecting: bool) -> None:
+    def _failed(self, conn: Connection, was_connecting: bool) -> None:
         """A connection failed: retry later, backing off while it keeps failing."""
         if was_connecting:
             self._connect_done()
@@ -115,7 +137,7 @@ class Worker:
         timers = self.timers
         while timers and timers[0][0] <= now:
             conn = heapq.heappop(timers)[2]
-            if conn.sock is None:
+            if conn.sock is None and not self.stopping:
                 self.request_connect(conn)
 
     def _check(self, now: float) -> None:
@@ -124,6 +146,10 @@ class Worker:
 
     def up(self) -> int:
         return sum(1 for conn in self.connections if conn.state == UP)
+
+    def _poll(self, timeout: float) -> None:
+        for key, mask in self.selector.select(timeout):
+            key.data(mask)
 
     # -- phases -----------------------------------------------------------
     def setup(self) -> int:
@@ -145,11 +171,11 @@ class Worker:
                     break
             if now >= deadline:
                 break
-            for key, mask in self.selector.select(0.05):
-                key.data(mask)
+            self._poll(0.05)
         return self.up()
 
     def run(self, start: float, queue: Queue[Any]) -> WorkerResult:
+        """Warmup and window, then the drain; the result holds the window's figures."""
         params = self.params
         tally = self.tally
         warm_end = start + params.warmup
@@ -159,7 +185,7 @@ class Worker:
         if delay > 0:
             sleep(delay)
         now = monotonic()
-        self.running = True
+        self.link.phase = RUNNING
         for conn in self.connections:
             if params.workload == "churn":
                 self.request_connect(conn)
@@ -170,8 +196,11 @@ class Worker:
         me = psutil.Process()
         measuring = False
         window_start = now
+        window_start_wall = time.time()
         cpu_start = 0.0
         carried = 0
+        second = 0
+        next_second = end
         next_scan = now + scan_interval
         next_tick = now + TICK_INTERVAL
         open_loop = params.workload == "rate"
@@ -205,10 +234,16 @@ class Worker:
                     carried = tally.messages
                     tally.reset(connects=params.workload == "churn")
                     window_start = now
+                    window_start_wall = time.time()
+                    next_second = now + 1.0
                     times = me.cpu_times()
                     cpu_start = times.user + times.system
                 else:
                     wake = min(wake, warm_end)
+            elif now >= next_second:
+                queue.put(("interval", self.plan.index, tally.cut(second)))
+                second += 1
+                next_second += 1.0
             if now >= next_tick:
                 next_tick = now + TICK_INTERVAL
                 if params.progress:
@@ -216,11 +251,11 @@ class Worker:
                         (
                             "tick",
                             self.plan.index,
-                            carried + tally.messages,
+                            carried + tally.window_messages + tally.messages,
                             sum(tally.errors.values()),
                         )
                     )
-            wake = min(wake, next_scan, next_tick)
+            wake = min(wake, next_scan, next_tick, next_second)
             if open_loop and wake - now < 0.001:
                 # epoll sleeps in whole milliseconds, rounded up: a message due in
                 # 0.3 ms would go out 0.7 ms late and be charged for it.  Near a due
@@ -235,29 +270,76 @@ class Worker:
                 key.data(mask)
 
         now = monotonic()
+        window_end_wall = time.time()
         times = me.cpu_times()
         cpu_s = times.user + times.system - cpu_start
         established = self.up()
-        self.stopping = True
-        for conn in self.connections:
-            conn.close()
         if not measuring:  # a zero-length window
             tally.reset()
             window_start = now
+            window_start_wall = window_end_wall
             cpu_s = 0.0
+        queue.put(("interval", self.plan.index, tally.cut(second)))
+        window_s = now - window_start
+        drained, drain_latency = self.drain(now)
+        uncorrected = tally.window_uncorrected if open_loop else tally.window_latency
         return WorkerResult(
             index=self.plan.index,
             connections=len(self.connections),
             established=established,
-            messages=tally.messages,
-            echoed=tally.bytes,
-            unsent=tally.unsent,
-            window_s=now - window_start,
+            messages=tally.window_messages,
+            echoed=tally.window_bytes,
+            unsent=tally.errors.get(UNSENT, 0),
+            window_s=window_s,
             cpu_s=cpu_s,
-            latency=encode_counts(tally.latency),
+            latency=encode_counts(tally.window_latency),
             connect=encode_counts(tally.connect),
             errors=dict(tally.errors),
+            latency_uncorrected=encode_counts(uncorrected),
+            drained=drained,
+            drain_latency=encode_counts(drain_latency),
+            window_start_wall=window_start_wall,
+            window_end_wall=window_end_wall,
+            loop=type(self.selector).__name__.removesuffix("Selector").lower(),
         )
+
+    def drain(self, began: float) -> tuple[int, dict[int, int]]:
+        """Issue nothing more; wait up to --timeout for every echo still owed.
+
+        Counts into the (already cut) tally, so the window's figures stay as they
+        were; returns the echoes completed here and their latencies.  What is
+        still owed at the end is ``lost`` (one per connection); open-loop messages
+        that fell due and never went out are ``unsent`` (one per message).
+        """
+        tally = self.tally
+        self.link.phase = DRAINING
+        self.stopping = True
+        self.waiting.clear()
+        self.timers.clear()
+        for conn in self.connections:
+            if conn.state == CONNECTING:  # owes nothing yet; the run is over
+                conn.close()
+        deadline = began + self.params.timeout
+        scan_interval = min(0.1, self.params.timeout / 4)
+        next_scan = began
+        while True:
+            now = monotonic()
+            if now >= next_scan:
+                self._check(now)
+                next_scan = now + scan_interval
+                if not any(conn.awaiting() for conn in self.connections if conn.state == UP):
+                    break
+            if now >= deadline:
+                break
+            self._poll(max(0.0, min(next_scan, deadline) - now))
+        for conn in self.connections:
+            if conn.state == UP and conn.awaiting():
+                tally.error(LOST)
+            unsent = conn.backlog()
+            if unsent:
+                tally.error(UNSENT, unsent)
+            conn.close()
+        return tally.messages, tally.latency
 
 
 def worker_main(

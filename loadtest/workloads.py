@@ -1,46 +1,118 @@
-"""One class per kind of connection; the worker's selector calls their bound methods.
+"""One class per kind of connection, driven by a worker through a narrow ``Link``.
 
 A connection never blocks and never owns a thread: the selector key's ``data``
 is the bound method to call for the socket's next event, and it changes only
 when what the connection waits for changes (connecting, reading, reading and
 writing).  All of them verify every received byte against ``Pattern``.
+
+Data flows one way: the worker builds a ``Link`` and the connections; a
+connection knows nothing of the worker but the ``Link`` (its settings, the
+selector, the tally, the phase of the run and three callbacks).  This module
+never imports the worker.
+
+What a connection is owed lives here, inline in the hot path rather than in a
+separate session object (a call per event costs more than the rule): bytes
+released to send are ``target``, bytes echoed and verified are
+``received_bytes``; while ``target > received_bytes`` the server owes an echo,
+and silence for ``--timeout`` is a stall (``check``).  ``dues`` holds the due
+time of every message released and not yet echoed, followed in open loop by the
+messages that fell due and wait for room in the pipeline (the backlog).
 """
 
 from __future__ import annotations
 
 import errno
+import selectors
 import socket
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from selectors import EVENT_READ, EVENT_WRITE
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Any
 
-from loadtest.pattern import CHUNK, PERIOD
-from loadtest.stats import CLOSED, CONNECT_TIMEOUT, MISMATCH, TIMEOUT, error_kind
-
-if TYPE_CHECKING:
-    from loadtest.worker import Worker
+from loadtest.pattern import CHUNK, PERIOD, Pattern
+from loadtest.stats import CLOSED, CONNECT_TIMEOUT, LOST, MISMATCH, TIMEOUT, Tally, error_kind
 
 DOWN, CONNECTING, UP = 0, 1, 2
 READ_WRITE = EVENT_READ | EVENT_WRITE
 
+# Phases of the run as connections see them: before the clock (held open, silent),
+# warmup and window (issuing), drain (no new messages; owed echoes collected).
+SETUP, RUNNING, DRAINING = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every connection of a worker shares and never changes."""
+
+    family: int
+    address: tuple[Any, ...]
+    size: int
+    depth: int
+    open_loop: bool
+    timeout: float
+    connect_timeout: float
+
+
+class Link:
+    """All a connection may use of the worker that drives it.
+
+    ``up`` says a connect finished (frees its slot in the connect limiter),
+    ``down(conn, was_connecting)`` that the connection failed (the worker decides
+    whether and when to reconnect), ``again`` asks for a new connect at once
+    (churn).  ``phase`` is written by the worker only.
+    """
+
+    __slots__ = (
+        "again",
+        "buffer",
+        "down",
+        "pattern",
+        "phase",
+        "selector",
+        "settings",
+        "tally",
+        "up",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        selector: selectors.BaseSelector,
+        tally: Tally,
+        up: Callable[[Connection], None],
+        down: Callable[[Connection, bool], None],
+        again: Callable[[Connection], None],
+    ) -> None:
+        self.settings = settings
+        self.selector = selector
+        self.tally = tally
+        self.pattern = Pattern()
+        # One receive buffer for every connection of the worker: reads never allocate.
+        self.buffer = memoryview(bytearray(CHUNK))
+        self.phase = SETUP
+        self.up = up
+        self.down = down
+        self.again = again
+
 
 class Connection:
-    """Connecting, failing, reconnecting and stall detection shared by every workload."""
+    """Connecting, failing and stall detection shared by every workload; idle as it is."""
 
     __slots__ = (
         "base",
         "connect_started",
         "failures",
+        "link",
         "mark",
         "sock",
         "stalled_since",
         "state",
-        "worker",
     )
 
-    def __init__(self, worker: Worker, base: int) -> None:
-        self.worker = worker
+    def __init__(self, link: Link, base: int) -> None:
+        self.link = link
         self.base = base
         self.sock: socket.socket | None = None
         self.state = DOWN
@@ -50,15 +122,15 @@ class Connection:
         self.stalled_since = 0.0
 
     def connect(self) -> None:
-        worker = self.worker
-        sock = socket.socket(worker.family, socket.SOCK_STREAM)
+        link = self.link
+        sock = socket.socket(link.settings.family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.state = CONNECTING
-        worker.selector.register(sock, EVENT_WRITE, self.on_connect)
+        link.selector.register(sock, EVENT_WRITE, self.on_connect)
         self.connect_started = monotonic()
-        code = sock.connect_ex(worker.address)
+        code = sock.connect_ex(link.settings.address)
         if code not in (0, errno.EINPROGRESS):
             self.fail(error_kind(code))
 
@@ -70,20 +142,20 @@ class Connection:
             self.fail(error_kind(code))
             return
         now = monotonic()
-        worker = self.worker
-        counts = worker.tally.connect
+        link = self.link
+        counts = link.tally.connect
         us = int((now - self.connect_started) * 1e6)
         counts[us] = counts.get(us, 0) + 1
         self.state = UP
-        worker.connected(self)
-        if worker.running:
+        link.up(self)
+        if link.phase == SETUP:  # before the clock starts: held open and watched, silent
+            link.selector.modify(sock, EVENT_READ, self.on_idle_read)
+        else:
             self.begin(sock, now)
-        else:  # set up before the clock starts: held open and watched, sending nothing
-            worker.selector.modify(sock, EVENT_READ, self.on_idle_read)
 
     def begin(self, sock: socket.socket, now: float) -> None:
-        """Start the workload on a connection that has just come up."""
-        self.worker.selector.modify(sock, EVENT_READ, self.on_idle_read)
+        """Start the workload on a connection that is up and the clock running."""
+        self.link.selector.modify(sock, EVENT_READ, self.on_idle_read)
 
     def on_idle_read(self, _mask: int) -> None:
         """An idle connection should hear nothing: data is a fault, EOF a drop."""
@@ -99,31 +171,39 @@ class Connection:
         self.fail(MISMATCH if data else CLOSED)
 
     def awaiting(self) -> bool:
-        """Whether the connection is owed an echo, so that silence means a stall."""
+        """Whether the server owes this connection bytes, so that silence is a stall."""
         return False
 
     def received(self) -> int:
         return 0
 
+    def backlog(self) -> int:
+        """Open loop: messages that fell due and are not yet sent."""
+        return 0
+
     def check(self, now: float) -> None:
-        """Called a few times a second: finds stalled connects and stalled echoes."""
+        """Called a few times a second in every phase: stalled connects and echoes.
+
+        A stall in the drain is ``lost``: the run is over, nothing will reconnect,
+        and the bytes owed never came back.
+        """
         state = self.state
         if state == CONNECTING:
-            if now - self.connect_started > self.worker.params.connect_timeout:
+            if now - self.connect_started > self.link.settings.connect_timeout:
                 self.fail(CONNECT_TIMEOUT)
         elif state == UP:
             received = self.received()
             if not self.awaiting() or received != self.mark:
                 self.mark = received
                 self.stalled_since = now
-            elif now - self.stalled_since > self.worker.params.timeout:
-                self.fail(TIMEOUT)
+            elif now - self.stalled_since > self.link.settings.timeout:
+                self.fail(LOST if self.link.phase == DRAINING else TIMEOUT)
 
     def close(self) -> None:
         sock = self.sock
         if sock is not None:
             if self.state != DOWN:
-                self.worker.selector.unregister(sock)
+                self.link.selector.unregister(sock)
             sock.close()
             self.sock = None
         self.state = DOWN
@@ -131,19 +211,20 @@ class Connection:
 
     def fail(self, kind: str) -> None:
         was_connecting = self.state == CONNECTING
-        self.worker.tally.error(kind)
+        self.link.tally.error(kind)
         self.close()
         self.failures += 1
-        self.worker.lost(self, was_connecting)
+        self.link.down(self, was_connecting)
 
 
 class EchoConnection(Connection):
     """Request/response, closed loop (``rr``) or open loop (``rate``), with pipelining.
 
-    ``dues`` holds, for each message issued and not yet fully echoed, the time it
-    was due: in ``rr`` the moment it was released, in ``rate`` its slot in the
-    schedule.  Latency counts from there, so a server that falls behind the
-    schedule is charged for the wait (coordinated omission corrected, as wrk2).
+    Latency counts from each message's due time: in ``rr`` the moment it was
+    released, in ``rate`` its slot in the schedule, so a server that falls behind
+    the schedule is charged for the wait (coordinated omission corrected, as
+    wrk2).  Open loop also records from the actual send (``sent_at``) into the
+    uncorrected histogram.
     """
 
     __slots__ = (
@@ -157,39 +238,44 @@ class EchoConnection(Connection):
         "released",
         "send",
         "sent",
+        "sent_at",
         "size",
         "target",
         "view",
         "writing",
     )
 
-    def __init__(self, worker: Worker, base: int) -> None:
-        super().__init__(worker, base)
-        params = worker.params
-        self.size = params.size
-        self.depth = params.pipeline
-        self.open_loop = params.workload == "rate"
-        self.data = worker.pattern.data
-        self.view = worker.pattern.view
+    def __init__(self, link: Link, base: int) -> None:
+        super().__init__(link, base)
+        settings = link.settings
+        self.size = settings.size
+        self.depth = settings.depth
+        self.open_loop = settings.open_loop
+        self.data = link.pattern.data
+        self.view = link.pattern.view
         self.dues: deque[float] = deque()
-        self._reset()
+        self.sent_at: deque[float] = deque()
+        self._restart()
 
-    def _reset(self) -> None:
+    def _restart(self) -> None:
+        """A new stream: counters from zero; an open-loop backlog stays on the clock."""
         self.sent = self.target = self.received_bytes = 0
         self.done = self.released = 0
         self.writing = False
-        self.dues.clear()
+        self.sent_at.clear()
 
     def begin(self, sock: socket.socket, now: float) -> None:
-        self._reset()
+        self._restart()
         self.send = sock.send
         self.recv_into = sock.recv_into
-        self.worker.selector.modify(sock, EVENT_READ, self.on_read)
+        self.link.selector.modify(sock, EVENT_READ, self.on_read)
         self.start(now)
 
     def start(self, now: float) -> None:
-        """Release the first messages: a full pipeline in rr, none until due in rate."""
-        if not self.open_loop:
+        """Release the first messages: a full pipeline in rr; in rate, the backlog."""
+        if self.open_loop:
+            self._release_backlog(now)
+        elif self.link.phase != DRAINING:
             for _ in range(self.depth):
                 self.dues.append(now)
             self.released = self.depth
@@ -197,20 +283,37 @@ class EchoConnection(Connection):
             self.flush()
 
     def awaiting(self) -> bool:
-        return self.released > self.done
+        return self.target > self.received_bytes
 
     def received(self) -> int:
         return self.received_bytes
 
+    def backlog(self) -> int:
+        return len(self.dues) - (self.released - self.done)
+
     def schedule(self, due: float) -> None:
-        """Open loop: one more message is due; send it now unless the pipeline is full."""
-        if self.state != UP:
-            self.worker.tally.unsent += 1
-            return
+        """Open loop: one more message is due; send it now if the pipeline has room.
+
+        Otherwise (pipeline full, or the connection down or reconnecting) it waits
+        in the backlog and goes out as soon as it can, its latency still counted
+        from ``due``.
+        """
         self.dues.append(due)
-        if self.released - self.done < self.depth:
+        if self.state == UP and self.released - self.done < self.depth:
             self.released += 1
             self.target += self.size
+            self.sent_at.append(monotonic())
+            self.flush()
+
+    def _release_backlog(self, now: float) -> None:
+        room = self.depth - (self.released - self.done)
+        count = min(len(self.dues) - (self.released - self.done), room)
+        if count > 0:
+            self.released += count
+            self.target += count * self.size
+            sent_at = self.sent_at
+            for _ in range(count):
+                sent_at.append(now)
             self.flush()
 
     def _receive(self) -> int:
@@ -220,7 +323,7 @@ class EchoConnection(Connection):
         More bytes than were sent is a fault however they look; otherwise it is one
         memcmp (see pattern.py for why the slice is contiguous).
         """
-        view = self.worker.buffer
+        view = self.link.buffer
         try:
             n = self.recv_into(view)
         except BlockingIOError:
@@ -238,18 +341,18 @@ class EchoConnection(Connection):
             self.fail(MISMATCH)
             return -1
         self.received_bytes = received
-        self.worker.tally.bytes += n
+        self.link.tally.bytes += n
         return received
 
     def on_read(self, _mask: int) -> None:
         received = self._receive()
         if received < 0:
             return
-        tally = self.worker.tally
         done = received // self.size
         if done == self.done:
             return
         now = monotonic()
+        tally = self.link.tally
         dues = self.dues
         latency = tally.latency
         completed = done - self.done
@@ -260,18 +363,20 @@ class EchoConnection(Connection):
         self.done = done
         self.failures = 0
         if self.open_loop:
-            backlog = min(
-                self.done + len(dues) - self.released, self.depth - (self.released - done)
-            )
-            if backlog <= 0:
-                return
-            self.released += backlog
-            self.target += backlog * self.size
-        else:
+            sent_at = self.sent_at
+            uncorrected = tally.uncorrected
             for _ in range(completed):
-                dues.append(now)
-            self.released += completed
-            self.target += completed * self.size
+                us = int((now - sent_at.popleft()) * 1e6)
+                uncorrected[us] = uncorrected.get(us, 0) + 1
+            # The drain still sends the backlog: those messages fell due in the window.
+            self._release_backlog(now)
+            return
+        if self.link.phase == DRAINING:
+            return
+        for _ in range(completed):
+            dues.append(now)
+        self.released += completed
+        self.target += completed * self.size
         self.flush()
 
     def on_read_write(self, mask: int) -> None:
@@ -307,9 +412,17 @@ class EchoConnection(Connection):
             self.writing = want
             assert self.sock is not None
             if want:
-                self.worker.selector.modify(self.sock, READ_WRITE, self.on_read_write)
+                self.link.selector.modify(self.sock, READ_WRITE, self.on_read_write)
             else:
-                self.worker.selector.modify(self.sock, EVENT_READ, self.on_read)
+                self.link.selector.modify(self.sock, EVENT_READ, self.on_read)
+
+    def fail(self, kind: str) -> None:
+        # Messages in flight died with the connection (counted by ``kind``); an
+        # open-loop backlog stays due and goes out on the next connection.
+        for _ in range(self.released - self.done):
+            self.dues.popleft()
+        self.released = self.done
+        super().fail(kind)
 
 
 class StreamConnection(EchoConnection):
@@ -317,29 +430,33 @@ class StreamConnection(EchoConnection):
 
     __slots__ = ("window",)
 
-    def __init__(self, worker: Worker, base: int) -> None:
-        super().__init__(worker, base)
+    def __init__(self, link: Link, base: int) -> None:
+        super().__init__(link, base)
         self.window = self.size * self.depth
 
     def start(self, now: float) -> None:
-        self.target = self.window
-        self.flush()
+        if self.link.phase != DRAINING:
+            self.target = self.window
+            self.flush()
 
-    def awaiting(self) -> bool:
-        return self.sent > self.received_bytes
+    def backlog(self) -> int:
+        return 0
 
     def on_read(self, _mask: int) -> None:
         received = self._receive()
         if received < 0:
             return
-        tally = self.worker.tally
         done = received // self.size
         if done != self.done:
-            tally.messages += done - self.done
+            self.link.tally.messages += done - self.done
             self.done = done
             self.failures = 0
-        self.target = received + self.window
-        self.flush()
+        if self.link.phase != DRAINING:
+            self.target = received + self.window
+            self.flush()
+
+    def fail(self, kind: str) -> None:
+        Connection.fail(self, kind)
 
 
 class ChurnConnection(EchoConnection):
@@ -352,21 +469,34 @@ class ChurnConnection(EchoConnection):
     __slots__ = ()
 
     def start(self, now: float) -> None:
+        if self.link.phase == DRAINING:
+            self.close()
+            return
         self.dues.append(self.connect_started)
         self.released = 1
         self.target = self.size
         self.flush()
 
+    def backlog(self) -> int:
+        return 0
+
     def on_read(self, _mask: int) -> None:
         received = self._receive()
         if received < 0:
             return
-        tally = self.worker.tally
         if received < self.size:
             return
+        tally = self.link.tally
         us = int((monotonic() - self.connect_started) * 1e6)
         tally.latency[us] = tally.latency.get(us, 0) + 1
         tally.messages += 1
         self.failures = 0
+        self.dues.clear()
         self.close()
-        self.worker.request_connect(self)
+        if self.link.phase != DRAINING:
+            self.link.again(self)
+
+    def fail(self, kind: str) -> None:
+        self.dues.clear()
+        self.released = self.done
+        Connection.fail(self, kind)
