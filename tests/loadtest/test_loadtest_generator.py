@@ -108,10 +108,12 @@ def test_stalled_server_shows_timeouts_and_the_run_ends_on_time(
         tmp_path, "--port", str(faulty_server.port), "--connections", "4", "--size", "100",
         "--timeout", "0.3", "--duration", "1.5", "--warmup", "0", "--processes", "1",
     )  # fmt: skip
-    assert time.monotonic() - began < 1.5 + 0.3 + 5
+    # Window plus at most --timeout of drain; the wide margin is for a loaded machine.
+    assert time.monotonic() - began < 1.5 + 0.3 + 15
+    assert 1.5 <= run.figures["window_s"] < 2.0
     # Stalls in the window are timeouts (and reconnect); the ones still stalled when
     # the window ends are lost once the drain has waited --timeout for them.
-    assert run.status == 4
+    assert run.status == 4, run.stdout
     assert run.figures["errors"].get("timeout", 0) >= 4
     assert run.figures["errors"].get("lost", 0) >= 1
     assert set(run.figures["errors"]) == {"timeout", "lost"}
