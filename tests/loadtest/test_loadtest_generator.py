@@ -110,7 +110,7 @@ def test_stalled_server_shows_timeouts_and_the_run_ends_on_time(
     )  # fmt: skip
     # Window plus at most --timeout of drain; the wide margin is for a loaded machine.
     assert time.monotonic() - began < 1.5 + 0.3 + 15
-    assert 1.5 <= run.figures["window_s"] < 2.0
+    assert 1.4 <= run.figures["window_s"] < 2.0
     # Stalls in the window are timeouts (and reconnect); the ones still stalled when
     # the window ends are lost once the drain has waited --timeout for them.
     assert run.status == 4, run.stdout
