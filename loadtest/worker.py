@@ -1,4 +1,4 @@
-"""One worker process: a selectors loop driving its share of the connections.
+"""One worker process: one event loop (epoll, or selectors) driving its share of the connections.
 
 The parent hands each worker a ``WorkerPlan``; the worker connects, reports
 ``ready``, waits for the common start time, runs the warmup and the window,
@@ -13,7 +13,6 @@ The worker owns the loop, the timers and the connect limiter; connections
 from __future__ import annotations
 
 import heapq
-import selectors
 import signal
 import time
 import traceback
@@ -29,6 +28,7 @@ import psutil
 
 from loadtest.params import Params
 from loadtest.pattern import Pattern
+from loadtest.pollers import best_poller
 from loadtest.stats import LOST, UNSENT, Tally, WorkerResult, encode_counts
 from loadtest.workloads import (
     CONNECTING,
@@ -39,6 +39,7 @@ from loadtest.workloads import (
     Connection,
     EchoConnection,
     Link,
+    RateConnection,
     Settings,
     StreamConnection,
 )
@@ -77,7 +78,7 @@ class Worker:
     def __init__(self, params: Params, plan: WorkerPlan) -> None:
         self.params = params
         self.plan = plan
-        self.selector = selectors.DefaultSelector()
+        self.poller = best_poller()
         self.tally = Tally()
         self.stopping = False
         self.pending_connects = 0
@@ -89,16 +90,15 @@ class Worker:
             address=plan.address,
             size=params.size,
             depth=params.pipeline,
-            open_loop=params.workload == "rate",
             timeout=params.timeout,
             connect_timeout=params.connect_timeout,
         )
         self.link = Link(
-            settings, self.selector, self.tally, self._connected, self._failed, self.request_connect
+            settings, self.poller, self.tally, self._connected, self._failed, self.request_connect
         )
         kind: type[Connection] = {
             "rr": EchoConnection,
-            "rate": EchoConnection,
+            "rate": RateConnection,
             "stream": StreamConnection,
             "churn": ChurnConnection,
         }[params.workload]
@@ -147,10 +147,6 @@ class Worker:
     def up(self) -> int:
         return sum(1 for conn in self.connections if conn.state == UP)
 
-    def _poll(self, timeout: float) -> None:
-        for key, mask in self.selector.select(timeout):
-            key.data(mask)
-
     # -- phases -----------------------------------------------------------
     def setup(self) -> int:
         """Connect everything before the clock starts (churn connects as its workload)."""
@@ -171,7 +167,7 @@ class Worker:
                     break
             if now >= deadline:
                 break
-            self._poll(0.05)
+            self.poller.poll(0.05)
         return self.up()
 
     def run(self, start: float, queue: Queue[Any]) -> WorkerResult:
@@ -203,28 +199,38 @@ class Worker:
         next_second = end
         next_scan = now + scan_interval
         next_tick = now + TICK_INTERVAL
-        open_loop = params.workload == "rate"
-        targets = [c for c in self.connections if isinstance(c, EchoConnection)]
+        targets = [c for c in self.connections if isinstance(c, RateConnection)]
+        open_loop = bool(targets)
         rate = self.plan.rate
         issued = 0
-        select = self.selector.select
+        next_due = start if open_loop else end
+        poll = self.poller.poll
         timers = self.timers
+        wake = now
         while True:
             now = monotonic()
+            if now < wake:
+                # Only sockets until the next due message, timer, scan, tick or second.
+                if open_loop and wake - now < 0.001:
+                    # epoll sleeps in whole milliseconds, rounded up: a message due in
+                    # 0.3 ms would go out 0.7 ms late and be charged for it.  Near a
+                    # due time, poll without blocking and nap in short slices instead.
+                    if not poll(0):
+                        sleep(min(wake - now, OPEN_LOOP_NAP))
+                else:
+                    poll(wake - now)
+                continue
             if now >= end:
                 break
-            wake = end
-            if open_loop and targets:
+            if open_loop and now >= next_due:
                 due = min(int((now - start) * rate) + 1, issued + MAX_ISSUE_PER_TURN)
                 count = len(targets)
                 while issued < due:
                     targets[issued % count].schedule(start + issued / rate)
                     issued += 1
-                wake = min(wake, start + issued / rate)
+                next_due = start + issued / rate
             if timers:
                 self._fire_timers(now)
-                if timers:
-                    wake = min(wake, timers[0][0])
             if now >= next_scan:
                 self._check(now)
                 next_scan = now + scan_interval
@@ -238,8 +244,6 @@ class Worker:
                     next_second = now + 1.0
                     times = me.cpu_times()
                     cpu_start = times.user + times.system
-                else:
-                    wake = min(wake, warm_end)
             elif now >= next_second:
                 queue.put(("interval", self.plan.index, tally.cut(second)))
                 second += 1
@@ -255,19 +259,11 @@ class Worker:
                             sum(tally.errors.values()),
                         )
                     )
-            wake = min(wake, next_scan, next_tick, next_second)
-            if open_loop and wake - now < 0.001:
-                # epoll sleeps in whole milliseconds, rounded up: a message due in
-                # 0.3 ms would go out 0.7 ms late and be charged for it.  Near a due
-                # time, poll without blocking and nap in short slices instead.
-                events = select(0)
-                if not events:
-                    sleep(min(wake - now, OPEN_LOOP_NAP))
-                    continue
-            else:
-                events = select(max(wake - now, 0.0))
-            for key, mask in events:
-                key.data(mask)
+            wake = min(end, next_due, next_scan, next_tick, next_second)
+            if not measuring and warm_end < wake:
+                wake = warm_end
+            if timers and timers[0][0] < wake:
+                wake = timers[0][0]
 
         now = monotonic()
         window_end_wall = time.time()
@@ -300,7 +296,7 @@ class Worker:
             drain_latency=encode_counts(drain_latency),
             window_start_wall=window_start_wall,
             window_end_wall=window_end_wall,
-            loop=type(self.selector).__name__.removesuffix("Selector").lower(),
+            loop=self.poller.name,
         )
 
     def drain(self, began: float) -> tuple[int, dict[int, int]]:
@@ -331,7 +327,7 @@ class Worker:
                     break
             if now >= deadline:
                 break
-            self._poll(max(0.0, min(next_scan, deadline) - now))
+            self.poller.poll(max(0.0, min(next_scan, deadline) - now))
         for conn in self.connections:
             if conn.state == UP and conn.awaiting():
                 tally.error(LOST)

@@ -1,13 +1,13 @@
 """One class per kind of connection, driven by a worker through a narrow ``Link``.
 
-A connection never blocks and never owns a thread: the selector key's ``data``
-is the bound method to call for the socket's next event, and it changes only
+A connection never blocks and never owns a thread: the poller holds, for each
+socket, the bound method to call for the socket's next event, and it changes only
 when what the connection waits for changes (connecting, reading, reading and
 writing).  All of them verify every received byte against ``Pattern``.
 
 Data flows one way: the worker builds a ``Link`` and the connections; a
 connection knows nothing of the worker but the ``Link`` (its settings, the
-selector, the tally, the phase of the run and three callbacks).  This module
+poller, the tally, the phase of the run and three callbacks).  This module
 never imports the worker.
 
 What a connection is owed lives here, inline in the hot path rather than in a
@@ -22,20 +22,18 @@ messages that fell due and wait for room in the pipeline (the backlog).
 from __future__ import annotations
 
 import errno
-import selectors
 import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from selectors import EVENT_READ, EVENT_WRITE
 from time import monotonic
 from typing import Any
 
 from loadtest.pattern import CHUNK, PERIOD, Pattern
+from loadtest.pollers import Poller
 from loadtest.stats import CLOSED, CONNECT_TIMEOUT, LOST, MISMATCH, TIMEOUT, Tally, error_kind
 
 DOWN, CONNECTING, UP = 0, 1, 2
-READ_WRITE = EVENT_READ | EVENT_WRITE
 
 # Phases of the run as connections see them: before the clock (held open, silent),
 # warmup and window (issuing), drain (no new messages; owed echoes collected).
@@ -50,7 +48,6 @@ class Settings:
     address: tuple[Any, ...]
     size: int
     depth: int
-    open_loop: bool
     timeout: float
     connect_timeout: float
 
@@ -70,7 +67,7 @@ class Link:
         "down",
         "pattern",
         "phase",
-        "selector",
+        "poller",
         "settings",
         "tally",
         "up",
@@ -79,14 +76,14 @@ class Link:
     def __init__(
         self,
         settings: Settings,
-        selector: selectors.BaseSelector,
+        poller: Poller,
         tally: Tally,
         up: Callable[[Connection], None],
         down: Callable[[Connection, bool], None],
         again: Callable[[Connection], None],
     ) -> None:
         self.settings = settings
-        self.selector = selector
+        self.poller = poller
         self.tally = tally
         self.pattern = Pattern()
         # One receive buffer for every connection of the worker: reads never allocate.
@@ -128,7 +125,7 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.state = CONNECTING
-        link.selector.register(sock, EVENT_WRITE, self.on_connect)
+        link.poller.register(sock.fileno(), link.poller.WRITE, self.on_connect)
         self.connect_started = monotonic()
         code = sock.connect_ex(link.settings.address)
         if code not in (0, errno.EINPROGRESS):
@@ -149,13 +146,14 @@ class Connection:
         self.state = UP
         link.up(self)
         if link.phase == SETUP:  # before the clock starts: held open and watched, silent
-            link.selector.modify(sock, EVENT_READ, self.on_idle_read)
+            link.poller.modify(sock.fileno(), link.poller.READ, self.on_idle_read)
         else:
             self.begin(sock, now)
 
     def begin(self, sock: socket.socket, now: float) -> None:
         """Start the workload on a connection that is up and the clock running."""
-        self.link.selector.modify(sock, EVENT_READ, self.on_idle_read)
+        poller = self.link.poller
+        poller.modify(sock.fileno(), poller.READ, self.on_idle_read)
 
     def on_idle_read(self, _mask: int) -> None:
         """An idle connection should hear nothing: data is a fault, EOF a drop."""
@@ -203,7 +201,7 @@ class Connection:
         sock = self.sock
         if sock is not None:
             if self.state != DOWN:
-                self.link.selector.unregister(sock)
+                self.link.poller.unregister(sock.fileno())
             sock.close()
             self.sock = None
         self.state = DOWN
@@ -218,21 +216,21 @@ class Connection:
 
 
 class EchoConnection(Connection):
-    """Request/response, closed loop (``rr``) or open loop (``rate``), with pipelining.
+    """Request/response, closed loop (``rr``), with pipelining.
 
-    Latency counts from each message's due time: in ``rr`` the moment it was
-    released, in ``rate`` its slot in the schedule, so a server that falls behind
-    the schedule is charged for the wait (coordinated omission corrected, as
-    wrk2).  Open loop also records from the actual send (``sent_at``) into the
-    uncorrected histogram.
+    Latency counts from each message's due time, here the moment it was
+    released.  ``on_read`` is the generator's hot path: the common case (a read
+    that completes messages, the next ones sent whole by one ``send``) is written
+    out inline; anything else falls back to ``flush``, which holds the general
+    rule.
     """
 
     __slots__ = (
+        "buffer",
         "data",
         "depth",
         "done",
         "dues",
-        "open_loop",
         "received_bytes",
         "recv_into",
         "released",
@@ -240,6 +238,7 @@ class EchoConnection(Connection):
         "sent",
         "sent_at",
         "size",
+        "tally",
         "target",
         "view",
         "writing",
@@ -250,9 +249,10 @@ class EchoConnection(Connection):
         settings = link.settings
         self.size = settings.size
         self.depth = settings.depth
-        self.open_loop = settings.open_loop
         self.data = link.pattern.data
         self.view = link.pattern.view
+        self.buffer = link.buffer
+        self.tally = link.tally
         self.dues: deque[float] = deque()
         self.sent_at: deque[float] = deque()
         self._restart()
@@ -268,14 +268,13 @@ class EchoConnection(Connection):
         self._restart()
         self.send = sock.send
         self.recv_into = sock.recv_into
-        self.link.selector.modify(sock, EVENT_READ, self.on_read)
+        poller = self.link.poller
+        poller.modify(sock.fileno(), poller.READ, self.on_read)
         self.start(now)
 
     def start(self, now: float) -> None:
-        """Release the first messages: a full pipeline in rr; in rate, the backlog."""
-        if self.open_loop:
-            self._release_backlog(now)
-        elif self.link.phase != DRAINING:
+        """Release the first messages: a full pipeline (none in the drain)."""
+        if self.link.phase != DRAINING:
             for _ in range(self.depth):
                 self.dues.append(now)
             self.released = self.depth
@@ -291,39 +290,15 @@ class EchoConnection(Connection):
     def backlog(self) -> int:
         return len(self.dues) - (self.released - self.done)
 
-    def schedule(self, due: float) -> None:
-        """Open loop: one more message is due; send it now if the pipeline has room.
-
-        Otherwise (pipeline full, or the connection down or reconnecting) it waits
-        in the backlog and goes out as soon as it can, its latency still counted
-        from ``due``.
-        """
-        self.dues.append(due)
-        if self.state == UP and self.released - self.done < self.depth:
-            self.released += 1
-            self.target += self.size
-            self.sent_at.append(monotonic())
-            self.flush()
-
-    def _release_backlog(self, now: float) -> None:
-        room = self.depth - (self.released - self.done)
-        count = min(len(self.dues) - (self.released - self.done), room)
-        if count > 0:
-            self.released += count
-            self.target += count * self.size
-            sent_at = self.sent_at
-            for _ in range(count):
-                sent_at.append(now)
-            self.flush()
-
     def _receive(self) -> int:
         """Read what has arrived and check it against the pattern.
 
         Returns the stream's received byte count, or -1 once the connection failed.
         More bytes than were sent is a fault however they look; otherwise it is one
-        memcmp (see pattern.py for why the slice is contiguous).
+        memcmp (see pattern.py for why the slice is contiguous).  ``on_read``
+        inlines this same rule.
         """
-        view = self.link.buffer
+        view = self.buffer
         try:
             n = self.recv_into(view)
         except BlockingIOError:
@@ -331,62 +306,93 @@ class EchoConnection(Connection):
         except OSError as exc:
             self.fail(error_kind(exc.errno or 0))
             return -1
-        if n == 0:
-            self.fail(CLOSED)
-            return -1
         received = self.received_bytes + n
-        if received > self.sent or not self.data.startswith(
-            view[:n], (self.base + self.received_bytes) % PERIOD
+        if (
+            n == 0
+            or received > self.sent
+            or not self.data.startswith(view[:n], (self.base + self.received_bytes) % PERIOD)
         ):
-            self.fail(MISMATCH)
+            self.fail(MISMATCH if n else CLOSED)
             return -1
         self.received_bytes = received
-        self.link.tally.bytes += n
+        self.tally.bytes += n
         return received
 
     def on_read(self, _mask: int) -> None:
-        received = self._receive()
-        if received < 0:
+        # _receive's rule, inlined: a method call per echo is measurable here.
+        view = self.buffer
+        try:
+            n = self.recv_into(view)
+        except BlockingIOError:
             return
+        except OSError as exc:
+            self.fail(error_kind(exc.errno or 0))
+            return
+        received = self.received_bytes + n
+        if (
+            n == 0
+            or received > self.sent
+            or not self.data.startswith(view[:n], (self.base + self.received_bytes) % PERIOD)
+        ):
+            self.fail(MISMATCH if n else CLOSED)
+            return
+        self.received_bytes = received
+        tally = self.tally
+        tally.bytes += n
         done = received // self.size
-        if done == self.done:
+        completed = done - self.done
+        if not completed:
             return
         now = monotonic()
-        tally = self.link.tally
         dues = self.dues
         latency = tally.latency
-        completed = done - self.done
-        for _ in range(completed):
+        if completed == 1:
             us = int((now - dues.popleft()) * 1e6)
             latency[us] = latency.get(us, 0) + 1
+        else:
+            for _ in range(completed):
+                us = int((now - dues.popleft()) * 1e6)
+                latency[us] = latency.get(us, 0) + 1
         tally.messages += completed
         self.done = done
         self.failures = 0
-        if self.open_loop:
-            sent_at = self.sent_at
-            uncorrected = tally.uncorrected
-            for _ in range(completed):
-                us = int((now - sent_at.popleft()) * 1e6)
-                uncorrected[us] = uncorrected.get(us, 0) + 1
-            # The drain still sends the backlog: those messages fell due in the window.
-            self._release_backlog(now)
-            return
         if self.link.phase == DRAINING:
             return
-        for _ in range(completed):
+        if completed == 1:
             dues.append(now)
+        else:
+            dues.extend([now] * completed)
         self.released += completed
-        self.target += completed * self.size
+        target = self.target + completed * self.size
+        self.target = target
+        if not self.writing:
+            # flush's rule for the usual case: all that is released goes in one send.
+            sent = self.sent
+            n = target - sent
+            if n <= CHUNK:
+                start = (self.base + sent) % PERIOD
+                try:
+                    k = self.send(self.view[start : start + n])
+                except BlockingIOError:
+                    k = 0
+                except OSError as exc:
+                    self.fail(error_kind(exc.errno or 0))
+                    return
+                self.sent = sent + k
+                if k == n:
+                    return
         self.flush()
 
     def on_read_write(self, mask: int) -> None:
-        if mask & EVENT_READ:
+        # Anything but plain writability (data, EOF, an error) is for on_read to find.
+        write = self.link.poller.WRITE
+        if mask != write:
             self.on_read(mask)
-        if mask & EVENT_WRITE and self.state == UP:
+        if mask & write and self.state == UP:
             self.flush()
 
     def flush(self) -> None:
-        """Send what is released and unsent; ask for EVENT_WRITE only while some is left."""
+        """Send what is released and unsent; ask for writability only while some is left."""
         sent = self.sent
         target = self.target
         view = self.view
@@ -411,10 +417,11 @@ class EchoConnection(Connection):
         if want != self.writing:
             self.writing = want
             assert self.sock is not None
+            poller = self.link.poller
             if want:
-                self.link.selector.modify(self.sock, READ_WRITE, self.on_read_write)
+                poller.modify(self.sock.fileno(), poller.READ | poller.WRITE, self.on_read_write)
             else:
-                self.link.selector.modify(self.sock, EVENT_READ, self.on_read)
+                poller.modify(self.sock.fileno(), poller.READ, self.on_read)
 
     def fail(self, kind: str) -> None:
         # Messages in flight died with the connection (counted by ``kind``); an
@@ -423,6 +430,67 @@ class EchoConnection(Connection):
             self.dues.popleft()
         self.released = self.done
         super().fail(kind)
+
+
+class RateConnection(EchoConnection):
+    """Open loop (``rate``): messages fall due on the worker's schedule.
+
+    Latency counts from each message's slot in the schedule, so a server that
+    falls behind is charged for the wait (coordinated omission corrected, as
+    wrk2); ``sent_at`` keeps the actual send time for the uncorrected histogram.
+    """
+
+    __slots__ = ()
+
+    def start(self, now: float) -> None:
+        self._release_backlog(now)
+
+    def schedule(self, due: float) -> None:
+        """One more message is due; send it now if the pipeline has room.
+
+        Otherwise (pipeline full, or the connection down or reconnecting) it waits
+        in the backlog and goes out as soon as it can, its latency still counted
+        from ``due``.
+        """
+        self.dues.append(due)
+        if self.state == UP and self.released - self.done < self.depth:
+            self.released += 1
+            self.target += self.size
+            self.sent_at.append(monotonic())
+            self.flush()
+
+    def _release_backlog(self, now: float) -> None:
+        room = self.depth - (self.released - self.done)
+        count = min(len(self.dues) - (self.released - self.done), room)
+        if count > 0:
+            self.released += count
+            self.target += count * self.size
+            self.sent_at.extend([now] * count)
+            self.flush()
+
+    def on_read(self, _mask: int) -> None:
+        received = self._receive()
+        if received < 0:
+            return
+        done = received // self.size
+        if done == self.done:
+            return
+        now = monotonic()
+        tally = self.tally
+        dues = self.dues
+        sent_at = self.sent_at
+        latency = tally.latency
+        uncorrected = tally.uncorrected
+        for _ in range(done - self.done):
+            us = int((now - dues.popleft()) * 1e6)
+            latency[us] = latency.get(us, 0) + 1
+            us = int((now - sent_at.popleft()) * 1e6)
+            uncorrected[us] = uncorrected.get(us, 0) + 1
+        tally.messages += done - self.done
+        self.done = done
+        self.failures = 0
+        # The drain still sends the backlog: those messages fell due in the window.
+        self._release_backlog(now)
 
 
 class StreamConnection(EchoConnection):
@@ -448,7 +516,7 @@ class StreamConnection(EchoConnection):
             return
         done = received // self.size
         if done != self.done:
-            self.link.tally.messages += done - self.done
+            self.tally.messages += done - self.done
             self.done = done
             self.failures = 0
         if self.link.phase != DRAINING:
@@ -486,7 +554,7 @@ class ChurnConnection(EchoConnection):
             return
         if received < self.size:
             return
-        tally = self.link.tally
+        tally = self.tally
         us = int((monotonic() - self.connect_started) * 1e6)
         tally.latency[us] = tally.latency.get(us, 0) + 1
         tally.messages += 1
