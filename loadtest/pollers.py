@@ -8,8 +8,8 @@ added this module).  Connections only ever see ``READ``, ``WRITE`` and the
 three registration methods, so the two differ by data, not by the code above
 them.
 
-A callback may close another socket whose event is in the same ready list: the
-epoll poller skips descriptors no longer registered, as ``selectors`` does.
+A callback may close another socket whose event is in the same ready list: both
+pollers skip a descriptor no longer registered by then.
 """
 
 from __future__ import annotations
@@ -81,8 +81,11 @@ class SelectorsPoller:
 
     def poll(self, timeout: float) -> int:
         ready = self._selector.select(timeout)
+        registered = self._selector.get_map()
         for key, mask in ready:
-            key.data(mask)
+            # selectors hands out keys gathered before any callback ran.
+            if registered.get(key.fd) is key:
+                key.data(mask)
         return len(ready)
 
     def close(self) -> None:

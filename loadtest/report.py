@@ -173,6 +173,12 @@ def table(figures: dict[str, Any]) -> str:
         ),
         f"  connect µs     {_percentiles(figures['connect_us'])}",
     ]
+    drain = figures["drain"]
+    if drain["messages"]:
+        lines.append(
+            f"  drain          {drain['messages']:,} echoes owed at the end came back "
+            f"(not in the figures above; latency max {drain['latency_us']['max']:,} µs)"
+        )
     errors = figures["errors"]
     lines.append(
         "  errors         "
