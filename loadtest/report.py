@@ -175,9 +175,11 @@ def table(figures: dict[str, Any]) -> str:
     ]
     drain = figures["drain"]
     if drain["messages"]:
+        worst = drain["latency_us"].get("max")
         lines.append(
             f"  drain          {drain['messages']:,} echoes owed at the end came back "
-            f"(not in the figures above; latency max {drain['latency_us']['max']:,} µs)"
+            "(not in the figures above"
+            + (f"; latency max {worst:,} µs)" if worst is not None else ")")
         )
     errors = figures["errors"]
     lines.append(
