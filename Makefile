@@ -39,7 +39,8 @@ test: lint typecheck
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
-# Unit files and a venv under /opt/echod (PREFIX=, UNITDIR=, DESTDIR=: systemd/README.md).
+# Unit files, a venv under /opt/echod and the man pages (PREFIX=, UNITDIR=, MANDIR=,
+# DESTDIR=: systemd/README.md).
 install-systemd:
 	systemd/install.sh
 

@@ -22,7 +22,32 @@ class Cell:
     backends: tuple[str, ...] = ()
     # "few" and "many": the two sides of the "Which IO model?" comparison (issue 6).
     role: str = ""
+    # A generator-ceiling cell (issue 9) names the cell whose shape it repeats: it runs
+    # only the C reference, driven by echod-bench and by the C client in turn.
+    ceiling_for: str = ""
 
+
+# C100k (issue 9): how server CPU per request, p99 and RSS per connection grow from
+# 1k to 100k connections held, 100 of them busy.  One source address reaches one
+# server port through ~28k ephemeral ports, so the load comes from eight loopback
+# addresses; run.py raises the descriptor limits with prlimit.
+C100K_SOURCES = "127.0.0.2-127.0.0.9"
+
+
+def c100k(connections: int, name: str, sources: str = C100K_SOURCES) -> Cell:
+    return Cell(
+        name,
+        f"{connections:,} conns, 100 active, 64 B",
+        ("--size", "64", "--connections", str(connections), "--active", "100",
+         "--source-address", sources, "--connect-timeout", "30"),
+        connections,
+        role="c100k",
+    )  # fmt: skip
+
+
+C100K = (c100k(1_000, "c100k-1k"), c100k(10_000, "c100k-10k"), c100k(100_000, "c100k-100k"))
+# Not in any matrix: the C100k path at a size any machine holds (--cells c100k-3k).
+C100K_SMALL = c100k(3_000, "c100k-3k", "127.0.0.2-127.0.0.3")
 
 FULL = (
     Cell("rr-64", "64 B rr, 100 conns", ("--size", "64", "--connections", "100"), 100),
@@ -48,6 +73,21 @@ FULL = (
         10_000,
         role="many",
     ),
+    # Same shapes as rr-64 and rr-1k: their rows are judged against these.
+    Cell(
+        "ceiling-64",
+        "generator ceiling, 64 B rr, 100 conns",
+        ("--size", "64", "--connections", "100"),
+        100,
+        ceiling_for="rr-64",
+    ),
+    Cell(
+        "ceiling-1k",
+        "generator ceiling, 1 KiB rr, 100 conns",
+        ("--size", "1024", "--connections", "100"),
+        100,
+        ceiling_for="rr-1k",
+    ),
     Cell(
         "workers-1k",
         "1 KiB rr, 100 conns, 1 vs 2 workers, unpinned",
@@ -56,11 +96,17 @@ FULL = (
         workers=(1, 2),
         backends=("epoll", "uvloop"),
     ),
+    *C100K,
 )
+
+
+def named(name: str) -> Cell:
+    return next(c for c in FULL if c.name == name)
+
 
 # A smoke test of every code path, the report's sections included, in under a minute.
 QUICK = (
-    FULL[5],
+    named("rr-1k-10"),
     Cell(
         "idle-2k",
         "2k conns, 100 active, 1 KiB",
@@ -68,7 +114,14 @@ QUICK = (
         2000,
         role="many",
     ),
-    FULL[7],
+    named("workers-1k"),
+    Cell(
+        "ceiling-1k-10",
+        "generator ceiling, 1 KiB rr, 10 conns",
+        ("--size", "1024", "--connections", "10"),
+        10,
+        ceiling_for="rr-1k-10",
+    ),
 )
 
 
@@ -79,8 +132,8 @@ class Timing:
     warmup: float
 
 
-# 9 servers x 7 cells + 4 workers runs = 67 runs a round, each with ~1.3 s of start,
-# connect and stop around its warmup and measurement: 3 rounds of 1 + 3.5 s take
-# about 20 minutes (3 x 4 s took 13 minutes for 7 servers and 6 cells).
+# 9 servers x 7 cells + 4 workers runs + 2 x 2 ceiling runs = 71 runs a round, each
+# with ~1.3 s of start, connect and stop around its warmup and measurement: 3 rounds
+# of 1 + 3.5 s take about 21 minutes (3 x 4 s took 13 minutes for 7 servers and 6 cells).
 FULL_TIMING = Timing(rounds=3, duration=3.5, warmup=1.0)
 QUICK_TIMING = Timing(rounds=1, duration=0.5, warmup=0.2)

@@ -5,6 +5,8 @@ start), pinned to CPU 0 while the generator runs pinned to the other CPUs.
 Servers take turns cell by cell, and their order rotates every round, so a slow
 drift of the machine spreads over all of them instead of landing on one.
 The workers cell is the exception: its servers and the generator run unpinned.
+A generator-ceiling cell runs only the C reference, driven in turn by echod-bench
+and by the minimal C client, pinned like the others.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.matrix import FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
+from bench.generators import GENERATORS, c_client_argv, c_client_figures, echod_bench_argv
+from bench.matrix import C100K_SMALL, FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
+from bench.query import C_CLIENT, ECHOD_BENCH
 from bench.servers import (
     REFERENCE,
     RunningServer,
     ServerFailed,
     ServerSpec,
+    build_client,
     build_reference,
     echod_backends,
     pin,
@@ -86,11 +91,50 @@ class LoadWatch:
             self.seen |= foreign_load()
 
 
-def raise_open_files() -> None:
-    """The 10k cell needs 10k descriptors in the server and in the generator."""
+def raise_open_files(cells: list[Cell]) -> str | None:
+    """Descriptors for the largest cell in the server and in the generator (both inherit).
+
+    Past the hard limit only ``prlimit`` (with CAP_SYS_RESOURCE) helps; returns a note
+    when it cannot, and ``obstacle`` then reports the cells that need more.
+    """
+    needed = max((c.connections for c in cells), default=0) + 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        proc = subprocess.run(
+            ["prlimit", f"--pid={os.getpid()}", f"--nofile={needed}:{needed}"],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            return f"prlimit --nofile={needed} failed: {proc.stderr.strip()}"
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return None
+
+
+def obstacle(spec: ServerSpec, cell: Cell) -> str | None:
+    """Why a server cannot hold a cell's connections on this machine, said up front.
+
+    Trying would only measure refused connections (select) or failed thread starts.
+    """
+    # 16: the server's own descriptors (stdio, listener, wakeup pipe, log).
+    if spec.backend == "select" and cell.connections > 1024 - 16:
+        return f"not run: select() watches descriptors below FD_SETSIZE (1024), not {cell.connections:,}"
+    if spec.backend == "threads":
+        # One thread per connection, and each thread takes a pid.
+        limits = []
+        for knob in ("pid_max", "threads-max"):
+            try:
+                limits.append(int(Path(f"/proc/sys/kernel/{knob}").read_text()))
+            except (OSError, ValueError):
+                continue
+        if limits and cell.connections > min(limits) - 1024:
+            return f"not run: one thread per connection, and kernel.pid_max/threads-max allow {min(limits):,}"
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and cell.connections + 64 > hard:
+        return f"not run: {cell.connections:,} connections need more open files than the hard limit {hard:,} (see the prlimit note)"
+    return None
 
 
 def split_cpus() -> tuple[set[int] | None, set[int] | None, str]:
@@ -110,10 +154,21 @@ def run_cell(
     timing: Timing,
     server_cpus: set[int] | None,
     generator_cpus: set[int] | None,
+    generator: str = ECHOD_BENCH,
 ) -> dict[str, Any]:
-    """One server, one cell: start, measure with echod-bench, stop."""
+    """One server, one cell, one generator: start, measure, stop."""
+    reason = obstacle(spec, cell)
+    if reason:
+        return {
+            "server": spec.name,
+            "cell": cell.name,
+            "backend": spec.backend or spec.name,
+            "workers": spec.workers,
+            "generator": generator,
+            "error": reason,
+        }
     with LoadWatch() as watch:
-        record = measure(spec, cell, timing, server_cpus, generator_cpus)
+        record = measure(spec, cell, timing, server_cpus, generator_cpus, generator)
     if watch.seen:
         record["contended"] = sorted(watch.seen)
     return record
@@ -125,6 +180,7 @@ def measure(
     timing: Timing,
     server_cpus: set[int] | None,
     generator_cpus: set[int] | None,
+    generator: str = ECHOD_BENCH,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "server": spec.name,
@@ -132,36 +188,75 @@ def measure(
         "backend": spec.backend or spec.name,
         "workers": spec.workers,
         "pinned": server_cpus is not None,
+        "generator": generator,
     }
     try:
         server = RunningServer(spec, server_cpus)
     except ServerFailed as exc:
         record["error"] = str(exc)
         return record
+    limit = timing.duration + timing.warmup + 120
+    try:
+        if generator == C_CLIENT:
+            record.update(drive_c_client(server.port, cell, timing, generator_cpus, limit))
+        else:
+            record.update(drive_echod_bench(server, cell, timing, generator_cpus, limit))
+    except subprocess.TimeoutExpired:
+        record["error"] = f"{generator} timed out"
+    finally:
+        record["server_exit"] = server.stop()
+        if server.killed:
+            record["server_killed"] = True
+    if record["server_exit"] != 0:
+        record.setdefault(
+            "error",
+            "server killed after SIGTERM"
+            if server.killed
+            else f"server exited {record['server_exit']} on SIGTERM",
+        )
+    return record
+
+
+def drive_echod_bench(
+    server: RunningServer, cell: Cell, timing: Timing, cpus: set[int] | None, limit: float
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "figures.json"
-        argv = [
-            sys.executable, "-m", "loadtest", "--port", str(server.port), *cell.args,
-            "--duration", str(timing.duration), "--warmup", str(timing.warmup),
-            "--server-pid", str(server.pid), "--json", str(out), "--no-progress",
-        ]  # fmt: skip
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, preexec_fn=pin(generator_cpus),
-                timeout=timing.duration + timing.warmup + 120,
-            )  # fmt: skip
-            record["generator_status"] = proc.returncode
-            if out.exists():
-                record["figures"] = json.loads(out.read_text())
-            else:
-                record["error"] = proc.stderr.strip()[-500:]
-        except subprocess.TimeoutExpired:
-            record["error"] = "generator timed out"
-        finally:
-            record["server_exit"] = server.stop()
-    if record["server_exit"] != 0:
-        record.setdefault("error", f"server exited {record['server_exit']} on SIGTERM")
-    return record
+        argv = echod_bench_argv(server.port, cell, timing, server.pid, out)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, preexec_fn=pin(cpus), timeout=limit
+        )
+        found: dict[str, Any] = {"generator_status": proc.returncode}
+        if out.exists():
+            found["figures"] = json.loads(out.read_text())
+        else:
+            found["error"] = proc.stderr.strip()[-500:]
+    return found
+
+
+def drive_c_client(
+    port: int, cell: Cell, timing: Timing, cpus: set[int] | None, limit: float
+) -> dict[str, Any]:
+    # The client is this process's only child reaped meanwhile: the server is waited
+    # for only at stop(), so the rise of RUSAGE_CHILDREN is the client's CPU time.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.run(
+        c_client_argv(port, cell, timing),
+        capture_output=True,
+        text=True,
+        preexec_fn=pin(cpus),
+        timeout=limit,
+    )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    found: dict[str, Any] = {"generator_status": proc.returncode}
+    try:
+        found["figures"] = c_client_figures(proc.stdout, cpu, wall)
+    except (ValueError, KeyError, IndexError):
+        found["error"] = (proc.stderr.strip() or proc.stdout.strip())[-500:] or "no output"
+    return found
 
 
 def source_version() -> str:
@@ -183,10 +278,16 @@ def source_version() -> str:
     return f"{commit or 'unknown'}{' with uncommitted changes in echod/' if dirty else ''}"
 
 
-def runnable(cells: list[Cell], backends: list[str]) -> tuple[list[Cell], list[str]]:
-    """Cells whose backends exist here; a workers cell keeps the ones that do."""
+def runnable(
+    cells: list[Cell], backends: list[str], ceiling: bool = True
+) -> tuple[list[Cell], list[str]]:
+    """Cells whose backends exist here; a workers cell keeps the ones that do; ceiling
+    cells need the C reference and the C client (``ceiling``)."""
     kept, notes = [], []
     for cell in cells:
+        if cell.ceiling_for and not ceiling:
+            notes.append(f"{cell.name} skipped: needs the C reference and the C client")
+            continue
         if cell.workers:
             present = tuple(b for b in cell.backends if b in backends)
             if not present:
@@ -199,19 +300,30 @@ def runnable(cells: list[Cell], backends: list[str]) -> tuple[list[Cell], list[s
     return kept, notes
 
 
+def line_up(
+    cell: Cell, servers: list[ServerSpec], reference: ServerSpec | None
+) -> list[tuple[ServerSpec, str]]:
+    """Who runs in a cell, each with its generator, in the round's first order."""
+    if cell.ceiling_for:
+        assert reference is not None  # runnable() drops ceiling cells without it
+        return [(reference, generator) for generator in GENERATORS]
+    group = worker_specs(cell.backends, cell.workers) if cell.workers else servers
+    return [(spec, ECHOD_BENCH) for spec in group]
+
+
 def describe(record: dict[str, Any]) -> str:
     figures = record.get("figures")
     if not figures:
         return f"FAILED: {record.get('error', '?')}"
-    line = (
-        f"{figures['requests_per_s']:>12,.0f}/s  p99 {figures['latency_us'].get('p99', 0):>8,} µs"
-    )
+    line = f"{figures['requests_per_s']:>12,.0f}/s"
+    if figures["latency_us"].get("p99") is not None:  # the C client keeps no histogram
+        line += f"  p99 {figures['latency_us']['p99']:>8,} µs"
     server = figures.get("server") or {}
     if server.get("cpu_us_per_msg") is not None:
         line += f"  server {server['cpu_us_per_msg']:7.2f} µs/msg"
     if figures["errors"]:
         line += f"  errors {figures['errors']}"
-    if any(w["saturated"] for w in figures["workers"]):
+    if any(w.get("saturated") for w in figures["workers"]):
         line += "  (generator saturated)"
     return line
 
@@ -254,9 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     cells = list(QUICK if args.quick else FULL)
     if args.cells:
         wanted = set(args.cells.split(","))
-        cells = [c for c in (*FULL, *QUICK) if c.name in wanted]
+        # dict: a cell in both matrices (rr-1k-10, workers-1k) runs once.
+        cells = list({c.name: c for c in (*FULL, *QUICK, C100K_SMALL) if c.name in wanted}.values())
     notes: list[str] = []
-    raise_open_files()
+    limit_problem = raise_open_files(cells)
+    if limit_problem:
+        notes.append(limit_problem)
     problem = None if args.no_reference else build_reference()
     if problem:
         notes.append(problem)
@@ -265,13 +380,18 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             "echod is not runnable here (python -m echod --list-backends failed): C reference only"
         )
-    servers = specs(backends, with_reference=not args.no_reference and problem is None)
+    with_reference = not args.no_reference and problem is None
+    client_problem = build_client() if with_reference else None
+    if client_problem:
+        notes.append(client_problem)
+    servers = specs(backends, with_reference=with_reference)
     if not servers:
         print("bench: nothing to measure", file=sys.stderr)
         return 2
     server_cpus, generator_cpus, pinning = split_cpus()
     notes.append(pinning)
-    cells, skipped = runnable(cells, backends)
+    reference = next((s for s in servers if s.name == REFERENCE), None)
+    cells, skipped = runnable(cells, backends, reference is not None and not client_problem)
     notes += skipped
     for note in notes:
         print(f"bench: {note}")
@@ -280,20 +400,22 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(timing.rounds):
         for cell in cells:
             pinned = not cell.workers
-            group = worker_specs(cell.backends, cell.workers) if cell.workers else servers
+            group = line_up(cell, servers, reference)
             shift = round_index % len(group)
-            for spec in group[shift:] + group[:shift]:
+            for spec, generator in group[shift:] + group[:shift]:
                 record = run_cell(
                     spec,
                     cell,
                     timing,
                     server_cpus if pinned else None,
                     generator_cpus if pinned else None,
+                    generator,
                 )
                 record["round"] = round_index + 1
                 runs.append(record)
+                who = spec.name if generator == ECHOD_BENCH else f"{spec.name} ← {generator}"
                 print(
-                    f"[round {round_index + 1}/{timing.rounds}] {cell.name:<10} {spec.name:<10} {describe(record)}",
+                    f"[round {round_index + 1}/{timing.rounds}] {cell.name:<10} {who:<10} {describe(record)}",
                     flush=True,
                 )
     results = {
@@ -325,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": list(c.workers),
                 "backends": list(c.backends),
                 "role": c.role,
+                "ceiling_for": c.ceiling_for,
             }
             for c in cells
         ],

@@ -23,6 +23,8 @@ HERE = Path(__file__).resolve().parent
 REFERENCE_SOURCE = HERE / "reference" / "echo_epoll.c"
 REFERENCE_BINARY = HERE / "reference" / "echo-epoll"
 REFERENCE = "c-epoll"
+CLIENT_SOURCE = HERE / "reference" / "echo_client.c"
+CLIENT_BINARY = HERE / "reference" / "echo-client"
 LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 
 
@@ -59,24 +61,34 @@ def echod_backends(python: str = sys.executable) -> list[str]:
     return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
 
 
-def build_reference() -> str | None:
-    """Build the C reference with the system ``cc``; returns a note when it cannot."""
+def build(source: Path, binary: Path) -> str | None:
+    """Build one C file with the system ``cc`` unless the binary is newer; returns why
+    not, or None."""
     compiler = shutil.which("cc")
     if compiler is None:
-        return "no C compiler (cc) here: the C reference row is skipped"
-    if (
-        REFERENCE_BINARY.exists()
-        and REFERENCE_BINARY.stat().st_mtime >= REFERENCE_SOURCE.stat().st_mtime
-    ):
+        return "no C compiler (cc) here"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return None
     proc = subprocess.run(
-        [compiler, "-O2", "-Wall", "-o", str(REFERENCE_BINARY), str(REFERENCE_SOURCE)],
+        [compiler, "-O2", "-Wall", "-o", str(binary), str(source)],
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        return f"building the C reference failed, row skipped:\n{proc.stderr.strip()}"
+        return f"building {source.name} failed:\n{proc.stderr.strip()}"
     return None
+
+
+def build_reference() -> str | None:
+    """Build the C reference server; returns a note when it cannot."""
+    problem = build(REFERENCE_SOURCE, REFERENCE_BINARY)
+    return None if problem is None else f"{problem}: the C reference row is skipped"
+
+
+def build_client() -> str | None:
+    """Build the C client of the generator-ceiling cells; returns a note when it cannot."""
+    problem = build(CLIENT_SOURCE, CLIENT_BINARY)
+    return None if problem is None else f"{problem}: the generator-ceiling cells are skipped"
 
 
 def specs(
@@ -125,6 +137,8 @@ class RunningServer:
             stderr=self.log,
             preexec_fn=pin(cpus),
         )
+        # Whether stop() had to SIGKILL it: the cell is then faulty (✗ in every table).
+        self.killed = False
         self.port = self._wait_for_port(start_timeout)
 
     def _wait_for_port(self, timeout: float) -> int:
@@ -154,6 +168,7 @@ class RunningServer:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.kill()
         self.log.close()
         os.unlink(self.log.name)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from echod.logs import FORMATS as LOG_FORMATS
 from echod.session import WaterMarks
 
 
@@ -140,8 +141,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout", seconds, 0.0, "close a connection silent this long (0 = never)", "SECONDS"),
     Option("graceful_timeout", seconds, 30.0, "on SIGTERM, how long open connections may go on before they are closed", "SECONDS"),
     Option("log_level", str.lower, "info", "least severe message logged", "LEVEL", choices=LOG_LEVELS),
+    Option("log_format", str.lower, "text", "log lines as text (the journal's dialect under systemd) or one JSON object per line", "FORMAT", choices=LOG_FORMATS),
     Option("workers", worker_count, 1, "processes serving connections under one supervisor; auto = one per usable CPU", "N|auto"),
     Option("listen_mode", str.lower, "reuseport", "with workers: a SO_REUSEPORT socket per worker (even spread), or one accept queue all share (TCP only; Unix and systemd sockets are always shared)", "MODE", choices=LISTEN_MODES),
+    Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -175,10 +178,12 @@ class Config:
     idle_timeout: float = 0.0
     graceful_timeout: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"
     workers: int = 1
     # reuseport by measurement: 1,000 connections over 2 workers split at worst 467/533
     # with it and 246/754 with one shared queue (epoll, asyncio, uvloop, threads).
     listen_mode: str = "reuseport"
+    metrics: str | None = None
     user: str | None = None
     group: str | None = None
 
@@ -189,6 +194,10 @@ class Config:
             raise ConfigError(f"{exc} (high {self.high_water} B, low {self.low_water} B)") from None
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+            )
         if self.listen_mode not in LISTEN_MODES:
             raise ConfigError(
                 f"listen mode {self.listen_mode!r} is not one of {', '.join(LISTEN_MODES)}"

@@ -21,6 +21,11 @@ log = logging.getLogger("echod")
 STATUS_INTERVAL = 5.0
 
 
+def heartbeat_interval(watchdog_interval: float | None) -> float:
+    """Seconds between heartbeats: every STATUS_INTERVAL, or faster for systemd's watchdog."""
+    return min(STATUS_INTERVAL, watchdog_interval or STATUS_INTERVAL)
+
+
 @dataclass(slots=True)
 class Stats:
     """Counters of one serving process; cheap enough to bump per message."""
@@ -35,6 +40,39 @@ class Stats:
     def opened(self) -> None:
         self.connections_open += 1
         self.connections_total += 1
+
+    # The counters a worker's heartbeat carries to its supervisor, in this order: the
+    # one codec for Stats crossing a pipe (encode in the worker, decode and add up in
+    # the supervisor).
+    COUNTERS = (
+        "connections_open",
+        "connections_total",
+        "connections_dropped",
+        "bytes_in",
+        "bytes_out",
+    )
+
+    def encode(self) -> str:
+        return " ".join(str(getattr(self, name)) for name in self.COUNTERS)
+
+    @classmethod
+    def decode(cls, text: str) -> Stats:
+        """The counters :meth:`encode` wrote; ValueError for anything else."""
+        words = text.split()
+        if len(words) != len(cls.COUNTERS) or not all(word.isdigit() for word in words):
+            raise ValueError(f"not a stats record: {text!r}")
+        stats = cls()
+        for name, word in zip(cls.COUNTERS, words, strict=True):
+            setattr(stats, name, int(word))
+        return stats
+
+    def add(self, other: Stats) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def counts(self) -> dict[str, int]:
+        """The counters as one structured log field (``--log-format json``)."""
+        return {name: getattr(self, name) for name in self.COUNTERS}
 
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
@@ -78,7 +116,7 @@ class Lifecycle:
         self.notifier = notifier
         self.draining = False
         self._interrupts = 0
-        self.heartbeat_interval = min(STATUS_INTERVAL, watchdog_interval or STATUS_INTERVAL)
+        self.heartbeat_interval = heartbeat_interval(watchdog_interval)
 
     def ready(self, addresses: Sequence[str], backend: str) -> None:
         """Every listener accepts: only now may systemd be told READY=1."""
@@ -103,7 +141,7 @@ class Lifecycle:
         return Command.DRAIN
 
     def report(self) -> None:
-        log.info("stats: %s", self.stats.summary())
+        log.info("stats: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
         if self.notifier:
             # Fresh counters for whoever listens: systemd's STATUS=, or the supervisor
             # that adds up its workers' counters on the same SIGUSR1.
@@ -120,6 +158,6 @@ class Lifecycle:
             self.notifier.stopping()
 
     def stopped(self) -> None:
-        log.info("stopped: %s", self.stats.summary())
+        log.info("stopped: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
         if self.notifier:
             self.notifier.status(self.stats.summary())  # a supervisor's final tally

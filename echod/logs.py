@@ -1,9 +1,11 @@
 """Logging setup for echod: plain stderr, in the journal's dialect when stderr
-is the journal, plus a rate limiter for messages that can come in floods.
+is the journal, or one JSON object per line for log shippers; plus a rate limiter
+for messages that can come in floods.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -27,7 +29,17 @@ _DEBUG_PRIORITY = 7
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(name)s: %(message)s"
 
+FORMATS = ("text", "json")
+
 _handler: logging.Handler | None = None
+
+# What every LogRecord carries; anything else on a record came from ``extra=`` (or a
+# filter such as the supervisor's worker tag) and is a structured field.
+_RECORD_ATTRIBUTES = frozenset(
+    [*logging.LogRecord("", 0, "", 0, "", (), None).__dict__, "message", "asctime"]
+)
+# Bookkeeping attributes that are not facts about the event.
+_PRIVATE_FIELDS = frozenset(["worker_tagged"])
 
 
 class JournalFormatter(logging.Formatter):
@@ -44,6 +56,49 @@ class JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{syslog_priority(record.levelno)}>"
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, ``pid``
+    and every structured field of the record (``worker``, ``counts``, ...).
+
+    A traceback goes in ``exception`` as one string, so a record is always one line
+    that a shipper can parse without joining continuation lines. With `priority`
+    (stderr is the journal) each line starts with ``<N>`` so journald still files it
+    at the right level; journald strips the prefix, leaving the JSON.
+    """
+
+    def __init__(self, priority: bool = False) -> None:
+        super().__init__()
+        self.priority = priority
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, object] = {
+            "time": self.timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in _PRIVATE_FIELDS:
+                event.setdefault(key, value)
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            event["exception"] = record.exc_text
+        if record.stack_info:
+            event["stack"] = self.formatStack(record.stack_info)
+        # default=str: a field that is not JSON (an address tuple, a Path) is still logged.
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.priority else line
+
+    @staticmethod
+    def timestamp(created: float) -> str:
+        """RFC 3339 in UTC with milliseconds: sortable as text, no time zone to guess."""
+        seconds = time.gmtime(created)
+        millis = int(created % 1 * 1000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", seconds) + f".{millis:03d}Z"
 
 
 def syslog_priority(levelno: int) -> int:
@@ -75,13 +130,18 @@ def stderr_is_journal(
 
 
 def configure_logging(
-    level: str, environ: Mapping[str, str] = os.environ, stream: TextIO | None = None
+    level: str,
+    environ: Mapping[str, str] = os.environ,
+    stream: TextIO | None = None,
+    log_format: str = "text",
 ) -> bool:
     """Send the root logger's records at `level` or above to `stream` (stderr).
 
-    Returns True when the journal format was chosen. Calling it again
-    replaces the handler it installed before and leaves others alone.
-    Raises ValueError for an unknown level name.
+    `log_format` is ``text`` (timestamps, or the journal's dialect when stderr is the
+    journal) or ``json`` (one object per line, with a ``<N>`` priority in the journal).
+    Returns True when stderr is the journal. Calling it again replaces the handler
+    it installed before and leaves others alone. Raises ValueError for an unknown
+    level or format name.
     """
     global _handler
     try:
@@ -90,10 +150,17 @@ def configure_logging(
         raise ValueError(
             f"unknown log level {level!r}; choose one of {', '.join(LEVELS)}"
         ) from None
+    if log_format not in FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}; choose one of {', '.join(FORMATS)}")
     stream = sys.stderr if stream is None else stream
     journal = stderr_is_journal(environ, stream)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JournalFormatter() if journal else logging.Formatter(PLAIN_FORMAT))
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JsonFormatter(priority=journal)
+    else:
+        formatter = JournalFormatter() if journal else logging.Formatter(PLAIN_FORMAT)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

@@ -3,17 +3,20 @@
 The parent never touches a load connection: it makes one preflight connect (so
 an unreachable server fails fast with one line), starts the workers, samples the
 server, shows progress and merges what the workers send back.
+``echod-bench merge`` (loadtest/merge.py) adds the results of several runs.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import queue as queue_module
 import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -21,8 +24,11 @@ from typing import Any
 from loadtest.limits import ensure_open_files
 from loadtest.monitor import NoSuchServer, TreeSampler
 from loadtest.params import Params, default_processes, parse
-from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table, write_json
-from loadtest.stats import WorkerResult
+from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table
+from loadtest.results import stream_line, write
+from loadtest.seconds import Seconds
+from loadtest.sources import check_sources
+from loadtest.stats import Interval, WorkerResult
 from loadtest.worker import WorkerPlan, worker_main
 
 # Descriptors a worker needs besides its connections: selector, queue pipes, stdio.
@@ -52,6 +58,8 @@ def preflight(params: Params, family: int, address: tuple[Any, ...]) -> None:
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(params.connect_timeout)
     try:
+        if params.source_address:  # reachable from where the load comes from
+            probe.bind((params.source_address[0], 0))
         probe.connect(address)
     except TimeoutError as exc:
         raise Abort(
@@ -78,7 +86,20 @@ def plans(
         count = split(params.connections, processes, i)
         active = split(active_total, processes, i)
         rate = (params.rate or 0.0) * active / active_total if active_total else 0.0
-        result.append(WorkerPlan(i, first, count, active, rate, family, address))
+        connect_rate = (params.connect_rate or 0.0) * count / params.connections
+        result.append(
+            WorkerPlan(
+                i,
+                first,
+                count,
+                active,
+                rate,
+                family,
+                address,
+                connect_rate=connect_rate,
+                sources=params.source_address,
+            )
+        )
         first += count
     return result
 
@@ -119,6 +140,9 @@ class Progress:
 
 def run(params: Params) -> tuple[dict[str, Any], int]:
     family, address = resolve(params)
+    problem = check_sources(params.source_address, family)
+    if problem:
+        raise Abort(problem)
     preflight(params, family, address)
     processes = min(params.processes or default_processes(), params.connections)
     if params.workload == "rate" and params.active_connections == 0:
@@ -153,17 +177,37 @@ def run(params: Params) -> tuple[dict[str, Any], int]:
             worker.start()
             workers.append(worker)
         per_worker = math.ceil(params.connections / processes)
+        ramp = params.connections / params.connect_rate if params.connect_rate else 0.0
         _collect(
             queue,
             workers,
             "ready",
-            time.monotonic() + params.connect_timeout + per_worker / 1000 + 30,
+            time.monotonic() + ramp + params.connect_timeout + per_worker / 1000 + 30,
         )
         start = time.monotonic() + 0.05
+        if params.start_at is not None:
+            # Workers wait on the monotonic clock: convert once, here, so a wall-clock
+            # step during the run cannot move one worker's window.
+            lead = params.start_at - time.time()
+            if lead < 0:
+                raise Abort(
+                    f"--start-at passed {-lead:,.1f} s before the connections were up: "
+                    "start the generators earlier or choose a later time"
+                )
+            start = time.monotonic() + lead
         start_at.value = start
         go.set()
         end = start + params.warmup + params.duration
-        results = _collect(queue, workers, "result", end + params.timeout + 10, progress, start)
+        seconds = Seconds(processes, params.duration)
+
+        def on_interval(interval: Interval) -> None:
+            record = seconds.add(interval)
+            if record is not None and params.json_stream:
+                print(stream_line("interval", record), flush=True)
+
+        results = _collect(
+            queue, workers, "result", end + params.timeout + 10, progress, start, on_interval
+        )
         progress.clear()
         finished = True
     finally:
@@ -175,7 +219,13 @@ def run(params: Params) -> tuple[dict[str, Any], int]:
         if sampler is not None:
             sampler.stop()
     server = sampler.figures(start + params.warmup, end) if sampler else None
-    figures = build(params, processes, [r for r in results if isinstance(r, WorkerResult)], server)
+    figures = build(
+        params,
+        processes,
+        [r for r in results if isinstance(r, WorkerResult)],
+        server,
+        seconds.records(),
+    )
     return figures, int(figures["exit_status"])
 
 
@@ -186,6 +236,7 @@ def _collect(
     deadline: float,
     progress: Progress | None = None,
     start: float = 0.0,
+    on_interval: Callable[[Interval], None] | None = None,
 ) -> list[Any]:
     """Wait for one ``kind`` message from every worker, showing progress meanwhile."""
     received: dict[int, Any] = {}
@@ -205,7 +256,10 @@ def _collect(
         tag, index = message[0], message[1]
         if tag == "crash":
             raise Abort(f"worker {index} failed:\n{message[2]}", EXIT_ERRORS)
-        if tag == "tick" and progress:
+        if tag == "interval":
+            if on_interval is not None:
+                on_interval(message[2])
+        elif tag == "tick" and progress:
             progress.update(index, message[2], message[3])
             if index == 0:
                 progress.show(now - start)
@@ -215,6 +269,11 @@ def _collect(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["merge"]:
+        from loadtest.merge import main as merge_main
+
+        return merge_main(argv[1:])
     params = parse(argv)
     try:
         figures, status = run(params)
@@ -224,14 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("echod-bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # --json-stream | head: the reader left, so stop quietly
+        _silence_stdout()
+        return EXIT_ERRORS
     except Exception:  # a bug of ours: say so in one block, not a bare traceback
         print(
             "echod-bench: internal error, please report:\n" + traceback.format_exc(),
             file=sys.stderr,
         )
         return EXIT_ERRORS
-    out = sys.stderr if params.json == "-" else sys.stdout
-    print(table(figures), file=out)
-    if params.json:
-        write_json(params.json, figures)
+    out = sys.stderr if params.json == "-" or params.json_stream else sys.stdout
+    try:
+        print(table(figures), file=out)
+        if params.json:
+            write(params.json, figures)
+        if params.json_stream:
+            print(stream_line("end", figures), flush=True)
+    except BrokenPipeError:  # echod-bench | head: not an error of the run
+        _silence_stdout()
     return status
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NoReturn
+
+from loadtest.sources import parse_sources
 
 WORKLOADS = {
     "rr": "closed loop: send --size bytes, wait for the whole echo, repeat (--pipeline in flight)",
@@ -35,6 +39,10 @@ class Params:
     processes: int | None = None
     server_pid: int | None = None
     json: str | None = None
+    json_stream: bool = False
+    start_at: float | None = None  # wall clock, Unix seconds
+    connect_rate: float | None = None
+    source_address: tuple[str, ...] = ()
     progress: bool = True
 
     @property
@@ -71,6 +79,47 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
+
+
+# --start-at further ahead than this is a typo (a date, a millisecond timestamp).
+MAX_START_AHEAD_S = 24 * 3600
+
+
+def start_time(text: str, now: float | None = None) -> float:
+    """``--start-at``: Unix seconds or ISO 8601 with a zone, between now and a day ahead.
+
+    A zone is required: generators on several hosts must agree on the instant,
+    and a local time is read differently on each.
+    """
+    now = time.time() if now is None else now
+    try:
+        at = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither Unix seconds nor an ISO 8601 time"
+            ) from None
+        if moment.tzinfo is None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has no time zone: add Z or +HH:MM so every host reads the same instant"
+            ) from None
+        at = moment.timestamp()
+    if not at > now:
+        raise argparse.ArgumentTypeError(f"{text} is {now - at:,.1f} s in the past")
+    if at - now > MAX_START_AHEAD_S:
+        raise argparse.ArgumentTypeError(
+            f"{text} is {(at - now) / 3600:,.1f} h ahead, more than {MAX_START_AHEAD_S // 3600} h"
+        )
+    return at
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    try:
+        return parse_sources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # (flag, Params field, type, help).  Defaults come from Params itself.
@@ -115,21 +164,51 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
         "sample this process and its children's CPU and memory",
     ),
     ("--json", "json", str, "write every figure, the parameters and the environment to this file"),
+    (
+        "--start-at",
+        "start_at",
+        start_time,
+        "wall-clock time the warmup starts (Unix seconds or ISO 8601 with a zone), "
+        "so generators on several hosts measure the same window",
+    ),
+    (
+        "--connect-rate",
+        "connect_rate",
+        _positive_float,
+        "connections opened per second while connecting (ramp-up); default as fast as "
+        "256 connects in flight per process allow",
+    ),
+    (
+        "--source-address",
+        "source_address",
+        _sources,
+        "local addresses to connect from, a list (127.0.0.2,127.0.0.3) or range "
+        "(127.0.0.2-127.0.0.9), spread over the connections; each allows ~28k "
+        "connections to one server port",
+    ),
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Params()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="echod-bench",
-        description="Load generator for TCP echo servers: every echoed byte is checked.",
+        description="Load generator for TCP echo servers: every echoed byte is checked. "
+        "'echod-bench merge A.json B.json ...' adds results of several runs.",
         epilog="Exit status: 0 clean run, 1 transport errors (resets, timeouts, refused), "
         "2 bad input or unreachable server, 3 echoed data did not match what was sent, "
         "4 bytes sent were never echoed (lost) and no mismatch.",
     )
     for flag, name, kind, help_text in OPTIONS:
         default = getattr(defaults, name)
-        shown = "" if default is None else f" (default {default})"
+        shown = "" if default in (None, ()) else f" (default {default})"
         if name == "workload":
             parser.add_argument(
                 flag,
@@ -140,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             parser.add_argument(flag, dest=name, type=kind, default=default, help=help_text + shown)
+    parser.add_argument(
+        "--json-stream",
+        dest="json_stream",
+        action="store_true",
+        help="one JSON line per second on stdout, the result as the last line (the table "
+        "goes to stderr)",
+    )
     parser.add_argument("--churn", action="store_true", help="shorthand for --workload churn")
     parser.add_argument(
         "--no-progress",
@@ -173,8 +259,13 @@ def parse(argv: list[str] | None) -> Params:
     if not 0 < args.port < 65536:
         parser.error(f"--port must be 1..65535, not {args.port}")
     values = {name: getattr(args, name) for _, name, _, _ in OPTIONS}
+    if workload == "churn" and args.connect_rate is not None:
+        parser.error("--connect-rate paces the ramp-up of held connections, not churn")
+    if args.json_stream and args.json == "-":
+        parser.error("--json - and --json-stream both write to stdout")
     values["workload"] = workload
     values["progress"] = args.progress
+    values["json_stream"] = args.json_stream
     return Params(**values)
 
 

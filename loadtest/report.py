@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import sys
 from typing import Any
 
 from loadtest import __version__
 from loadtest.monitor import ServerFigures
 from loadtest.params import Params
+from loadtest.results import FORMAT, histogram_text
 from loadtest.stats import LOST, MISMATCH, WorkerResult, merge, merge_errors, summarize
 
+# Error kind: held connections not up at the end of the window.
+UNCONNECTED = "unconnected"
 # A worker above this share of one core is measuring itself, not the server.
 SATURATED = 0.9
 
@@ -53,12 +54,20 @@ def build(
     processes: int,
     results: list[WorkerResult],
     server: ServerFigures | None,
+    intervals: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of the run, as the JSON file holds it."""
+    """Every figure of the run, as the JSON file holds it (format in loadtest/README.md)."""
     window = max((r.window_s for r in results), default=0.0)
     messages = sum(r.messages for r in results)
     echoed = sum(r.echoed for r in results)
     errors = merge_errors(results)
+    if params.workload != "churn":
+        # A held connection that never came up (or was down when the window closed)
+        # carried none of the load asked for, even when nothing failed outright:
+        # connects still queued behind a slow server or an exhausted port range.
+        down = params.connections - sum(r.established for r in results)
+        if down > 0:
+            errors = dict(sorted({**errors, UNCONNECTED: down}.items()))
     warnings: list[str] = []
     workers = []
     for r in sorted(results, key=lambda r: r.index):
@@ -104,11 +113,21 @@ def build(
                 (server.rss_peak - server.rss_start) / params.connections, 1
             ),
         }
+    latency = merge([r.latency for r in results])
+    uncorrected = merge([r.latency_uncorrected for r in results])
+    drain_latency = merge([r.drain_latency for r in results])
+    connect = merge([r.connect for r in results])
     return {
+        "format": FORMAT,
         "generator": {"name": "echod-bench", "version": __version__},
         "parameters": {**params.as_dict(), "processes": processes},
         "environment": environment(),
         "window_s": round(window, 4),
+        # Wall clock, Unix seconds: the earliest start and latest end over the workers.
+        "window": {
+            "start": min((r.window_start_wall for r in results), default=0.0),
+            "end": max((r.window_end_wall for r in results), default=0.0),
+        },
         "connections": {
             "requested": params.connections,
             "active": params.active_connections,
@@ -118,14 +137,14 @@ def build(
         "requests_per_s": round(messages / window, 1) if window else 0.0,
         "bytes_echoed": echoed,
         "mb_per_s": round(echoed / window / 1e6, 3) if window else 0.0,
-        "latency_us": summarize(merge([r.latency for r in results])),
-        "latency_uncorrected_us": summarize(merge([r.latency_uncorrected for r in results])),
+        "latency_us": summarize(latency),
+        "latency_uncorrected_us": summarize(uncorrected),
         "drain": {
             "messages": sum(r.drained for r in results),
-            "latency_us": summarize(merge([r.drain_latency for r in results])),
+            "latency_us": summarize(drain_latency),
         },
         "loop": results[0].loop if results else None,
-        "connect_us": summarize(merge([r.connect for r in results])),
+        "connect_us": summarize(connect),
         "errors": errors,
         "errors_total": sum(errors.values()),
         "unsent": unsent,
@@ -133,6 +152,13 @@ def build(
         "workers": workers,
         "warnings": warnings,
         "exit_status": exit_status(errors),
+        "histograms": {
+            "latency": histogram_text(latency.encode()),
+            "latency_uncorrected": histogram_text(uncorrected.encode()),
+            "drain_latency": histogram_text(drain_latency.encode()),
+            "connect": histogram_text(connect.encode()),
+        },
+        "intervals": intervals or [],
     }
 
 
@@ -158,8 +184,10 @@ def table(figures: dict[str, Any]) -> str:
     shape = f"size {p['size']} B, pipeline {p['pipeline']}"
     if p["workload"] == "rate":
         shape += f", target {p['rate']:,.0f} msg/s"
+    merged = figures.get("merged")
+    against = f"{len(merged)} runs merged" if merged else f"against {p['host']}:{p['port']}"
     lines = [
-        f"echod-bench {figures['generator']['version']}: {p['workload']} against {p['host']}:{p['port']}, "
+        f"echod-bench {figures['generator']['version']}: {p['workload']} {against}, "
         f"{conns['requested']} connections ({conns['active']} active, {conns['established']} up at the end), "
         f"{shape}, {p['processes']} process{'es' if p['processes'] != 1 else ''}",
         f"  window         {figures['window_s']:.2f} s after {p['warmup']:g} s warmup",
@@ -167,13 +195,15 @@ def table(figures: dict[str, Any]) -> str:
         f"  MB/s echoed    {figures['mb_per_s']:,.2f} (each way)",
         f"  latency µs     {_percentiles(figures['latency_us'])}",
         *(
-            [f"  uncorrected µs {_percentiles(figures['latency_uncorrected_us'])} (from the send)"]
+            [
+                f"  uncorrected µs {_percentiles(figures.get('latency_uncorrected_us', {}))} (from the send)"
+            ]
             if p["workload"] == "rate"
             else []
         ),
         f"  connect µs     {_percentiles(figures['connect_us'])}",
     ]
-    drain = figures["drain"]
+    drain = figures.get("drain") or {"messages": 0}
     if drain["messages"]:
         worst = drain["latency_us"].get("max")
         lines.append(
@@ -201,12 +231,3 @@ def table(figures: dict[str, Any]) -> str:
     lines.append(f"  generator CPU  {cpu} (per worker)")
     lines.extend(f"WARNING: {w}" for w in figures["warnings"])
     return "\n".join(lines)
-
-
-def write_json(path: str, figures: dict[str, Any]) -> None:
-    text = json.dumps(figures, indent=2, sort_keys=False) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(text)

@@ -134,7 +134,8 @@ def encode_counts(counts: dict[int, int]) -> bytes:
 def merge(encoded: list[bytes]) -> HdrHistogram:
     histogram = new_histogram()
     for blob in encoded:
-        histogram.decode_and_add(blob)
+        if blob:  # b"": a result that carries no such histogram
+            histogram.decode_and_add(blob)
     return histogram
 
 

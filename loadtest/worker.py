@@ -106,6 +106,9 @@ class Worker:
             (kind if i < plan.active else Connection)(self.link, Pattern.base(plan.first_id + i))
             for i in range(plan.connections)
         ]
+        if plan.sources:
+            for i, conn in enumerate(self.connections):
+                conn.source = plan.sources[(plan.first_id + i) % len(plan.sources)]
 
     # -- connecting -------------------------------------------------------
     def request_connect(self, conn: Connection) -> None:
@@ -152,13 +155,22 @@ class Worker:
         """Connect everything before the clock starts (churn connects as its workload)."""
         if self.params.workload == "churn":
             return 0
-        for conn in self.connections:
-            self.request_connect(conn)
         count = len(self.connections)
-        deadline = monotonic() + self.params.connect_timeout + count / 2000
-        next_check = monotonic() + 0.1
+        rate = self.plan.connect_rate
+        began = monotonic()
+        ramp = count / rate if rate > 0 else 0.0
+        deadline = began + ramp + self.params.connect_timeout + count / 2000
+        next_check = began + 0.1
+        issued = 0
         while True:
             now = monotonic()
+            if issued < count:
+                # --connect-rate paces the ramp-up; the limiter still bounds connects
+                # in flight, so a slow server backs the ramp up instead of the backlog.
+                due = count if rate <= 0 else min(count, int((now - began) * rate) + 1)
+                while issued < due:
+                    self.request_connect(self.connections[issued])
+                    issued += 1
             self._fire_timers(now)
             if now >= next_check:
                 self._check(now)
@@ -167,7 +179,8 @@ class Worker:
                     break
             if now >= deadline:
                 break
-            self.poller.poll(0.05)
+            wait = 0.05 if issued >= count else min(0.05, max(0.0, began + issued / rate - now))
+            self.poller.poll(wait)
         return self.up()
 
     def run(self, start: float, queue: Queue[Any]) -> WorkerResult:

@@ -31,6 +31,7 @@ from typing import Any
 
 from loadtest.pattern import CHUNK, PERIOD, Pattern
 from loadtest.pollers import Poller
+from loadtest.sources import BIND_ADDRESS_NO_PORT
 from loadtest.stats import CLOSED, CONNECT_TIMEOUT, LOST, MISMATCH, TIMEOUT, Tally, error_kind
 
 DOWN, CONNECTING, UP = 0, 1, 2
@@ -107,6 +108,7 @@ class Connection:
         "link",
         "mark",
         "sock",
+        "source",
         "stalled_since",
         "state",
     )
@@ -120,6 +122,7 @@ class Connection:
         self.failures = 0
         self.mark = -1
         self.stalled_since = 0.0
+        self.source: str | None = None  # local address to bind (--source-address)
 
     def connect(self) -> None:
         link = self.link
@@ -129,6 +132,14 @@ class Connection:
         self.sock = sock
         self.state = CONNECTING
         link.poller.register(sock.fileno(), link.poller.WRITE, self.on_connect)
+        if self.source is not None:
+            try:
+                if BIND_ADDRESS_NO_PORT is not None:
+                    sock.setsockopt(socket.IPPROTO_IP, BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source, 0))
+            except OSError as exc:
+                self.fail(error_kind(exc.errno or 0))
+                return
         self.connect_started = monotonic()
         code = sock.connect_ex(link.settings.address)
         if code not in (0, errno.EINPROGRESS):

@@ -1,19 +1,22 @@
 #!/bin/sh
 # Install echod as a systemd service: a virtualenv at $PREFIX/venv with echod
-# in it, the unit files in $UNITDIR, then `systemctl daemon-reload`.
+# in it, the unit files in $UNITDIR, the man pages echod(8) and echod-bench(1)
+# in $MANDIR, then `systemctl daemon-reload`.
 # Safe to run again: it upgrades the venv in place and overwrites the units.
 #
 #   sudo systemd/install.sh                      # /opt/echod, /etc/systemd/system
 #   sudo PREFIX=/srv/echod systemd/install.sh    # elsewhere; ExecStart= follows
 #   DESTDIR=/tmp/stage systemd/install.sh        # staged: no reload (testing)
 #
-# Variables: PREFIX (/opt/echod), UNITDIR (/etc/systemd/system), PYTHON
-# (python3), SOURCE (the repository holding this script), DESTDIR (empty).
+# Variables: PREFIX (/opt/echod), UNITDIR (/etc/systemd/system), MANDIR
+# (/usr/local/share/man), PYTHON (python3), SOURCE (the repository holding
+# this script), DESTDIR (empty).
 # It enables nothing; afterwards: systemctl enable --now echod.socket
 set -eu
 
 PREFIX=${PREFIX:-/opt/echod}
 UNITDIR=${UNITDIR:-/etc/systemd/system}
+MANDIR=${MANDIR:-/usr/local/share/man}
 PYTHON=${PYTHON:-python3}
 DESTDIR=${DESTDIR:-}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,12 +42,23 @@ echo "installing echod from $SOURCE into $venv"
 "$venv/bin/python" -m pip install --quiet --upgrade "$SOURCE"
 
 mkdir -p "$DESTDIR$UNITDIR"
-for unit in echod.socket echod.service echod-standalone.service; do
+for unit in echod.socket echod-metrics.socket echod.service echod-standalone.service; do
     sed "s|^ExecStart=/opt/echod/venv/bin/echod|ExecStart=$PREFIX/venv/bin/echod|" \
         "$here/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
     chmod 0644 "$DESTDIR$UNITDIR/$unit.tmp"
     mv -f "$DESTDIR$UNITDIR/$unit.tmp" "$DESTDIR$UNITDIR/$unit"
     echo "installed $DESTDIR$UNITDIR/$unit"
+done
+
+# The units' Documentation=man:echod(8) resolves once these are on man's path;
+# /usr/local/share/man is on it by default (manpath(5)).
+for page in echod.8 echod-bench.1; do
+    section=${page##*.}
+    mkdir -p "$DESTDIR$MANDIR/man$section"
+    cp "$SOURCE/docs/man/$page" "$DESTDIR$MANDIR/man$section/$page.tmp"
+    chmod 0644 "$DESTDIR$MANDIR/man$section/$page.tmp"
+    mv -f "$DESTDIR$MANDIR/man$section/$page.tmp" "$DESTDIR$MANDIR/man$section/$page"
+    echo "installed $DESTDIR$MANDIR/man$section/$page"
 done
 
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then

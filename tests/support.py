@@ -1,10 +1,14 @@
-"""Helpers the suites share: run the real ``echod``, and talk to it over real sockets."""
+"""The one harness every suite uses: run the real ``echod`` (or any echo server that
+logs ``listening on HOST:PORT``) as a subprocess, talk to it over real sockets, and
+require the real tools the tests drive."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^ :]+):(\d+)")
@@ -21,7 +28,11 @@ SYSTEMD_VARS = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "JOURNAL_STREAM", "ECHO
 
 
 class Echod:
-    """``python -m echod`` in a subprocess, with its stderr collected as it runs."""
+    """``python -m echod ARGS`` in a subprocess, with its stderr collected as it runs.
+
+    ``program`` replaces ``-m echod`` for another server run the same way (the robust
+    suite's naive server); ``wrapper`` goes in front (``prlimit``, ``setpriv``).
+    """
 
     def __init__(
         self,
@@ -29,14 +40,15 @@ class Echod:
         env: dict[str, str] | None = None,
         wrapper: Sequence[str] = (),
         wait: bool = True,
+        program: Sequence[str] = ("-m", "echod"),
     ) -> None:
         # A test's own server must not pick up a systemd environment the runner has.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(SYSTEMD_VARS)}
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "echod", *args],
+            [*wrapper, sys.executable, *program, *args],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,  # never read: a full pipe would block the server
             stderr=subprocess.PIPE,
             env=full_env,
             cwd=ROOT,
@@ -82,10 +94,49 @@ class Echod:
 
     def connect(self, timeout: float = TIMEOUT) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def children(self) -> list[int]:
+        """Direct children (a supervisor's workers), from /proc."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
+
+    def report(self, timeout: float = 5.0) -> str:
+        """SIGUSR1, then the stats line it makes echod log (the first after the signal)."""
+        with self._changed:
+            mark = len("".join(self._lines))
+        self.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in "".join(self._lines)[mark:].splitlines():
+                    if "stats" in line and "connections open=" in line:
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.alive():
+                    raise AssertionError(f"no stats line after SIGUSR1; log:\n{self.log}")
+                self._changed.wait(min(remaining, 0.1))
+
+    def report_until(self, text: str, timeout: float = TIMEOUT) -> str:
+        """The first stats line containing ``text``, asking again until it does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.report()
+            if text in line:
+                return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no stats line with {text!r}; last: {line}")
+            time.sleep(0.1)
 
     def stop(self, timeout: float = TIMEOUT) -> int:
         """SIGTERM, then the exit status (SIGKILL and failure if it hangs)."""
@@ -152,24 +203,45 @@ def echod(*args: str, **kwargs: object) -> Iterator[Echod]:
 
 
 def exchange(sock: socket.socket, payload: bytes, chunk: int = 256 * 1024) -> bytes:
-    """Send ``payload`` while reading, half-close, and return everything until EOF."""
+    """Send ``payload`` while reading, half-close, and return everything until EOF.
+
+    The one send-and-read-back helper for a whole stream; an error on either side
+    (a reset, a timeout) is raised here, in the test, not lost in a thread.
+    """
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            view = memoryview(payload)
+            for start in range(0, len(payload), chunk):
+                sock.sendall(view[start : start + chunk])
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:
+            failure.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
     received = bytearray()
-
-    def read() -> None:
-        while True:
-            data = sock.recv(chunk)
-            if not data:
-                return
+    try:
+        while data := sock.recv(max(chunk, 65536)):
             received.extend(data)
+    finally:
+        writer.join(TIMEOUT * 3)
+    if failure:
+        raise failure[0]
+    assert not writer.is_alive(), "the server stopped reading and never closed"
+    return bytes(received)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    view = memoryview(payload)
-    for start in range(0, len(payload), chunk):
-        sock.sendall(view[start : start + chunk])
-    sock.shutdown(socket.SHUT_WR)
-    reader.join(TIMEOUT * 3)
-    assert not reader.is_alive(), "echo did not end with EOF"
+
+def round_trip(sock: socket.socket, message: bytes) -> bytes:
+    """Send one message and read back exactly as many bytes (fewer only at EOF)."""
+    sock.sendall(message)
+    received = bytearray()
+    while len(received) < len(message):
+        data = sock.recv(len(message) - len(received))
+        if not data:
+            break
+        received.extend(data)
     return bytes(received)
 
 
@@ -198,3 +270,85 @@ def wait_until(
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+def in_threads(target: Callable[..., object], args: Sequence[tuple[object, ...]]) -> None:
+    """Run ``target(*a)`` for each ``a`` in its own thread; the first failure fails the test.
+
+    A thread's exception would otherwise only be printed as a warning, and the test
+    pass with a client that never got its bytes.
+    """
+    failures: list[BaseException] = []
+
+    def run(call_args: tuple[object, ...]) -> None:
+        try:
+            target(*call_args)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 3)
+    if failures:
+        raise failures[0]
+    assert not any(thread.is_alive() for thread in threads), "a client thread never finished"
+
+
+def fill_until_stalled(sock: socket.socket, limit: int, quiet: float = 0.5) -> int:
+    """Send without ever reading until the peer stops taking bytes; return how many went."""
+    sock.setblocking(False)
+    block = b"\xa5" * 65536
+    sent = 0
+    last_progress = time.monotonic()
+    while sent < limit and time.monotonic() - last_progress < quiet:
+        try:
+            sent += sock.send(block)
+            last_progress = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    sock.setblocking(True)
+    return sent
+
+
+# The Debian package .ci/run installs for each tool a test drives.
+PACKAGES = {
+    "nc": "netcat-openbsd",
+    "socat": "socat",
+    "prlimit": "util-linux",
+    "taskset": "util-linux",
+    "setpriv": "util-linux",
+    "systemd-socket-activate": "systemd",
+    "systemd-analyze": "systemd",
+    "strace": "strace",
+    "gcc": "gcc",
+    "man": "man-db",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip for ``reason`` on a developer's machine; fail under ``CI=true``, where
+    .ci/run installed everything and a skip would hide a test that never ran."""
+    if in_ci():
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool a test drives; skip (fail under CI) when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        package = PACKAGES.get(name, name)
+        missing(f"{name} is not installed (apt-get install {package})")
+    return path
+
+
+def require_module(name: str) -> None:
+    """An optional Python package a test needs (gevent, from the dev extra)."""
+    if importlib.util.find_spec(name) is None:
+        missing(f"python package {name} is not installed (pip install -e '.[dev]')")

@@ -11,15 +11,22 @@
  * pseudo-random block read from its own offset, so a lost, duplicated,
  * reordered or crossed-over byte is a mismatch.
  *
+ * After the window no new message starts; the client waits up to DRAIN_SECONDS
+ * for every message already begun, and counts each connection still owed bytes
+ * then as lost, so a server that stops echoing cannot pass as a slow one.
+ *
  * Usage: echo-client HOST PORT CONNECTIONS SIZE SECONDS [WARMUP]
  * Prints one JSON object to stdout:
- *   {"requests": N, "seconds": S, "requests_per_s": R, "mismatches": M, "errors": E}
+ *   {"requests": N, "seconds": S, "requests_per_s": R, "mismatches": M,
+ *    "errors": E, "lost": L}
  * counted over SECONDS after WARMUP seconds (default 1).  Exit 0 when clean,
- * 1 on transport errors, 3 on a mismatch (echod-bench's statuses), 2 on bad usage.
+ * 1 on transport errors or lost echoes, 3 on a mismatch (echod-bench's
+ * statuses), 2 on bad usage.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -34,6 +41,7 @@
 
 #define PERIOD 65537u
 #define MAX_EVENTS 512
+#define DRAIN_SECONDS 5.0
 
 struct conn {
     int fd;
@@ -93,19 +101,27 @@ int main(int argc, char **argv) {
     for (int i = 0; i < count; i++) {
         struct conn *c = &conns[i];
         c->fd = socket(ai->ai_family, SOCK_STREAM, 0);
+        if (c->fd < 0) {
+            fprintf(stderr, "echo-client: socket %d: %s\n", i, strerror(errno));
+            return 1;
+        }
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (connect(c->fd, ai->ai_addr, ai->ai_addrlen) < 0) {
             fprintf(stderr, "echo-client: connect: %s\n", strerror(errno));
             return 1;
         }
+        /* Connect blocks (loopback answers at once); sends must not: a server that
+         * stops reading would otherwise hang the client in send() past its window. */
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
         c->base = ((size_t)i * 40503u + 1) % PERIOD;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     }
-    long requests = 0, mismatches = 0, errors = 0;
+    long requests = 0, mismatches = 0, errors = 0, lost = 0;
     double start = now(), measure_from = start + warmup, end = measure_from + seconds;
-    int measuring = 0;
+    double window = 0;
+    int measuring = 0, draining = 0, owed = 0;
     for (int i = 0; i < count; i++) {
         conns[i].until = size;
         if (flush(&conns[i], size) < 0) errors++;
@@ -113,7 +129,13 @@ int main(int argc, char **argv) {
     struct epoll_event events[MAX_EVENTS];
     while (!errors && !mismatches) {
         double t = now();
-        if (t >= end) break;
+        if (!draining && t >= end) {
+            draining = 1;
+            window = t - measure_from;
+            owed = 0;
+            for (int i = 0; i < count; i++) owed += conns[i].received < conns[i].until;
+        }
+        if (draining && (!owed || t >= end + DRAIN_SECONDS)) break;
         if (!measuring && t >= measure_from) {
             measuring = 1;
             requests = 0;
@@ -134,6 +156,10 @@ int main(int argc, char **argv) {
             }
             c->received += (uint64_t)got;
             if (c->received == c->until) {
+                if (draining) {
+                    owed--;
+                    continue;
+                }
                 requests++;
                 c->until += size;
             }
@@ -141,9 +167,12 @@ int main(int argc, char **argv) {
             if (flush(c, c->until) < 0) errors++;
         }
     }
-    double window = now() - measure_from;
+    if (!draining) window = now() - measure_from; /* stopped early by an error */
+    for (int i = 0; i < count; i++) lost += conns[i].received < conns[i].until;
+    if (errors || mismatches) lost = 0; /* the run already failed: nothing to wait for */
     printf("{\"requests\": %ld, \"seconds\": %.4f, \"requests_per_s\": %.1f, "
-           "\"mismatches\": %ld, \"errors\": %ld}\n",
-           requests, window, window > 0 ? (double)requests / window : 0.0, mismatches, errors);
-    return mismatches ? 3 : errors ? 1 : 0;
+           "\"mismatches\": %ld, \"errors\": %ld, \"lost\": %ld}\n",
+           requests, window, window > 0 ? (double)requests / window : 0.0, mismatches,
+           errors, lost);
+    return mismatches ? 3 : (errors || lost) ? 1 : 0;
 }

@@ -73,7 +73,7 @@ def bind(
     """A non-blocking listening socket for ``address``, or a :class:`ListenerError`.
 
     With ``listen=False`` the socket is only bound, without SO_REUSEADDR: it holds the
-    port (the worker supervisor's SO_REUSEPORT reservation) and no connection queues on it.
+    port (a :func:`reserve` reservation) and no connection queues on it.
     """
     if address.path is not None:
         return _bind_unix(address.path, backlog, unix_mode)
@@ -104,6 +104,18 @@ def bind(
         raise ListenerError(f"cannot listen on {address}: {_explain(exc, address)}") from None
     sock.setblocking(False)
     return sock
+
+
+def reserve(address: Address) -> tuple[socket.socket, Address]:
+    """Hold a TCP port for per-worker SO_REUSEPORT listeners without ever listening.
+
+    The socket is bound with SO_REUSEPORT and no SO_REUSEADDR, so no other program can
+    take the port while workers come and go, and a port in use is found before any
+    fork; Linux queues connections only on listening members of the group, so none
+    ever waits on it. Returns the socket and the address workers bind (port 0 resolved).
+    """
+    sock = bind(address, 0, reuse_port=True, listen=False)
+    return sock, Address(host=address.host, port=sock.getsockname()[1])
 
 
 def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:

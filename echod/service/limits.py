@@ -65,15 +65,8 @@ def _infinite_hard_ceiling() -> int:
         return _LINUX_NR_OPEN_DEFAULT
 
 
-def drop_privileges(user: str, group: str | None = None) -> None:
-    """Become `user` (name or uid) and `group` (default: the user's own group).
-
-    Call after the listeners are bound, which may need root for port 7.
-    Supplementary groups are cleared first (setgroups needs root), then the
-    gid, then the uid, the only order in which each step is still allowed.
-    Raises PrivilegeError when the user or group is unknown or we are not
-    root; under systemd prefer ``User=``/``DynamicUser=`` to this.
-    """
+def _identity(user: str, group: str | None) -> tuple[int, int]:
+    """The uid and gid ``--user``/``--group`` name; PrivilegeError for unknown ones."""
     try:
         entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
@@ -84,16 +77,40 @@ def drop_privileges(user: str, group: str | None = None) -> None:
             gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
         except KeyError:
             raise PrivilegeError(f"--group {group}: no such group") from None
-    uid = entry.pw_uid
-    if os.geteuid() != 0:
-        if (os.geteuid(), os.getegid()) == (uid, gid):
-            return
+    return entry.pw_uid, gid
+
+
+def check_identity(user: str, group: str | None = None) -> None:
+    """What :func:`drop_privileges` would refuse, found before any worker is forked."""
+    uid, gid = _identity(user, group)
+    if os.geteuid() != 0 and (os.geteuid(), os.getegid()) != (uid, gid):
         raise PrivilegeError(
             f"--user {user}: only root can switch users (running as uid {os.geteuid()})"
         )
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
+
+
+def drop_privileges(user: str, group: str | None = None) -> None:
+    """Become `user` (name or uid) and `group` (default: the user's own group).
+
+    The one place echod gives up root: call it once the serving process's listeners
+    are all bound (port 7 needs root). A second call as that user is a no-op, so a
+    worker forked from a supervisor that dropped already may call it too.
+    Supplementary groups are cleared first (setgroups needs root), then the gid, then
+    the uid, the only order in which each step is still allowed. Raises
+    PrivilegeError when the user or group is unknown, we are not root, or the kernel
+    refuses (EPERM from a seccomp filter such as ``SystemCallFilter=~@privileged``);
+    under systemd prefer ``User=``/``DynamicUser=`` to this.
+    """
+    uid, gid = _identity(user, group)
+    if os.geteuid() != 0:
+        check_identity(user, group)
+        return  # already this user
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise PrivilegeError(f"--user {user}: cannot switch user: {exc.strerror}") from None
     if uid != 0:
         try:
             os.setuid(0)
@@ -101,3 +118,4 @@ def drop_privileges(user: str, group: str | None = None) -> None:
             pass
         else:
             raise PrivilegeError(f"--user {user}: could regain root after setuid({uid})")
+    log.info("running as user %s", user)

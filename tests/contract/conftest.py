@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -22,4 +23,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 def server(backend: str) -> Iterator[Echod]:
     """One default-configured echod per backend, shared by the tests that only echo."""
     with echod("--backend", backend, "--port", "0") as running:
+        # The registry handed over the backend asked for, not another one.
+        assert re.search(rf"\(backend {backend}[ )]", running.log), running.log
         yield running

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import socket
 import subprocess
-import threading
 
 import pytest
 
-from tests.support import Echod, exchange, recv_exactly, reset, wait_until
+from tests.support import (
+    Echod,
+    exchange,
+    in_threads,
+    missing,
+    recv_exactly,
+    require_tool,
+    reset,
+    wait_until,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, 1023, 64 * 1024 + 7, 1 << 20, 4 << 20])
@@ -36,17 +43,6 @@ def test_thousands_of_pipelined_small_messages_keep_their_order(server: Echod) -
     stream = b"".join(messages)
     with server.connect() as sock:
         assert exchange(sock, stream, chunk=4096) == stream
-
-
-async def _echo_once(host: str, port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(payload)
-        await writer.drain()
-        writer.write_eof()
-        return await reader.read()
-    finally:
-        writer.close()
 
 
 def test_serves_500_concurrent_connections(server: Echod) -> None:
@@ -96,37 +92,26 @@ def test_a_slow_reader_does_not_delay_other_clients(server: Echod) -> None:
 
 @pytest.mark.parametrize("tool", ["nc", "socat"])
 def test_real_clients_get_their_bytes_back(server: Echod, tool: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.skip(
-            f"{tool} is not installed (apt-get install {'netcat-openbsd' if tool == 'nc' else 'socat'})"
-        )
+    path = require_tool(tool)
     if tool == "nc":
         # -N: shut down the write side at end of input, so the server's EOF ends nc.
-        help_text = subprocess.run(["nc", "-h"], capture_output=True, text=True).stderr
+        help_text = subprocess.run([path, "-h"], capture_output=True, text=True).stderr
         if "-N" not in help_text:
-            pytest.skip("this nc has no -N (install netcat-openbsd)")
-        command = ["nc", "-N", server.host, str(server.port)]
+            missing("this nc has no -N (apt-get install netcat-openbsd)")
+        command = [path, "-N", server.host, str(server.port)]
     else:
-        command = ["socat", "-t", "5", "-", f"TCP:{server.host}:{server.port}"]
+        command = [path, "-t", "5", "-", f"TCP:{server.host}:{server.port}"]
     payload = b"hello, echod\n" + bytes(range(256)) * 64
     result = subprocess.run(command, input=payload, capture_output=True, timeout=20)
     assert result.stdout == payload
 
 
 def test_many_threads_interleaving_sends_each_get_their_own_stream(server: Echod) -> None:
-    errors: list[str] = []
-
     def client(seed: int) -> None:
         rng = random.Random(seed)
         chunk = rng.choice([7, 100, 4096, 65536])
         payload = rng.randbytes(rng.randint(1, 200 * chunk))
         with server.connect() as sock:
-            if exchange(sock, payload, chunk=chunk) != payload:
-                errors.append(f"client {seed} got a different stream")
+            assert exchange(sock, payload, chunk=chunk) == payload, f"client {seed}"
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(40)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    in_threads(client, [(seed,) for seed in range(40)])

@@ -4,38 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import shutil
-import socket
 import time
 
 import pytest
 
-from tests.support import Echod, exchange, wait_until
-
-
-def echo_once(sock: socket.socket, message: bytes) -> bytes:
-    sock.settimeout(10)
-    sock.sendall(message)
-    received = b""
-    while len(received) < len(message):
-        chunk = sock.recv(len(message) - len(received))
-        if not chunk:
-            break
-        received += chunk
-    return received
+from tests.support import Echod, exchange, require_tool, round_trip, wait_until
 
 
 def test_descriptor_exhaustion_neither_spins_nor_starves_open_connections(backend: str) -> None:
-    if shutil.which("prlimit") is None:
-        pytest.skip("prlimit (util-linux) is not installed")
+    prlimit = require_tool("prlimit")
     limit = 64
     server = Echod(
-        "--backend", backend, "--port", "0", wrapper=("prlimit", f"--nofile={limit}:{limit}")
+        "--backend", backend, "--port", "0", wrapper=(prlimit, f"--nofile={limit}:{limit}")
     )
     with server:
         served = [server.connect() for _ in range(20)]
         for sock in served:
-            assert echo_once(sock, b"before") == b"before"
+            assert round_trip(sock, b"before") == b"before"
         flood = []
         with contextlib.suppress(OSError):
             for _ in range(limit * 2):  # far past what the server can accept
@@ -46,7 +31,7 @@ def test_descriptor_exhaustion_neither_spins_nor_starves_open_connections(backen
         busy = (server.cpu_seconds() - cpu_before) / 2.0
         assert busy < 0.3, f"server burnt {busy:.0%} of a CPU while out of descriptors"
         for sock in served:
-            assert echo_once(sock, b"during") == b"during"
+            assert round_trip(sock, b"during") == b"during"
         for sock in flood:
             sock.close()
         for sock in served[:10]:
@@ -55,7 +40,7 @@ def test_descriptor_exhaustion_neither_spins_nor_starves_open_connections(backen
         def fresh_client_is_served() -> bool:
             try:
                 with server.connect(timeout=2) as sock:
-                    return echo_once(sock, b"after") == b"after"
+                    return round_trip(sock, b"after") == b"after"
             except OSError:
                 return False
 
@@ -76,8 +61,8 @@ def test_select_refuses_descriptors_past_fd_setsize_and_serves_the_rest(backend:
         clients = [server.connect() for _ in range(1100)]
         server.wait_for("select backend cannot watch descriptor")
         try:
-            assert echo_once(clients[0], b"low fd") == b"low fd"
-            refused = sum(1 for sock in clients[-50:] if echo_once(sock, b"?") == b"")
+            assert round_trip(clients[0], b"low fd") == b"low fd"
+            refused = sum(1 for sock in clients[-50:] if round_trip(sock, b"?") == b"")
             assert refused > 0
         finally:
             for sock in clients:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from echod import __version__
-from tests.support import ROOT, echod, exchange
+from tests.support import ROOT, echod, exchange, missing, require_tool
 
 
 def run_echod(
@@ -78,12 +77,9 @@ def test_an_address_in_use_exits_1_with_one_line() -> None:
 def test_a_privileged_port_without_the_capability_exits_1_with_one_line() -> None:
     wrapper: tuple[str, ...] = ()
     if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip(
-                "running as root and setpriv (util-linux) is missing to drop CAP_NET_BIND_SERVICE"
-            )
+        # As root, only dropping CAP_NET_BIND_SERVICE makes port 1 refused.
         wrapper = (
-            "setpriv",
+            require_tool("setpriv"),
             "--bounding-set",
             "-net_bind_service",
             "--inh-caps",
@@ -104,7 +100,7 @@ def test_version_and_backend_list() -> None:
 def test_the_console_script_serves_and_stops_on_sigterm() -> None:
     script = Path(sys.executable).with_name("echod")
     if not script.exists():
-        pytest.skip(f"no console script beside {sys.executable}: install the package")
+        missing(f"no console script beside {sys.executable}: install the package")
     proc = subprocess.Popen([str(script), "--port", "0"], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = proc.stderr.readline()

@@ -8,7 +8,6 @@ must do all the talking while the workers serve the inherited sockets.
 from __future__ import annotations
 
 import itertools
-import shutil
 import signal
 import socket
 import statistics
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from echod import backends
-from tests.support import Echod, exchange
+from tests.support import Echod, exchange, require_tool
 
 BACKENDS = backends.available()
 WATCHDOG_USEC = 400_000
@@ -89,10 +88,7 @@ def free_port() -> int:
 
 
 def socket_activate() -> str:
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate not installed: apt-get install systemd")
-    return tool
+    return require_tool("systemd-socket-activate")
 
 
 def echo_once(host: str, port: int, message: bytes) -> bytes:

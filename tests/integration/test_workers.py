@@ -15,7 +15,16 @@ import time
 import pytest
 
 from echod import backends
-from tests.support import ROOT, Echod, echod, exchange, recv_exactly, wait_until
+from tests.support import (
+    ROOT,
+    Echod,
+    echod,
+    exchange,
+    missing,
+    require_tool,
+    round_trip,
+    wait_until,
+)
 
 STARTED = re.compile(r"worker (\d) started \(pid (\d+)\)")
 
@@ -31,11 +40,6 @@ def children(pid: int) -> set[int]:
     return {int(child) for child in text.split()}
 
 
-def echo_one(sock: socket.socket, message: bytes) -> bytes:
-    sock.sendall(message)
-    return recv_exactly(sock, len(message))
-
-
 @pytest.mark.parametrize("mode", ["shared", "reuseport"])
 def test_two_workers_serve_and_the_supervisor_holds_no_client(mode: str) -> None:
     with echod("--port", "0", "--workers", "2", "--listen-mode", mode) as server:
@@ -43,7 +47,7 @@ def test_two_workers_serve_and_the_supervisor_holds_no_client(mode: str) -> None
         assert set(worker_pids(server).values()) == children(server.pid)
         clients = [server.connect() for _ in range(40)]
         for n, sock in enumerate(clients):
-            assert echo_one(sock, b"%d" % n) == b"%d" % n
+            assert round_trip(sock, b"%d" % n) == b"%d" % n
         # The supervisor's descriptors are listeners, pipes and its own plumbing: no
         # accepted connection (a TCP socket with a peer) is ever among them.
         for fd in os.listdir(f"/proc/{server.pid}/fd"):
@@ -97,7 +101,7 @@ def test_sigterm_drains_both_workers_during_a_16_mib_transfer() -> None:
         server.wait_for("ready: 2 workers serving")
         streams = [server.connect() for _ in range(16)]  # 16 MiB in all, over both workers
         for sock in streams:
-            assert echo_one(sock, b"!") == b"!"
+            assert round_trip(sock, b"!") == b"!"
         server.signal(signal.SIGUSR1)
         spread = server.wait_for(r"per worker open/total: 1=(\d+)/\d+ 2=(\d+)/\d+")
         assert min(map(int, spread.groups())) > 0, "one worker got no stream"
@@ -136,14 +140,14 @@ def test_a_killed_worker_is_restarted_and_the_others_connections_go_on() -> None
         before = worker_pids(server)
         # Find a connection each worker serves: the reports say whose count grew.
         sock = server.connect()
-        assert echo_one(sock, b"hello") == b"hello"
+        assert round_trip(sock, b"hello") == b"hello"
         owner = _owner_of(server, sock)
         victim = 2 if owner == 1 else 1
         os.kill(before[victim], signal.SIGKILL)
         server.wait_for(rf"worker {victim} \(pid {before[victim]}\) killed by SIGKILL")
         assert wait_until(lambda: worker_pids(server)[victim] != before[victim])
         server.wait_for(rf"worker {victim}: listening on .*\n(.|\n)*worker {victim}: listening on")
-        assert echo_one(sock, b"untouched") == b"untouched"  # served by the survivor
+        assert round_trip(sock, b"untouched") == b"untouched"  # served by the survivor
         assert worker_pids(server)[owner] == before[owner]
         for _ in range(20):  # the restarted worker serves too
             with server.connect() as other:
@@ -231,11 +235,21 @@ def test_bad_worker_settings_are_one_line_and_exit_2(args: list[str], text: str)
 
 
 def test_workers_auto_is_one_per_usable_cpu() -> None:
-    cpus = len(os.sched_getaffinity(0))
-    with echod("--port", "0", "--workers", "auto", "--listen-mode", "shared") as server:
-        if cpus > 1:
-            server.wait_for(f"ready: {cpus} workers serving")
-        assert f"starting {cpus} workers" in server.log or cpus == 1
+    taskset = require_tool("taskset")
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        missing(f"needs two usable CPUs to tell one worker per CPU apart; have {usable}")
+    two = (taskset, "-c", f"{usable[0]},{usable[1]}")
+    args = ("--port", "0", "--workers", "auto", "--listen-mode", "shared")
+    with echod(*args, wrapper=two) as server:
+        server.wait_for("ready: 2 workers serving")
+        assert "starting 2 workers" in server.log
+        assert len(server.children()) == 2
+    # One usable CPU: auto means one process serving alone, no supervisor.
+    with echod(*args, wrapper=(taskset, "-c", str(usable[0]))) as server:
+        assert "starting" not in server.log and server.children() == []
+        with server.connect() as sock:
+            assert round_trip(sock, b"alone") == b"alone"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,8 +1,10 @@
-"""The bench report's pure parts: the README it rewrites and the conclusions it draws.
+"""The bench report's pure parts: the README it rewrites, the conclusions it draws,
+and the marks it puts on figures that are not a server's own.
 
-The README's IO-model prose is generated from the figures, so these tests pin down
-that it names the numbers of the run it is given, and that publishing touches only
-the text between its markers.
+The README's prose is generated from the figures, so these tests pin down that it
+names the numbers of the run it is given, that publishing touches only the text
+between its markers, and that a killed server, a generator-bound row and a faulty
+cell are marked in every table and chart, from small synthetic results files.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import charts, prose, query, report, tables  # noqa: E402
+from bench.readme import update_readme  # noqa: E402
 
 
 def figures(
@@ -26,7 +29,7 @@ def figures(
         "latency_us": {"p50": p99 // 2, "p99": p99, "p99.9": p99 * 2},
         "errors": errors or {},
         "warnings": [],
-        "workers": [{"saturated": False}],
+        "workers": [{"cpu_pct": 70.0, "saturated": False}],
         "server": {
             "cpu_us_per_msg": cpu,
             "cpu_mean_pct": 90.0,
@@ -62,6 +65,17 @@ def results() -> dict[str, Any]:
     }
     runs: list[dict[str, Any]] = []
     for round_number in (1, 2, 3):
+        # The ceiling for rr-1k-10: echod-bench 55,000 and the C client 100,000.
+        for generator, rate in (("echod-bench", 55_000), ("c-client", 100_000)):
+            runs.append(
+                {
+                    "server": "c-epoll",
+                    "cell": "ceiling-1k-10",
+                    "generator": generator,
+                    "round": round_number,
+                    "figures": figures(rate, 300, 4.0, 0),
+                }
+            )
         for server, by_cell in table.items():
             for cell, figs in by_cell.items():
                 runs.append(
@@ -95,6 +109,13 @@ def results() -> dict[str, Any]:
             "role": "many",
         },
         {
+            "name": "ceiling-1k-10",
+            "label": "generator ceiling, 1 KiB rr, 10 conns",
+            "args": [],
+            "connections": 10,
+            "ceiling_for": "rr-1k-10",
+        },
+        {
             "name": "workers-1k",
             "label": "workers",
             "args": [],
@@ -124,7 +145,7 @@ def results() -> dict[str, Any]:
 
 
 def test_findings_name_the_figures_they_rest_on() -> None:
-    text = "\n".join(report.iomodel_findings(report.Results(results())))
+    text = "\n".join(prose.iomodel_findings(query.Results(results())))
     assert "epoll served the most (50,000 req/s) and threads the least (30,000 req/s)" in text
     assert "against 4.00 µs for the C reference" in text
     # poll's CPU per request grew most: 6.5 -> 30.0 µs.
@@ -138,7 +159,7 @@ def test_findings_name_the_figures_they_rest_on() -> None:
 
 
 def test_workers_findings_compare_medians() -> None:
-    lines = report.workers_findings(report.Results(results()))
+    lines = prose.workers_findings(query.Results(results()))
     assert lines == [
         "epoll: 2 workers 150,000 req/s against 1 worker 100,002 req/s (1.50x), "
         "server CPU 7.50 µs against 6.00 µs per message."
@@ -150,11 +171,11 @@ def test_update_readme_rewrites_only_between_markers(tmp_path: Path) -> None:
     head = "# x\n\nintro\n"
     tail = "## Dependencies\n\nnone\n"
     readme.write_text(head + "\n" + tail)
-    report.update_readme({"bench": "first", "iomodel": "io"}, readme)
+    update_readme({"bench": "first", "iomodel": "io"}, readme)
     text = readme.read_text()
     assert text.startswith(head) and text.endswith(tail)
     assert text.index("<!-- bench:start -->\nfirst\n<!-- bench:end -->") < text.index("## Depend")
-    report.update_readme({"bench": "second"}, readme)
+    update_readme({"bench": "second"}, readme)
     again = readme.read_text()
     assert "first" not in again and "second" in again
     assert again.count("<!-- bench:start -->") == 1
@@ -163,7 +184,12 @@ def test_update_readme_rewrites_only_between_markers(tmp_path: Path) -> None:
 
 def test_markdown_has_every_section() -> None:
     text = report.markdown(results(), "")
-    for heading in ("## Summary", "## Which IO model?", "## One worker against two"):
+    for heading in (
+        "## Summary",
+        "## Generator ceiling",
+        "## Which IO model?",
+        "## One worker against two",
+    ):
         assert heading in text
     assert "| select | 49,000 | 80,000 ✗ |" in text
 
@@ -175,9 +201,155 @@ def test_rounds_that_overlapped_other_load_are_left_out_when_others_exist() -> N
     poll_10[0]["contended"] = ["pytest tests/robust"]
     for run in (r for r in data["runs"] if r["server"] == "epoll" and r["cell"] == "idle-10k"):
         run["contended"] = ["pytest tests/robust"]
-    res = report.Results(data)
-    assert res.median("poll", "rr-1k-10", report._rate) == 48_000
+    res = query.Results(data)
+    assert res.median("poll", "rr-1k-10", query.rate) == 48_000
     assert not res.contended("poll", "rr-1k-10")  # two of three rounds were undisturbed
     assert res.contended("epoll", "idle-10k") and "‡" in res.marks("epoll", "idle-10k")
     note = res.contention_note()
-    assert note is not None and note.startswith("4 of 36 runs overlapped other load")
+    assert note is not None and note.startswith("4 of 42 runs overlapped other load")
+
+
+def _killed(data: dict[str, Any], server: str, cell: str) -> dict[str, Any]:
+    """Mark the first round of ``server`` in ``cell`` as killed after SIGTERM, as the
+    runner records it; the figures stay clean, so only the kill can mark the row."""
+    run = next(r for r in data["runs"] if r["server"] == server and r["cell"] == cell)
+    run.update(server_exit=-9, server_killed=True, error="server killed after SIGTERM")
+    return data
+
+
+def _row(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.startswith(f"| {name} |"))
+
+
+def test_a_server_killed_after_sigterm_is_marked_in_every_table() -> None:
+    data = results()
+    for server, cell in (("poll", "rr-1k-10"), ("poll", "idle-10k"), ("epoll x2", "workers-1k")):
+        _killed(data, server, cell)
+    res = query.Results(data)
+    assert res.faults("poll", "rr-1k-10") == {"killed after SIGTERM": 1}
+    summary = _row(tables.summary_table(res), "poll")
+    assert summary.startswith("| poll | 48,000 ✗ |") and summary.endswith("0.7 KiB ✗ |")
+    assert "48,000 ✗ | 20,000 ✗ |" in _row(tables.iomodel_table(res), "poll")
+    assert "✗" in _row(tables.workers_table(res), "epoll | 2")
+    cell = next(c for c in res.cells if c["name"] == "rr-1k-10")
+    assert "✗" in _row(tables.cell_table(res, cell), "poll")
+    # The clean rows stay clean, and Notes say what happened.
+    assert "✗" not in _row(tables.summary_table(res), "threads")
+    assert "round 1, poll, rr-1k-10: server killed after SIGTERM" in report.markdown(data, "")
+    assert (
+        "**poll did not stop cleanly at 10,000 connections**: it did not stop cleanly on SIGTERM "
+        "(killed after SIGTERM in 1 round)." in prose.iomodel_findings(res)
+    )
+    # A record from before "server_killed" existed says so by its exit status alone.
+    del data["runs"][next(i for i, r in enumerate(data["runs"]) if r.get("server_killed"))][
+        "server_killed"
+    ]
+    assert "killed after SIGTERM" in query.Results(data).faults("poll", "rr-1k-10")
+
+
+def test_rows_are_generator_bound_judged_against_the_ceiling() -> None:
+    res = query.Results(results())
+    # No worker saturated: epoll (50,000 of echod-bench's 55,000 ceiling) is bound by the
+    # ceiling alone; poll (48,000: 0.87) is not.
+    assert not res.saturated("epoll", "rr-1k-10")
+    assert res.share_of_ceiling("epoll", "rr-1k-10") == 50_000 / 55_000
+    assert res.generator_bound("epoll", "rr-1k-10")
+    assert not res.generator_bound("poll", "rr-1k-10")
+    # A cell with no ceiling falls back on saturation alone.
+    assert not res.generator_bound("epoll", "idle-10k")
+    assert res.ceiling_ratio("rr-1k-10") == 0.55
+    summary = tables.summary_table(res)
+    assert _row(summary, "epoll").startswith("| epoll | 50,000 † | 0.91 † |")
+    assert _row(summary, "poll").startswith("| poll | 48,000 | 0.87 |")
+    assert _row(summary, "generator ceiling").startswith(
+        "| generator ceiling | 55,000 of C client's 100,000 | 0.55 of C client |"
+    )
+    ceiling = _row(tables.ceiling_table(res), "generator ceiling, 1 KiB rr, 10 conns")
+    assert "| 55,000 (55,000..55,000) | 100,000 (100,000..100,000) | 0.55 |" in ceiling
+    assert prose.ceiling_findings(res) == [
+        "**generator ceiling, 1 KiB rr, 10 conns:** echod-bench drove the C reference at "
+        "55,000 req/s, the C client at 100,000 req/s: 0.55 of the ceiling. 1 of 4 echod "
+        "backends reached 90% of echod-bench's figure there (epoll): their req/s is the "
+        "generator's (†)."
+    ]
+
+
+def test_the_readme_carries_the_ceiling_line_and_section(tmp_path: Path) -> None:
+    readme_file = tmp_path / "README.md"
+    readme_file.write_text("# x\n\n## Dependencies\n")
+    blocks = report.readme_sections(results())
+    update_readme(blocks, readme_file)
+    text = readme_file.read_text()
+    assert "| generator ceiling | 55,000 of C client's 100,000 | 0.55 of C client |" in text
+    assert "### Generator ceiling" in text and "## Which IO model?" in text
+    # One assembly path: the README's tables are the report's, line for line.
+    full = report.markdown(results(), "docs/bench/")
+    for line in tables.iomodel_table(query.Results(results())):
+        assert line in full and line in text
+
+
+def _bars(fig: Any) -> dict[str, Any]:
+    return {bar.get_gid(): bar for ax in fig.axes for bar in ax.patches if bar.get_gid()}
+
+
+def _legend_texts(fig: Any) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_charts_mark_generator_bound_and_faulty_bars() -> None:
+    data = _killed(results(), "threads", "rr-1k-10")
+    drawn = charts.figures(data)
+    try:
+        bars = _bars(drawn["throughput"])
+        assert bars["epoll|rr-1k-10"].get_hatch() == charts.BOUND_HATCH  # bound by the ceiling
+        assert bars["poll|rr-1k-10"].get_hatch() is None
+        assert bars["poll|rr-1k-10"].get_alpha() is None
+        for faulty in ("select|idle-10k", "threads|rr-1k-10"):  # refused conns; killed
+            assert bars[faulty].get_hatch() == charts.FAULTY_HATCH
+            assert bars[faulty].get_alpha() == charts.FAULTY_ALPHA
+        legend = _legend_texts(drawn["throughput"])
+        assert any("generator-bound" in t for t in legend) and any("faulty" in t for t in legend)
+        # CPU per message is the server's own even when the generator is saturated.
+        cpu = _bars(drawn["cpu"])
+        assert cpu["epoll|rr-1k-10"].get_hatch() is None
+        assert cpu["select|idle-10k"].get_alpha() == charts.FAULTY_ALPHA
+        latency = _bars(drawn["latency"])
+        assert latency["epoll|p99"].get_hatch() == charts.BOUND_HATCH
+        assert latency["threads|p99"].get_alpha() == charts.FAULTY_ALPHA
+        iomodel = _bars(drawn["iomodel"])
+        assert iomodel["select|idle-10k"].get_alpha() == charts.FAULTY_ALPHA
+        assert any("faulty" in t for t in _legend_texts(drawn["iomodel"]))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+
+
+def test_charts_of_a_clean_run_carry_no_marks() -> None:
+    data = results()
+    for run in data["runs"]:
+        run["figures"] = {**run["figures"], "errors": {}}
+    data["runs"] = [r for r in data["runs"] if r["cell"] != "ceiling-1k-10"]
+    data["cells"] = [c for c in data["cells"] if c["name"] != "ceiling-1k-10"]
+    drawn = charts.figures(data)
+    try:
+        for fig in drawn.values():
+            assert all(b.get_hatch() is None for b in _bars(fig).values())
+            assert not any("faulty" in t or "bound" in t for t in _legend_texts(fig))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+
+
+def test_a_run_of_only_the_ceiling_cell_renders(tmp_path: Path) -> None:
+    """`python -m bench --cells ceiling-64` runs no cell the summary could rest on."""
+    data = results()
+    data["cells"] = [c for c in data["cells"] if c["name"] == "ceiling-1k-10"]
+    data["runs"] = [r for r in data["runs"] if r["cell"] == "ceiling-1k-10"]
+    data["servers"] = ["c-epoll"]
+    paths = report.write(data, tmp_path, "only")
+    text = (tmp_path / "only.md").read_text()
+    assert "## Generator ceiling" in text and "## Summary" not in text
+    assert "| 55,000 (55,000..55,000) | 100,000 (100,000..100,000) | 0.55 |" in text
+    assert paths == [tmp_path / "only.md"]

@@ -28,32 +28,52 @@ from tests.robust.harness import (
     Scale,
     Server,
     Target,
+    alive,
+    children,
     close_all,
     connect_many,
+    death,
     describe_latency,
     echo_latency,
     fresh_echo_latency,
+    idle_cpu,
     mib,
+    percentile,
     raise_nofile,
     round_trip,
 )
 from tests.support import ROOT, reset, wait_until
 
-# Bounds from the issue; a case that cannot meet one says so in the table, the bound stays.
+# Bounds from the issues (5 and 10); each says why it is that number. A case that cannot
+# meet one says so in the table; the bound stays. Each is shown to catch its fault by the
+# fault server (faults.py, test_robust.py).
+# CPU is read in clock ticks (10 ms): over the short scale's 1 s window 2% is two ticks.
 IDLE_CPU = 0.02
 EXHAUSTED_CPU = 0.10
 HOG_GROWTH = 16 * MiB
-ACCEPT_AGAIN = 1.0
-# A leak of 100 bytes a connection over 50,000 cycles is 4.8 MiB; pymalloc keeps some
-# freed arenas, so the bound is that rather than zero.
-CHURN_GROWTH = 4 * MiB
-# Not a speed claim: a client that waits this long for a 64-byte echo was starved.
-SANITY_LATENCY = 1.0
+# Issue 10 asks it of every backend. The threads back-off bug fixed in cdba79a measured
+# 0.56-1.26 s, which the 1.0 s bound this replaces let through when it was under 1 s.
+ACCEPT_AGAIN = 0.5
+# Churn memory: slack for what pymalloc keeps of freed arenas (measured at most 0.55 MiB
+# over 50,000 cycles, asyncio), plus 40 bytes a cycle, so the bound follows the count:
+# 3.9 MiB at 50,000 cycles catches a leak of 100 bytes a connection (4.8 MiB), 2.1 MiB at
+# the short scale's 3,000 cycles catches 1 KiB a connection.
+CHURN_SLACK = 2 * MiB
+CHURN_PER_CYCLE = 40
+# A client's round trip while others misbehave, at the 90th percentile: the worst
+# measured at full scale is single-digit milliseconds (poll at 5,000 idle: p99 7.5 ms),
+# so 50 ms leaves room for a noisy shared machine yet sits well below a slowed client
+# (the fault server's injected delays are 200-250 ms). p90, not the maximum: one
+# preempted sample on a busy machine is not a slowed client; a slowed client is slowed
+# on every round trip.
+LATENCY_P90 = 0.050
 HIGH_WATER = 64 * 1024
 # One read past the high-water mark (64 KiB on the reactor, 256 KiB on asyncio's
-# transports) per slow reader, plus slack for the interpreter's own growth.
+# transports) per slow reader, plus slack for the interpreter's own growth (uvloop, the
+# most, measured +8.1 MiB with 20 readers): 9.6 MiB for the short scale's 5 readers,
+# which a server buffering 8 MiB a reader (40 MiB) breaks.
 SLOW_GROWTH_EACH = HIGH_WATER + 256 * 1024
-SLOW_GROWTH_SLACK = 16 * MiB
+SLOW_GROWTH_SLACK = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -85,7 +105,9 @@ KNOWN_LIMITS: dict[tuple[str, str], str] = {
 
 # Failures of echod found by this suite and reported, not yet fixed: the table shows them
 # as failures with this note; pytest marks them xfail (not strict) until the fix lands.
-OPEN_BUGS: dict[tuple[str, str], str] = {}
+OPEN_BUGS: dict[tuple[str, str], str] = {
+    ("fd-exhaustion", "gevent"): "out of descriptors the gevent backend sleeps ACCEPT_BACKOFF (1 s), blind to freed descriptors: 0.82 s at the short scale, 0.52 s in the last full run; the 1.0 s bound hid it (issue 10: one out-of-descriptors mechanism)",
+}  # fmt: skip
 
 # What the suite caught before it was fixed (case, backend, measured, fix): the record
 # that each case can fail on echod itself, not only on the naive server.
@@ -96,23 +118,50 @@ FIXED_BUGS: tuple[tuple[str, str, str, str], ...] = (
 )  # fmt: skip
 
 
+# Each bound, and the fault of the fault server (fault_server.py) that must break it and
+# no other: test_robust.py runs them at the short scale, make robust reports them.
+CAUGHT_BY: tuple[tuple[str, str, str], ...] = (
+    ("c10k", "echoed", "cap-1000"),
+    ("idle-flood", "idle-cpu", "idle-sweep"),
+    ("idle-flood", "fresh-latency", "slow-fresh-client"),
+    ("hog", "memory", "buffer-24m"),
+    ("fd-exhaustion", "no-spin", "spin-on-emfile"),
+    ("fd-exhaustion", "accept-again", "accept-backoff-2s"),
+    ("resets", "no-leak", "leak-on-reset"),
+    ("resets", "no-traceback", "traceback-on-reset"),
+    ("churn", "no-leak", "leak-fd"),
+    ("churn", "memory", "leak-memory"),
+    ("slow-readers", "memory", "buffer-8m"),
+    ("slow-readers", "others-latency", "sleep-while-paused"),
+    ("interleavings", "bytes", "drop-unsent"),
+    ("worker-kill", "replaced", "no-replace"),
+    ("interleavings", "no-traceback", "traceback-on-reset"),
+    ("graceful-stop", "every-byte", "close-on-sigterm"),
+    ("graceful-stop", "exit-0", "exit-1-after-drain"),
+)
+
+
 def run(entry: Case, target: Target, scale: Scale) -> Outcome:
     """Run one case; a crash of the case itself is a failure with its reason, not a traceback."""
     try:
         return entry.run(target, scale)
     except Abort as exc:
-        return Outcome(failures=[str(exc)])
+        return Outcome(failures=[str(exc)], broken=[ABORTED])
     except Exception as exc:  # a case must report, never take the run down
         lines = str(exc).strip().splitlines() or [""]
         told = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
-        return Outcome(failures=[f"{type(exc).__name__}: {told}"])
+        return Outcome(failures=[f"{type(exc).__name__}: {told}"], broken=[ABORTED])
+
+
+# The case could not go on (the server died, the case crashed): no bound was judged.
+ABORTED = "aborted"
 
 
 def held_all(server: Server, expected: int, timeout: float = 15.0) -> int:
     """Wait until the server holds ``expected`` descriptors, or their count stops moving."""
     last, still_since = -1, time.monotonic()
     deadline = still_since + timeout
-    while time.monotonic() < deadline and server.alive():
+    while time.monotonic() < deadline and alive(server):
         count = server.open_fds()
         if count >= expected:
             return count
@@ -121,12 +170,12 @@ def held_all(server: Server, expected: int, timeout: float = 15.0) -> int:
         elif time.monotonic() - still_since > 1.0:
             break
         time.sleep(0.05)
-    return server.open_fds() if server.alive() else last
+    return server.open_fds() if alive(server) else last
 
 
 def _check_alive(server: Server) -> None:
-    if not server.alive():
-        raise Abort(server.death())
+    if not alive(server):
+        raise Abort(death(server))
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,7 +196,9 @@ def concurrent_connections(target: Target, scale: Scale) -> Outcome:
         _check_alive(server)
     out.figure(f"{echoed}/{len(socks)} echoed")
     out.figure(f"RSS {growth / len(socks) / 1024:.1f} KiB/connection (+{mib(growth)})")
-    out.require(echoed == len(socks), f"{len(socks) - echoed} connections got no correct echo")
+    out.require(
+        "echoed", echoed == len(socks), f"{len(socks) - echoed} connections got no correct echo"
+    )
     return out
 
 
@@ -170,18 +221,18 @@ def echo_each(socks: Sequence[socket.socket], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while selector.get_map() and time.monotonic() < deadline:
         for key, _ in selector.select(0.5):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             try:
-                data = sock.recv(64)
+                data = ready.recv(64)
             except BlockingIOError:
                 continue
             except OSError:
                 data = b""
-            received[sock] += data
-            if not data or len(received[sock]) >= len(expected[sock]):
-                selector.unregister(sock)
-                correct += received[sock] == expected[sock]
+            received[ready] += data
+            if not data or len(received[ready]) >= len(expected[ready]):
+                selector.unregister(ready)
+                correct += received[ready] == expected[ready]
     selector.close()
     return correct
 
@@ -189,7 +240,7 @@ def echo_each(socks: Sequence[socket.socket], timeout: float) -> int:
 # ---------------------------------------------------------------------------------------
 @case(
     "idle-flood",
-    "5,000 connections that never send cost < 2% CPU; a fresh client is still echoed quickly",
+    "5,000 connections that never send cost < 2% CPU; fresh clients are echoed within 50 ms (p90)",
 )
 def idle_flood(target: Target, scale: Scale) -> Outcome:
     out = Outcome()
@@ -202,11 +253,15 @@ def idle_flood(target: Target, scale: Scale) -> Outcome:
             held = held_all(server, baseline + scale.idle) - baseline
             _check_alive(server)
             time.sleep(scale.settle)
-            busy = server.idle_cpu(scale.window)
+            busy = idle_cpu(server, scale.window)
             try:
                 flooded = fresh_echo_latency(server, scale.samples)
             except (OSError, Abort, AssertionError) as exc:
-                out.require(False, f"a fresh client was not served: {type(exc).__name__}: {exc}")
+                out.require(
+                    "fresh-latency",
+                    False,
+                    f"a fresh client was not served: {type(exc).__name__}: {exc}",
+                )
                 flooded = [float("inf")]
         finally:
             close_all(idle)
@@ -214,10 +269,19 @@ def idle_flood(target: Target, scale: Scale) -> Outcome:
     out.figure(f"CPU {busy:.1%} over {scale.window:g} s with {held} of {scale.idle} idle held")
     during = describe_latency(flooded) if flooded[-1] != float("inf") else "not served"
     out.figure(f"fresh echo {during} (no flood: {describe_latency(calm)})")
-    out.require(held >= scale.idle, f"the server held only {held} of {scale.idle} idle connections")
-    out.require(busy < IDLE_CPU, f"idle connections cost {busy:.1%} CPU (bound {IDLE_CPU:.0%})")
+    out.require(
+        "held", held >= scale.idle, f"the server held only {held} of {scale.idle} idle connections"
+    )
+    out.require(
+        "idle-cpu", busy < IDLE_CPU, f"idle connections cost {busy:.1%} CPU (bound {IDLE_CPU:.0%})"
+    )
     if flooded[-1] != float("inf"):
-        out.require(max(flooded) < SANITY_LATENCY, f"a fresh client waited {max(flooded):.2f} s")
+        slow = percentile(flooded, 0.9)
+        out.require(
+            "fresh-latency",
+            slow < LATENCY_P90,
+            f"fresh clients' p90 {slow * 1e3:.0f} ms (bound {LATENCY_P90 * 1e3:.0f} ms)",
+        )
     return out
 
 
@@ -244,10 +308,16 @@ def hog(target: Target, scale: Scale) -> Outcome:
     growth = peak - before
     out.figure(f"pushed {mib(pushed)} of {mib(scale.hog_bytes)} before blocked")
     out.figure(f"RSS +{mib(growth)}; {served_during} polite echoes meanwhile")
-    out.require(pushed < scale.hog_bytes, "the server read everything: no back-pressure")
-    out.require(growth < HOG_GROWTH, f"RSS grew {mib(growth)} (bound {mib(HOG_GROWTH)})")
-    out.require(served_during > 0 and not polite.failures, f"polite client: {polite.failures}")
-    out.require(served_after, "a client after the hog got a different echo")
+    out.require(
+        "back-pressure", pushed < scale.hog_bytes, "the server read everything: no back-pressure"
+    )
+    out.require("memory", growth < HOG_GROWTH, f"RSS grew {mib(growth)} (bound {mib(HOG_GROWTH)})")
+    out.require(
+        "others-served",
+        served_during > 0 and not polite.failures,
+        f"polite client: {polite.failures}",
+    )
+    out.require("after", served_after, "a client after the hog got a different echo")
     return out
 
 
@@ -335,7 +405,7 @@ def push(
 # ---------------------------------------------------------------------------------------
 @case(
     "fd-exhaustion",
-    "under prlimit --nofile=256: no accept spin (< 10% CPU), open connections echo, accepts again < 1 s after clients leave",
+    "under prlimit --nofile=256: no accept spin (< 10% CPU), open connections echo, accepts again < 0.5 s after clients leave",
 )
 def fd_exhaustion(target: Target, scale: Scale) -> Outcome:
     out = Outcome()
@@ -353,13 +423,12 @@ def fd_exhaustion(target: Target, scale: Scale) -> Outcome:
                     flood.append(socket.create_connection((server.host, server.port), 2))
             time.sleep(scale.settle)
             full = server.open_fds()
-            busy = server.idle_cpu(scale.window)
+            busy = idle_cpu(server, scale.window)
             held_ok = sum(1 for sock in held if _echoes(sock, b"during"))
             close_all(flood)
             left = time.monotonic()
-            again = wait_until(
-                lambda: _fresh_client_served(server), timeout=2 * ACCEPT_AGAIN, interval=0.02
-            )
+            # Waits past the bound, so a slow recovery is measured, not only refused.
+            again = wait_until(lambda: _fresh_client_served(server), timeout=5, interval=0.02)
             recovery = time.monotonic() - left
         finally:
             close_all(flood)
@@ -370,14 +439,22 @@ def fd_exhaustion(target: Target, scale: Scale) -> Outcome:
     out.figure(
         f"accepts again {recovery * 1e3:.1f} ms after they left"
         if again
-        else f"not accepting {2 * ACCEPT_AGAIN:g} s after they left"
+        else "not accepting 5 s after they left"
     )
     out.require(
-        full >= limit - 16, f"never ran out of descriptors ({full}/{limit}): nothing tested"
+        "exhausted",
+        full >= limit - 16,
+        f"never ran out of descriptors ({full}/{limit}): nothing tested",
     )
-    out.require(busy < EXHAUSTED_CPU, f"spun at {busy:.0%} CPU out of descriptors")
-    out.require(held_ok == len(held), f"{len(held) - held_ok} open connections stopped echoing")
-    out.require(again and recovery < ACCEPT_AGAIN, f"accepted again only after {recovery:.1f} s")
+    out.require("no-spin", busy < EXHAUSTED_CPU, f"spun at {busy:.0%} CPU out of descriptors")
+    out.require(
+        "open-echo", held_ok == len(held), f"{len(held) - held_ok} open connections stopped echoing"
+    )
+    out.require(
+        "accept-again",
+        again and recovery < ACCEPT_AGAIN,
+        f"accepted again only after {recovery:.2f} s (bound {ACCEPT_AGAIN:g} s)",
+    )
     return out
 
 
@@ -421,10 +498,10 @@ def resets(target: Target, scale: Scale) -> Outcome:
             still_serving = round_trip(sock, b"still here")
         traceback = "Traceback" in server.log
     out.figure(f"fds {baseline} → {peak} → {after}")
-    out.require(held, f"the server never held all {len(socks)} connections")
-    out.require(settled, f"{after - baseline} descriptors leaked")
-    out.require(not traceback, "traceback in the log")
-    out.require(still_serving, "a fresh client got a different echo")
+    out.require("held", held, f"the server never held all {len(socks)} connections")
+    out.require("no-leak", settled, f"{after - baseline} descriptors leaked")
+    out.require("no-traceback", not traceback, "traceback in the log")
+    out.require("serving", still_serving, "a fresh client got a different echo")
     return out
 
 
@@ -441,12 +518,12 @@ def churn(target: Target, scale: Scale) -> Outcome:
         elapsed = time.monotonic() - start
         _check_alive(server)
         fds, rss = server.settled_fds(), server.rss()
-    growth = rss - baseline_rss
+    growth, bound = rss - baseline_rss, CHURN_SLACK + CHURN_PER_CYCLE * scale.cycles
     out.figure(f"{scale.cycles} cycles, {failed} failed ({scale.cycles / elapsed:,.0f}/s)")
     out.figure(f"fds {baseline_fds} → {fds}; RSS {growth / 1024:+,.0f} KiB")
-    out.require(failed == 0, f"{failed} cycles did not get their echo")
-    out.require(fds == baseline_fds, f"{fds - baseline_fds} descriptors leaked")
-    out.require(growth < CHURN_GROWTH, f"RSS grew {mib(growth)} (bound {mib(CHURN_GROWTH)})")
+    out.require("echoed", failed == 0, f"{failed} cycles did not get their echo")
+    out.require("no-leak", fds == baseline_fds, f"{fds - baseline_fds} descriptors leaked")
+    out.require("memory", growth < bound, f"RSS grew {mib(growth)} (bound {mib(bound)})")
     return out
 
 
@@ -499,7 +576,7 @@ def cycle(address: tuple[str, int], cycles: int, concurrency: int = 32) -> int:
 # ---------------------------------------------------------------------------------------
 @case(
     "slow-readers",
-    "clients reading 1 byte/s are held at the high-water mark (RSS bound) and do not slow others",
+    "clients reading 1 byte/s are held at the high-water mark (RSS bound) and do not slow others (p90 < 50 ms)",
 )
 def slow_readers(target: Target, scale: Scale) -> Outcome:
     out = Outcome()
@@ -526,10 +603,17 @@ def slow_readers(target: Target, scale: Scale) -> Outcome:
     growth, bound = peak - before, count * SLOW_GROWTH_EACH + SLOW_GROWTH_SLACK
     out.figure(f"{count} slow readers held after {mib(max(pushed))} each; RSS +{mib(growth)}")
     out.figure(f"others {describe_latency(busy)} (without: {describe_latency(calm)})")
-    out.require(max(pushed) < cap, "a slow reader pushed everything: the server never paused it")
-    out.require(growth < bound, f"RSS grew {mib(growth)} (bound {mib(bound)})")
-    out.require(not reader.failures, f"slow readers: {reader.failures[:3]}")
-    out.require(max(busy) < SANITY_LATENCY, f"another client waited {max(busy):.2f} s")
+    slowed = percentile(busy, 0.9)
+    out.require(
+        "paused", max(pushed) < cap, "a slow reader pushed everything: the server never paused it"
+    )
+    out.require("memory", growth < bound, f"RSS grew {mib(growth)} (bound {mib(bound)})")
+    out.require("bytes", not reader.failures, f"slow readers: {reader.failures[:3]}")
+    out.require(
+        "others-latency",
+        slowed < LATENCY_P90,
+        f"others' p90 {slowed * 1e3:.0f} ms (bound {LATENCY_P90 * 1e3:.0f} ms)",
+    )
     return out
 
 
@@ -584,8 +668,8 @@ def interleavings(target: Target, scale: Scale) -> Outcome:
     out.figure(
         f"{report.schedules} schedules, {report.connections} connections, {mib(report.bytes)} echoed"
     )
-    out.require(not report.failure, report.failure)
-    out.require(not traceback, "traceback in the log")
+    out.require("bytes", not report.failure, report.failure)
+    out.require("no-traceback", not traceback, "traceback in the log")
     return out
 
 
@@ -598,6 +682,7 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
     out = Outcome()
     if (
         not target.naive
+        and target.fault is None
         and "--workers"
         not in subprocess.run(
             [sys.executable, "-m", "echod", "--help"], capture_output=True, text=True, cwd=ROOT
@@ -607,7 +692,7 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
         return out
     with target.start("--workers", "2") as server:
         server.wait_for(r"ready: 2 workers")
-        workers = server.children()
+        workers = children(server)
         socks = connect_many(server, 40)
         for sock in socks:
             round_trip(sock, b"accepted")  # served, so a worker holds its socket now
@@ -623,7 +708,7 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
         killed_at = [t.count for t in talkers]
 
         def replaced_by_a_new_worker() -> bool:
-            now = server.children()
+            now = children(server)
             return len(now) == 2 and victim not in now and bool(set(now) - set(workers))
 
         replaced = wait_until(replaced_by_a_new_worker, timeout=10 * scale.settle)
@@ -640,11 +725,21 @@ def worker_kill(target: Target, scale: Scale) -> Outcome:
     )
     out.figure(f"{len(victims)}/{len(socks)} on the killed worker; {len(lost)} lost")
     out.figure(f"replaced: {'yes' if replaced else 'no'}; {fresh}/20 fresh clients served after")
-    out.require(replaced, "the supervisor did not replace the killed worker")
-    out.require(lost <= victims, f"{len(lost - victims)} connections on the other worker failed")
-    out.require(survivors_progressed, "connections on the other worker stopped echoing")
-    out.require(lost == victims, f"{len(victims - lost)} connections outlived their killed worker?")
-    out.require(fresh == 20, f"only {fresh}/20 fresh clients served after the restart")
+    out.require("replaced", replaced, "the supervisor did not replace the killed worker")
+    out.require(
+        "others-intact",
+        lost <= victims,
+        f"{len(lost - victims)} connections on the other worker failed",
+    )
+    out.require(
+        "others-progress", survivors_progressed, "connections on the other worker stopped echoing"
+    )
+    out.require(
+        "victims-lost",
+        lost == victims,
+        f"{len(victims - lost)} connections outlived their killed worker?",
+    )
+    out.require("fresh", fresh == 20, f"only {fresh}/20 fresh clients served after the restart")
     return out
 
 
@@ -733,10 +828,14 @@ def graceful_stop(target: Target, scale: Scale) -> Outcome:
             f"{mib(lost)} lost on {len(short)} ({len(paused_short)} of them paused; "
             f"{transfer.resets} reset by the server)"
         )
-    out.require(not transfer.mismatches, f"{transfer.mismatches} connections got wrong bytes")
-    out.require(not short, f"{len(short)} connections lost bytes sent before the signal")
-    out.require(status == 0, f"exit status {status}")
-    out.require(not traceback, "traceback in the log")
+    out.require(
+        "bytes", not transfer.mismatches, f"{transfer.mismatches} connections got wrong bytes"
+    )
+    out.require(
+        "every-byte", not short, f"{len(short)} connections lost bytes sent before the signal"
+    )
+    out.require("exit-0", status == 0, f"exit status {status}")
+    out.require("no-traceback", not traceback, "traceback in the log")
     return out
 
 

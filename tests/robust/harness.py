@@ -12,7 +12,6 @@ import os
 import resource
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from tests.support import LISTENING, ROOT, SYSTEMD_VARS, Echod, recv_exactly
 
 NAIVE = "naive"
+FAULT = "fault:"
 MiB = 1 << 20
 
 
@@ -66,8 +66,9 @@ SHORT = Scale(
 )
 
 
-class Server(Echod):
-    """Any echo server command, run and watched as :class:`tests.support.Echod` runs echod."""
+class SuiteServer(Echod):
+    """The naive or a faulty server, started and watched as :class:`tests.support.Echod`
+    runs echod (its own ``__init__`` only because the command is not ``-m echod``)."""
 
     def __init__(self, argv: Sequence[str], wrapper: Sequence[str] = ()) -> None:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(SYSTEMD_VARS)}
@@ -87,49 +88,65 @@ class Server(Echod):
         match = self.wait_for(LISTENING)
         self.host, self.port = match.group(1).strip("[]"), int(match.group(2))
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
-    def death(self) -> str:
-        """Why the server is gone: its exit status and the last line it logged."""
-        lines = self.log.strip().splitlines()
-        return f"server died (exit {self.proc.returncode}): {lines[-1] if lines else 'no log'}"
+Server = Echod  # what a case drives: echod itself, or a SuiteServer
 
-    def children(self) -> list[int]:
-        """Direct children (the supervisor's workers), from /proc."""
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+
+def alive(server: Server) -> bool:
+    return server.proc.poll() is None
+
+
+def death(server: Server) -> str:
+    """Why the server is gone: its exit status and the last line it logged."""
+    lines = server.log.strip().splitlines()
+    return f"server died (exit {server.proc.returncode}): {lines[-1] if lines else 'no log'}"
+
+
+def children(server: Server) -> list[int]:
+    """Direct children (the supervisor's workers), from /proc."""
+    path = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    try:
+        return [int(pid) for pid in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def idle_cpu(server: Server, window: float) -> float:
+    """Fraction of one CPU the server used over ``window`` seconds."""
+    before = server.cpu_seconds()
+    time.sleep(window)
+    return (server.cpu_seconds() - before) / window
+
+
+def end(server: Server) -> None:
+    """SIGTERM (SIGKILL if it hangs), and the same for any worker left behind.
+
+    Not ``Echod.stop``: a case has already judged the exit, and a faulty server may hang.
+    """
+    workers = children(server)
+    if alive(server):
+        server.proc.send_signal(signal.SIGTERM)
         try:
-            return [int(pid) for pid in path.read_text().split()]
-        except OSError:
-            return []
-
-    def idle_cpu(self, window: float) -> float:
-        """Fraction of one CPU the server used over ``window`` seconds."""
-        before = self.cpu_seconds()
-        time.sleep(window)
-        return (self.cpu_seconds() - before) / window
-
-    def end(self) -> None:
-        """SIGTERM (SIGKILL if it hangs), and the same for any worker left behind."""
-        workers = self.children()
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self._reader.join(5)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server._reader.join(5)
+    for stream in (server.proc.stdout, server.proc.stderr):
+        if stream:
+            stream.close()
 
 
 @dataclass(frozen=True)
 class Target:
-    """An echod backend, or the naive server (which ignores echod's flags)."""
+    """An echod backend, the naive server, or the fault server with one fault.
+
+    Names: a backend (``epoll``), ``naive``, or ``fault:NAME`` (``fault:none`` is the
+    fault server with no fault).
+    """
 
     name: str
 
@@ -137,18 +154,24 @@ class Target:
     def naive(self) -> bool:
         return self.name == NAIVE
 
-    def argv(self, *args: str) -> list[str]:
-        if self.naive:
-            return ["-m", "tests.robust.naive_server", "--port", "0", *args]
-        return ["-m", "echod", "--backend", self.name, "--port", "0", *args]
+    @property
+    def fault(self) -> str | None:
+        return self.name.removeprefix(FAULT) if self.name.startswith(FAULT) else None
 
     @contextlib.contextmanager
     def start(self, *args: str, wrapper: Sequence[str] = ()) -> Iterator[Server]:
-        server = Server(self.argv(*args), wrapper=wrapper)
+        server: Server
+        if self.naive:
+            server = SuiteServer(["-m", "tests.robust.naive_server", "--port", "0", *args], wrapper)
+        elif self.fault is not None:
+            argv = ["-m", "tests.robust.fault_server", "--port", "0", "--fault", self.fault]
+            server = SuiteServer([*argv, *args], wrapper)
+        else:
+            server = Echod("--backend", self.name, "--port", "0", *args, wrapper=wrapper)
         try:
             yield server
         finally:
-            server.end()
+            end(server)
 
 
 @dataclass
@@ -157,14 +180,17 @@ class Outcome:
 
     figures: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # the names of the checks that failed
     skipped: str = ""
 
     def figure(self, text: str) -> None:
         self.figures.append(text)
 
-    def require(self, condition: object, failure: str) -> bool:
+    def require(self, check: str, condition: object, failure: str) -> bool:
+        """``check`` names the bound, so a test can tell which one a fault broke."""
         if not condition:
             self.failures.append(failure)
+            self.broken.append(check)
         return bool(condition)
 
     @property
@@ -198,8 +224,8 @@ def connect_many(server: Server, count: int, rcvbuf: int = 0) -> list[socket.soc
             sock.connect((server.host, server.port))
     except OSError as exc:
         close_all(socks)
-        if not server.alive():
-            raise Abort(server.death()) from exc
+        if not alive(server):
+            raise Abort(death(server)) from exc
         raise Abort(f"connect {len(socks)} of {count} failed: {exc}") from exc
     return socks
 
@@ -242,10 +268,14 @@ def echo_latency(sock: socket.socket, duration: float, minimum: int) -> list[flo
     return latencies
 
 
-def describe_latency(latencies: Sequence[float]) -> str:
+def percentile(latencies: Sequence[float], fraction: float) -> float:
     ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def describe_latency(latencies: Sequence[float]) -> str:
+    p50, p90, p99 = (percentile(latencies, q) * 1e3 for q in (0.5, 0.9, 0.99))
+    return f"p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms"
 
 
 def mib(size: float) -> str:

@@ -1,8 +1,9 @@
-"""The robustness cases at a short scale: the backends meet them, the naive server fails them.
+"""The robustness cases at a short scale: the backends meet them, and each bound is broken
+by the one fault it claims to catch.
 
 The full counts (10,000 connections, 1 GiB, 50,000 cycles) on every backend run in
-``make robust``. To keep this form near a minute, every case runs on one backend of each
-IO model — ``epoll`` stands for the reactor family, whose ``poll``, ``select`` and
+``make robust``. To keep this form near a few minutes, every case runs on one backend of
+each IO model — ``epoll`` stands for the reactor family, whose ``poll``, ``select`` and
 ``selectors`` rows differ only by the selector class — and the interleavings, the case
 most likely to catch a backend-specific slip, run on every backend.
 """
@@ -12,8 +13,9 @@ from __future__ import annotations
 import pytest
 
 from echod import backends
-from tests.robust.cases import CASES, KNOWN_LIMITS, OPEN_BUGS, Case, run
-from tests.robust.harness import NAIVE, SHORT, Target
+from tests.robust.cases import CASES, CAUGHT_BY, KNOWN_LIMITS, OPEN_BUGS, Case, run
+from tests.robust.fault_server import FAULTS
+from tests.robust.harness import FAULT, SHORT, Target
 
 pytestmark = [pytest.mark.robust, pytest.mark.slow]
 
@@ -24,6 +26,7 @@ PAIRS = [
     for entry in CASES
     for name in (backends.available() if entry.name == "interleavings" else ONE_PER_MODEL)
 ]
+BY_NAME = {entry.name: entry for entry in CASES}
 
 
 @pytest.mark.parametrize(
@@ -39,10 +42,20 @@ def test_backend_meets_the_case(entry: Case, backend: str) -> None:
     assert outcome.passed, f"{'; '.join(outcome.failures)} ({'; '.join(outcome.figures)})"
 
 
-@pytest.mark.parametrize("entry", CASES, ids=lambda entry: entry.name)
-def test_the_naive_server_fails_the_case(entry: Case) -> None:
-    """A case the naive server passes could pass with the feature broken."""
-    outcome = run(entry, Target(NAIVE), SHORT)
-    if outcome.skipped:
-        pytest.skip(outcome.skipped)
-    assert outcome.failures, f"the naive server passed: {'; '.join(outcome.figures)}"
+@pytest.mark.parametrize(
+    ("case_name", "check", "fault"), CAUGHT_BY, ids=[f"{c}-{k}-{f}" for c, k, f in CAUGHT_BY]
+)
+def test_the_fault_breaks_its_bound(case_name: str, check: str, fault: str) -> None:
+    """The case's own bound fails on a server with that fault alone — not a crash of the
+    server or the case, not another bound — or the bound could pass with the feature
+    broken."""
+    assert fault in FAULTS
+    outcome = run(BY_NAME[case_name], Target(FAULT + fault), SHORT)
+    assert outcome.broken == [check], (
+        f"{fault}: expected {check!r} alone to fail, broke {outcome.broken}: "
+        f"{'; '.join(outcome.failures)} ({'; '.join(outcome.figures)})"
+    )
+
+
+def test_every_case_has_a_fault() -> None:
+    assert {case for case, _, _ in CAUGHT_BY} == set(BY_NAME)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from echod.service.activation import ActivationError, inherited_sockets
+from echod.net.activation import ActivationError, inherited_sockets
+from echod.net.listeners import ListenerError
+from tests.support import require_tool
 
 # Runs in a fresh interpreter so that fds 3, 4, ... are free. Moves the fds
 # it was given to 3, 4, ..., sets LISTEN_PID to itself as a service manager
@@ -22,7 +23,7 @@ from echod.service.activation import ActivationError, inherited_sockets
 CHILD = textwrap.dedent(
     """
     import fcntl, json, os, socket, sys
-    from echod.service.activation import ActivationError, inherited_sockets
+    from echod.net.activation import ActivationError, inherited_sockets
 
     given = [int(fd) for fd in sys.argv[1:]]
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in given]
@@ -117,9 +118,7 @@ def test_names_default_to_unknown_without_listen_fdnames() -> None:
 
 
 def test_with_systemd_socket_activate(tmp_path: Path) -> None:
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate not installed: apt-get install systemd")
+    tool = require_tool("systemd-socket-activate")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -128,7 +127,7 @@ def test_with_systemd_socket_activate(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import json, os
-        from echod.service.activation import inherited_sockets
+        from echod.net.activation import inherited_sockets
         found = inherited_sockets()
         json.dump({{
             "sockets": [[s.name, s.sock.family.name, s.sock.getsockname()] for s in found],
@@ -207,7 +206,7 @@ def test_malformed_variables_raise_one_clear_error(environ: dict[str, str], mess
     with pytest.raises(ActivationError) as excinfo:
         inherited_sockets(environ)
     assert str(excinfo.value) == message
-    assert isinstance(excinfo.value, ValueError)
+    assert isinstance(excinfo.value, ListenerError)  # the CLI: one line, exit 1
     assert environ == {}
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from echod.logs import RateLimitedLog, configure_logging
+from tests.support import echod, exchange
 
 PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING echod\.test: disk full$")
 
@@ -183,3 +186,111 @@ def test_rate_limited_log_keys_are_independent(caplog: pytest.LogCaptureFixture)
         "EMFILE",
         "fd 1024 is beyond select()'s limit",
     ]
+
+
+# --- --log-format json ----------------------------------------------------------------
+
+JSON_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def json_lines(text: str, prefix: str = "") -> list[dict[str, object]]:
+    """Every line parsed; a line that is not one JSON object fails the test."""
+    events = []
+    for line in text.splitlines():
+        assert line.startswith(prefix), line
+        event = json.loads(line[len(prefix) :])
+        assert isinstance(event, dict), line
+        events.append(event)
+    return events
+
+
+def test_json_is_one_object_per_record_with_structured_fields(tmp_path: Path) -> None:
+    path = tmp_path / "stderr"
+    with open(path, "w") as stream:
+        assert not configure_logging("info", {}, stream=stream, log_format="json")
+        log = logging.getLogger("echod.test")
+        log.info("listening on %s", "[::]:7")
+        log.warning(
+            'odd "peer"\nsecond line', extra={"peer": ("::1", 4000), "worker": 2, "path": tmp_path}
+        )
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("worker crashed")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3  # the newline in the message and the traceback stay inside
+    first, second, third = json_lines(path.read_text())
+    assert first["message"] == "listening on [::]:7"
+    assert (first["level"], first["logger"], first["pid"]) == ("info", "echod.test", os.getpid())
+    assert JSON_TIME.match(str(first["time"])), first
+    assert second["message"] == 'odd "peer"\nsecond line'
+    assert (second["level"], second["peer"], second["worker"]) == ("warning", ["::1", 4000], 2)
+    assert second["path"] == str(tmp_path)  # not JSON by itself: logged as text
+    assert third["level"] == "error"
+    assert "RuntimeError: boom" in str(third["exception"])
+
+
+def test_json_in_the_journal_keeps_the_priority_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "stderr"
+    path.touch()
+    with open(path, "w") as stream:
+        environ = {"JOURNAL_STREAM": journal_stream_of(path)}
+        assert configure_logging("info", environ, stream=stream, log_format="json")
+        logging.getLogger("echod.test").warning("disk %s", "full")
+    text = path.read_text()
+    assert text.startswith("<4>{")
+    (event,) = json_lines(text, prefix="<4>")
+    assert event["message"] == "disk full"
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown log format 'xml'"):
+        configure_logging("info", {}, log_format="xml")
+
+
+def test_text_stays_the_default(tmp_path: Path) -> None:
+    _, text = log_to(tmp_path / "stderr", {})
+    assert not text.startswith("{")
+    assert PLAIN_LINE.match(text.splitlines()[1])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_real_echod_logs_json_lines_only(workers: str) -> None:
+    """The real server, start to stop: every stderr line parses, workers are fields."""
+    with echod("--port", "0", "--workers", workers, "--log-format", "json") as server:
+        if workers != "1":
+            server.wait_for("ready: 2 workers serving")
+        for _ in range(5):
+            with server.connect() as sock:
+                assert exchange(sock, b"hello") == b"hello"
+        server.signal(signal.SIGUSR1)
+        server.wait_for(r"stats \(all workers\)" if workers != "1" else "stats: ")
+    events = json_lines(server.log)
+    assert {"info"} <= {str(e["level"]) for e in events}
+    assert all(JSON_TIME.match(str(e["time"])) for e in events)
+    stats = [e for e in events if str(e["message"]).startswith(("stats:", "worker"))]
+    counts = [e["counts"] for e in stats if "counts" in e and "stats: " in str(e["message"])]
+    assert sum(c["connections_total"] for c in counts) == 5  # type: ignore[index]
+    assert sum(c["bytes_in"] for c in counts) == 25  # type: ignore[index]
+    if workers != "1":
+        assert {e["worker"] for e in events if "worker" in e} == {1, 2}
+
+
+def test_a_bad_log_format_is_one_line_and_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "echod", "--log-format", "xml"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--log-format" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "echod"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ECHOD_LOG_FORMAT": "xml"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == "echod: error: ECHOD_LOG_FORMAT='xml': choose from text, json\n"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import missing, require_module, require_tool
+
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNITS = ["echod.socket", "echod.service", "echod-standalone.service"]
 EXEC_START = "/opt/echod/venv/bin/echod"
@@ -20,10 +22,7 @@ DISTRO_UNIT_DIRS = [Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")
 
 
 def systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze not installed: apt-get install systemd")
-    return tool
+    return require_tool("systemd-analyze")
 
 
 def stage_root(root: Path) -> Path:
@@ -35,7 +34,7 @@ def stage_root(root: Path) -> Path:
     """
     distro = next((d for d in DISTRO_UNIT_DIRS if (d / "sysinit.target").exists()), None)
     if distro is None:
-        pytest.skip("no distribution unit directory with sysinit.target to verify against")
+        missing("no distribution unit directory with sysinit.target to verify against")
     shutil.copytree(distro, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
     return root / "etc/systemd/system"
 
@@ -88,7 +87,7 @@ def exposure(unit: str) -> float:
         timeout=60,
     )
     if result.returncode != 0 and "offline" in result.stderr:
-        pytest.skip(f"systemd-analyze security --offline unsupported: {result.stderr.strip()}")
+        missing(f"systemd-analyze security --offline unsupported: {result.stderr.strip()}")
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     return float(match.group(1))
@@ -169,12 +168,10 @@ MDWE_PROBES = {
 
 @pytest.mark.parametrize("probe", MDWE_PROBES)
 def test_memory_deny_write_execute_suits_the_event_loops(probe: str) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace not installed: apt-get install strace")
+    strace = require_tool("strace")
     module = probe.split("-")[0]
     if module != "ctypes":
-        pytest.importorskip(module)
+        require_module(module)
     result = subprocess.run(
         [
             strace,
@@ -191,7 +188,7 @@ def test_memory_deny_write_execute_suits_the_event_loops(probe: str) -> None:
         timeout=60,
     )
     if result.returncode != 0 and "ptrace" in result.stderr:
-        pytest.skip(f"strace cannot trace here: {result.stderr.strip()[:200]}")
+        missing(f"strace cannot trace here: {result.stderr.strip()[:200]}")
     assert result.returncode == 0, result.stderr[-2000:]
     refused = [
         line

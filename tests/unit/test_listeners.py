@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
 
+from echod.net.listener_set import open_listeners
 from echod.net.listeners import (
     Address,
     ListenerError,
@@ -101,3 +104,53 @@ def test_unix_listener_will_not_replace_a_regular_file(tmp_path: Path) -> None:
     with pytest.raises(ListenerError, match="not a socket"):
         bind(parse_address(f"unix:{path}"), backlog=8)
     assert path.read_text() == "data"
+
+
+def test_per_worker_addresses_are_reserved_not_listened_on(tmp_path: Path) -> None:
+    unix = tmp_path / "echod.sock"
+    listeners = open_listeners(["127.0.0.1:0", f"unix:{unix}"], 16, per_worker=True)
+    try:
+        # TCP goes per worker (port 0 resolved once, for every worker); Unix is shared.
+        (address,) = listeners.per_worker
+        assert address.host == "127.0.0.1" and address.port != 0
+        assert [describe(sock) for sock in listeners.shared] == [f"unix:{unix}"]
+        # The reservation holds the port against other programs, yet queues no client.
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", address.port))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", address.port), timeout=2).close()
+        # What a worker binds is a listener on that very port.
+        sockets = listeners.bind_own(16)
+        try:
+            assert describe(sockets[-1]) == f"127.0.0.1:{address.port}"
+            socket.create_connection(("127.0.0.1", address.port), timeout=2).close()
+        finally:
+            close_all(sockets[len(listeners.shared) :])
+    finally:
+        listeners.close()
+    assert not unix.exists(), "the Unix socket file outlived its listener"
+
+
+def test_without_workers_every_address_is_bound_and_shared() -> None:
+    listeners = open_listeners(["127.0.0.1:0"], 16, per_worker=False)
+    try:
+        assert listeners.per_worker == [] and listeners.reservations == []
+        (sock,) = listeners.shared
+        socket.create_connection(sock.getsockname(), timeout=2).close()
+    finally:
+        listeners.close()
+
+
+def test_a_failing_address_closes_the_ones_opened_before_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A socket dropped without close() is closed by the garbage collector with a
+        # ResourceWarning: that warning is the leak.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises(ListenerError, match="address already in use"):
+                open_listeners(["127.0.0.1:0", f"127.0.0.1:{port}"], 16, per_worker=False)
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

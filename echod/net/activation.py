@@ -18,13 +18,13 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from echod.service import ServiceError
+from echod.net.listeners import ListenerError
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-class ActivationError(ServiceError):
+class ActivationError(ListenerError):
     """The inherited fds or the variables describing them are unusable."""
 
 

@@ -1,12 +1,13 @@
-"""How the threads and gevent backends are found, and what happens without gevent."""
+"""What only the threads and gevent backends have; the rest of their behaviour is the
+contract suite's (tests/contract runs once per backend, these two included)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from echod.backends import BY_NAME
-from echod.backends.threads import DEFAULT_MAX_CONNECTIONS, connection_cap
+from echod import backends
+from tests.support import Echod, echod, require_module, round_trip
 
 # Runs echod with gevent hidden: a None entry in sys.modules makes find_spec report the
 # module missing and any import of it fail, as in an environment without the extra.
@@ -25,10 +26,11 @@ def run_echod(*args: str, hide_gevent: bool = False) -> subprocess.CompletedProc
     )
 
 
-def test_both_backends_are_listed_where_they_can_run() -> None:
+def test_both_are_listed_and_run_by_the_contract_suite_where_installed() -> None:
+    require_module("gevent")
     listed = run_echod("--list-backends").stdout.split()
-    assert "threads" in listed
-    assert ("gevent" in listed) == BY_NAME["gevent"].available()
+    assert {"threads", "gevent"} <= set(listed)
+    assert {"threads", "gevent"} <= set(backends.available())  # tests/contract's params
 
 
 def test_without_gevent_echod_says_how_to_install_it_and_exits_2() -> None:
@@ -40,11 +42,15 @@ def test_without_gevent_echod_says_how_to_install_it_and_exits_2() -> None:
     assert "listening" not in result.stderr
 
 
-def test_without_gevent_it_is_not_listed_and_other_backends_still_run() -> None:
+def test_without_gevent_it_is_not_listed_and_threads_still_serve() -> None:
     assert "gevent" not in run_echod("--list-backends", hide_gevent=True).stdout.split()
+    server = Echod("--backend", "threads", "--port", "0", program=("-c", WITHOUT_GEVENT))
+    with server, server.connect() as sock:
+        assert round_trip(sock, b"no gevent needed") == b"no gevent needed"
 
 
-def test_threads_cap_is_the_configured_one_or_ten_thousand_threads() -> None:
-    assert connection_cap(2) == 2
-    assert connection_cap(50_000) == 50_000  # the operator's word wins
-    assert connection_cap(0) == DEFAULT_MAX_CONNECTIONS == 10_000
+def test_threads_without_a_cap_say_which_cap_they_keep() -> None:
+    with echod("--backend", "threads", "--port", "0") as server:
+        server.wait_for("threads backend: at most 10000 connections at once")
+    with echod("--backend", "threads", "--port", "0", "--max-connections", "3") as server:
+        assert "at most 10000" not in server.log

@@ -1,13 +1,14 @@
-"""The supervisor: forks the workers that serve, restarts those that die, speaks to systemd.
+"""The supervisor's side of ``--workers``: forks workers, restarts those that die, speaks
+to systemd. What a worker does once forked is :mod:`echod.service.worker_process`.
 
 As gunicorn's arbiter does, the supervisor never accepts or reads a client socket; it
 only holds listeners for its workers to inherit. Signals are queued through a wakeup
 fd (each byte written is a signal number) and handled from the loop by
 ``handle_<signame>()`` methods, never inside a signal handler.
 
-Workers report over one pipe each, in lines a worker's :class:`PipeReporter` writes:
-``READY``, ``ALIVE`` (its loop's heartbeat), ``STATS <open> <total> <dropped> <in> <out>``
-and ``STOPPING``. The supervisor adds the counters up, sends systemd ``READY=1`` once
+Workers report over one pipe each, in the lines of
+:class:`~echod.service.worker_process.PipeReporter`. The supervisor adds their
+:class:`~echod.lifecycle.Stats` up, sends systemd ``READY=1`` once
 every worker is ready, and pings the watchdog from its own loop while at least one
 worker is alive; a worker whose heartbeats stop is killed and restarted, so one stuck
 worker does not get the whole service restarted.
@@ -19,45 +20,37 @@ Listen modes, for TCP addresses (Unix and socket-activated sockets are always sh
     that exits loses no queued connection; the kernel wakes whichever worker is waiting.
 ``reuseport``
     A ``SO_REUSEPORT`` socket bound by each worker after fork; the kernel spreads new
-    connections by a hash of their addresses. The supervisor keeps only a *reservation*:
-    a socket bound to the port with ``SO_REUSEPORT`` that never listens. It holds the port
-    (and picks it, for port 0) while workers come and go, and catches an address in use
-    before any fork, but no connection ever queues on it: Linux hands connections only to
-    listening members of the group. A worker's queue dies with it (those clients see a
-    reset), the price of per-worker queues.
+    connections by a hash of their addresses. The supervisor keeps only a reservation
+    (:func:`echod.net.listeners.reserve`) that holds the port while workers come and go.
+    A worker's queue dies with it (those clients see a reset), the price of per-worker
+    queues.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import selectors
 import signal
 import socket
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 from echod.backends.base import Backend
 from echod.config import Config
-from echod.lifecycle import STATUS_INTERVAL, Lifecycle, Stats
-from echod.net.listeners import Address, ListenerError, bind
-from echod.service import ServiceError
-from echod.service.limits import drop_privileges
+from echod.lifecycle import Stats, heartbeat_interval
+from echod.metrics.endpoint import MetricsEndpoint
+from echod.metrics.exposition import render
+from echod.metrics.figures import scrape
+from echod.net.listener_set import Listeners
 from echod.service.notify import Notifier
+from echod.service.worker_process import Handoff, run_worker
 
 log = logging.getLogger("echod")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD)
-# A worker that exits with this status could not start (its listener, its backend): the
-# supervisor gives up instead of restarting it in a loop, as gunicorn's WORKER_BOOT_ERROR.
-EXIT_BOOT = 3
-EXIT_CRASH = 70  # EX_SOFTWARE: an exception escaped the backend
-
 # Restart back-off after a worker dies: 0.1 s, doubling to at most 10 s; a worker that
 # has served this long since its start resets it.
 RESTART_FIRST = 0.1
@@ -77,64 +70,6 @@ REPORT_WAIT = 1.0
 
 
 @dataclass
-class Counters:
-    """One worker's latest counters, as its last ``STATS`` line gave them."""
-
-    open: int = 0
-    total: int = 0
-    dropped: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-    def add(self, other: Counters) -> None:
-        self.open += other.open
-        self.total += other.total
-        self.dropped += other.dropped
-        self.bytes_in += other.bytes_in
-        self.bytes_out += other.bytes_out
-
-
-class PipeReporter:
-    """A worker's :class:`echod.lifecycle.Notifier`: lines on a pipe to the supervisor.
-
-    The write end is non-blocking: a supervisor too slow to read costs a report, never
-    a stalled worker loop. Each line is far below PIPE_BUF, so it is written whole.
-    """
-
-    __slots__ = ("_fd", "_stats")
-
-    def __init__(self, fd: int, stats: Stats) -> None:
-        self._fd = fd
-        self._stats = stats
-
-    def _send(self, line: str) -> bool:
-        try:
-            os.write(self._fd, line.encode() + b"\n")
-        except OSError:  # EAGAIN (pipe full) or EPIPE (supervisor gone)
-            return False
-        return True
-
-    def _counters(self) -> str:
-        s = self._stats
-        return (
-            f"STATS {s.connections_open} {s.connections_total} {s.connections_dropped} "
-            f"{s.bytes_in} {s.bytes_out}"
-        )
-
-    def ready(self, status: str | None = None) -> bool:
-        return self._send("READY") and self._send(self._counters())
-
-    def status(self, text: str) -> bool:
-        return self._send(self._counters())
-
-    def watchdog(self) -> bool:
-        return self._send("ALIVE")
-
-    def stopping(self) -> bool:
-        return self._send("STOPPING")
-
-
-@dataclass
 class Worker:
     """A forked worker as the supervisor sees it."""
 
@@ -148,7 +83,7 @@ class Worker:
     asked_to_stop: bool = False  # sent SIGTERM or SIGINT
     draining: bool = False  # said STOPPING: it has handled that signal
     held: list[int] = field(default_factory=list)  # signals to send once it has
-    counters: Counters = field(default_factory=Counters)
+    counters: Stats = field(default_factory=Stats)
     partial: bytes = b""
 
 
@@ -158,17 +93,8 @@ class Slot:
 
     failures: int = 0
     restart_at: float | None = None
-    retired: Counters = field(default_factory=Counters)
-
-
-def reserve(address: Address) -> tuple[socket.socket, Address]:
-    """Bind ``address`` with SO_REUSEPORT but never listen: see the module docstring.
-
-    Returns the socket and the address workers bind (port 0 resolved). No SO_REUSEADDR
-    here, so no other socket can bind the port while it is held.
-    """
-    sock = bind(address, 0, reuse_port=True, listen=False)
-    return sock, Address(host=address.host, port=sock.getsockname()[1])
+    retired: Stats = field(default_factory=Stats)
+    starts: int = 0  # workers forked for it: restarts are starts - 1
 
 
 def describe_exit(status: int) -> str:
@@ -185,20 +111,16 @@ class Supervisor:
         self,
         config: Config,
         backend: Backend,
-        shared: Sequence[socket.socket],
-        per_worker: Sequence[Address],
-        reservations: Sequence[socket.socket],
+        listeners: Listeners,
         notifier: Notifier,
         watchdog_interval: float | None,
     ) -> None:
         self.config = config
         self.backend = backend
-        self.shared = list(shared)
-        self.per_worker = list(per_worker)
-        self.reservations = list(reservations)
+        self.listeners = listeners
         self.notifier = notifier
         self.watchdog_interval = watchdog_interval
-        self.interval = min(STATUS_INTERVAL, watchdog_interval or STATUS_INTERVAL)
+        self.interval = heartbeat_interval(watchdog_interval)
         self.stall_after = max(STALL_INTERVALS * self.interval, STALL_FLOOR)
         self.slots = {n: Slot() for n in range(1, config.workers + 1)}
         self.workers: dict[int, Worker] = {}  # by pid
@@ -213,12 +135,18 @@ class Supervisor:
         self.report_waiting: set[int] = set()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self.pid = os.getpid()
+        self.metrics: MetricsEndpoint | None = None  # --metrics: served from this loop
 
     # Running ---------------------------------------------------------------------------
     def run(self) -> int:
         for sock in (self._wakeup_r, self._wakeup_w):
             sock.setblocking(False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._read_signals)
+        if self.listeners.metrics is not None:
+            self.metrics = MetricsEndpoint(self.listeners.metrics, self._render_metrics)
+            self.selector.register(
+                self.metrics.fileno(), selectors.EVENT_READ, self.metrics.on_ready
+            )
         old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         old_handlers = {signum: signal.signal(signum, _queued) for signum in SIGNALS}
         log.info(
@@ -226,7 +154,7 @@ class Supervisor:
             os.getpid(),
             len(self.slots),
             self.backend.name,
-            "reuseport" if self.per_worker else "shared",
+            "reuseport" if self.listeners.per_worker else "shared",
         )
         try:
             for slot in self.slots:
@@ -241,6 +169,8 @@ class Supervisor:
             self.selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
+            if self.metrics is not None:
+                self.metrics.close()
         log.info("stopped: %s", self.summary())
         return self.exit_status
 
@@ -265,6 +195,8 @@ class Supervisor:
                 self.spawn(number)
         if self.report_due is not None and now >= self.report_due:
             self._log_report()
+        if self.metrics is not None:
+            self.metrics.expire(now)
         if now >= self.next_tick:
             self.next_tick = now + self.interval
             if not self.stopping:
@@ -316,9 +248,24 @@ class Supervisor:
             return
         if pid == 0:
             os.close(read_fd)
-            self._become_worker(slot, write_fd)
+            handoff = Handoff(
+                slot=slot,
+                report_fd=write_fd,
+                supervisor_pid=self.pid,
+                signals=SIGNALS,
+                inherited_fds=[
+                    self.selector.fileno(),
+                    self._wakeup_r.fileno(),
+                    self._wakeup_w.fileno(),
+                    *(w.reports for w in self.workers.values()),
+                    *(self.metrics.fds() if self.metrics is not None else ()),
+                ],
+                watchdog_interval=self.watchdog_interval,
+            )
+            run_worker(handoff, self.backend, self.config, self.listeners)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         os.close(write_fd)
+        self.slots[slot].starts += 1
         now = time.monotonic()
         worker = Worker(slot, pid, read_fd, started=now, last_seen=now)
         self.workers[pid] = worker
@@ -351,8 +298,12 @@ class Supervisor:
         if not words:
             return
         kind = words[0]
-        if kind == "STATS" and len(words) == 6 and all(w.isdigit() for w in words[1:]):
-            worker.counters = Counters(*(int(word) for word in words[1:]))
+        if kind == "STATS":
+            try:
+                worker.counters = Stats.decode(" ".join(words[1:]))
+            except ValueError:
+                log.warning("worker %d sent a malformed report: %s", worker.slot, " ".join(words))
+                return
             if worker.slot in self.report_waiting:
                 self.report_waiting.discard(worker.slot)
                 if not self.report_waiting:
@@ -465,7 +416,7 @@ class Supervisor:
             slot.restart_at = None
         # Workers close their copies as they drain; once ours is closed too, a new
         # client is refused at once instead of waiting in a queue nobody serves.
-        for sock in self.shared:
+        for sock in self.listeners.shared:
             sock.close()
 
     def _signal_workers(self, signum: int) -> None:
@@ -478,109 +429,28 @@ class Supervisor:
             worker.asked_to_stop = True
             _kill(worker.pid, signum)
 
+    def _render_metrics(self, openmetrics: bool) -> str:
+        return render(scrape(self), openmetrics)
+
     def summary(self) -> str:
-        total = Counters()
+        total = Stats()
         per_worker = []
         for number, slot in sorted(self.slots.items()):
             total.add(slot.retired)
             current = next((w.counters for w in self.workers.values() if w.slot == number), None)
             if current is not None:
                 total.add(current)
-                per_worker.append(f"{number}={current.open}/{current.total}")
+                per_worker.append(
+                    f"{number}={current.connections_open}/{current.connections_total}"
+                )
             else:
                 per_worker.append(f"{number}=down")
         return (
-            f"workers={len(self.workers)} connections open={total.open} total={total.total} "
-            f"dropped={total.dropped} bytes in={total.bytes_in} out={total.bytes_out}; "
+            f"workers={len(self.workers)} connections open={total.connections_open} "
+            f"total={total.connections_total} dropped={total.connections_dropped} "
+            f"bytes in={total.bytes_in} out={total.bytes_out}; "
             f"per worker open/total: {' '.join(per_worker)}"
         )
-
-    # In the child ----------------------------------------------------------------------
-    def _become_worker(self, slot: int, report_fd: int) -> NoReturn:
-        """Shed the supervisor's state and serve; never returns into the parent's stack."""
-        status = EXIT_CRASH
-        try:
-            signal.set_wakeup_fd(-1)
-            # Its own process group: a terminal's Ctrl-C reaches the supervisor alone,
-            # which passes it on once, instead of every worker twice.
-            os.setpgid(0, 0)
-            _die_with(self.pid)
-            for signum in SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)  # the backend installs its own
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            # Plain closes: unregistering from the shared epoll instance would remove
-            # the supervisor's registrations too.
-            for fd in (self.selector.fileno(), *(w.reports for w in self.workers.values())):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._wakeup_r.close()
-            self._wakeup_w.close()
-            for sock in self.reservations:
-                sock.close()
-            tag = WorkerTag(slot)
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(tag)
-            status = self._serve(report_fd)
-        except BaseException:
-            log.exception("worker failed")
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(status)
-
-    def _serve(self, report_fd: int) -> int:
-        try:
-            own = [bind(a, self.config.backlog, reuse_port=True) for a in self.per_worker]
-        except ListenerError as exc:
-            log.error("%s", exc)
-            return EXIT_BOOT
-        listeners = [*self.shared, *own]
-        if own and self.config.user is not None:  # see cli.serve: only reuseport workers
-            try:
-                drop_privileges(self.config.user, self.config.group)
-            except (ServiceError, OSError) as exc:
-                log.error("cannot switch to user %s: %s", self.config.user, exc)
-                return EXIT_BOOT
-        stats = Stats()
-        lifecycle = Lifecycle(stats, PipeReporter(report_fd, stats), self.watchdog_interval)
-        try:
-            self.backend.serve(listeners, self.config, lifecycle)
-        finally:
-            for sock in listeners:
-                sock.close()
-        return 0
-
-
-class WorkerTag(logging.Filter):
-    """Prefix a worker's log lines with its slot number, so imbalance and crashes are
-    attributable in one interleaved stream."""
-
-    def __init__(self, slot: int) -> None:
-        super().__init__()
-        self.prefix = f"worker {slot}: "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "worker_tagged", False):
-            record.msg = self.prefix + str(record.msg)
-            record.worker_tagged = True
-        return True
-
-
-def _die_with(parent: int) -> None:
-    """Have the kernel send SIGTERM (a drain) when the supervisor dies, even by SIGKILL,
-    so no worker outlives it serving on its own (Linux's PR_SET_PDEATHSIG)."""
-    if _libc is not None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
-_libc: ctypes.CDLL | None = None
-if sys.platform == "linux":
-    with contextlib.suppress(OSError):
-        _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _queued(signum: int, frame: object) -> None:

@@ -1,0 +1,243 @@
+"""The query model over a results file: which rounds count, medians and spreads, marks.
+
+Every table, sentence and chart of the report asks its questions here, so a rule
+such as "a killed server is faulty" or "this row is generator-bound" has one home.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+# The generators a run record can name; records from before the ceiling cell name none.
+ECHOD_BENCH = "echod-bench"
+C_CLIENT = "c-client"
+# A row at or above this share of echod-bench's own ceiling (against the C server, same
+# cell shape) shows the generator's limit, not the server's, whatever its CPU said.
+CEILING_SHARE = 0.9
+# Fault kinds of the server's own stop, not of the traffic the generator saw.
+KILLED = "killed after SIGTERM"
+SERVER_FAULTS = frozenset({KILLED})
+
+Metric = Callable[[dict[str, Any]], float | None]
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def rate(f: dict[str, Any]) -> float | None:
+    return _number(f["requests_per_s"])
+
+
+def latency(percentile: str) -> Metric:
+    return lambda f: _number((f.get("latency_us") or {}).get(percentile))
+
+
+def server(key: str) -> Metric:
+    return lambda f: _number((f.get("server") or {}).get(key))
+
+
+p99 = latency("p99")
+cpu = server("cpu_us_per_msg")
+cpu_pct = server("cpu_mean_pct")
+rss = server("rss_peak_bytes")
+rss_per_conn = server("rss_per_connection_bytes")
+
+
+class Spread:
+    """Median, min and max of one figure over the rounds."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+        self.median = statistics.median(values) if values else None
+        self.low = min(values) if values else None
+        self.high = max(values) if values else None
+
+    def show(self, fmt: str = "{:,.0f}", spread: bool = True) -> str:
+        if self.median is None:
+            return "-"
+        text = fmt.format(self.median)
+        if spread and len(self.values) > 1:
+            text += f" ({fmt.format(self.low)}..{fmt.format(self.high)})"
+        return text
+
+
+class Results:
+    """One run of the matrix, and the questions the report asks of it."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.servers: list[str] = data["servers"]
+        self.all_cells: list[dict[str, Any]] = data["cells"]
+        # The workers and ceiling cells run other servers or generators: own sections.
+        self.cells = [
+            c for c in self.all_cells if not c.get("workers") and not c.get("ceiling_for")
+        ]
+        self.workers_cell = next((c for c in self.all_cells if c.get("workers")), None)
+        self.ceiling_cells = [c for c in self.all_cells if c.get("ceiling_for")]
+        self.reference: str | None = data.get("reference")
+        # The "Which IO model?" pair: the same load over few and over many connections.
+        self.few = next((c for c in self.cells if c.get("role") == "few"), None)
+        self.many = next((c for c in self.cells if c.get("role") == "many"), None)
+
+    def runs(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> list[dict[str, Any]]:
+        """The rounds that count: those no other load overlapped, when they are at least
+        half; otherwise all of them, as a median over mostly disturbed rounds is no better
+        than the one undisturbed round it would otherwise rest on."""
+        found = [
+            r
+            for r in self.data["runs"]
+            if r["server"] == server
+            and r["cell"] == cell
+            and r.get("generator", ECHOD_BENCH) == generator
+        ]
+        clean = [r for r in found if not r.get("contended")]
+        return clean if clean and 2 * len(clean) >= len(found) else found
+
+    def contended(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> bool:
+        """Whether the figures shown rest on rounds that overlapped other load."""
+        return any(r.get("contended") for r in self.runs(server, cell, generator))
+
+    def figures(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> list[dict[str, Any]]:
+        return [r["figures"] for r in self.runs(server, cell, generator) if "figures" in r]
+
+    def spread(
+        self, server: str, cell: str, metric: Metric, generator: str = ECHOD_BENCH
+    ) -> Spread:
+        found = (metric(f) for f in self.figures(server, cell, generator))
+        return Spread([float(v) for v in found if v is not None])
+
+    def median(
+        self, server: str, cell: str, metric: Metric, generator: str = ECHOD_BENCH
+    ) -> float | None:
+        return self.spread(server, cell, metric, generator).median
+
+    def ratio(self, server: str, cell: str, metric: Metric) -> str:
+        if self.reference is None or server == self.reference:
+            return "-"
+        mine = self.median(server, cell, metric)
+        ref = self.median(self.reference, cell, metric)
+        return f"{mine / ref:.2f}" if mine and ref else "-"
+
+    # The generator ceiling ---------------------------------------------------------------
+    def ceiling_cell(self, cell: str) -> dict[str, Any] | None:
+        """The ceiling cell measuring the generators in ``cell``'s shape, if one ran."""
+        return next((c for c in self.ceiling_cells if c["ceiling_for"] == cell), None)
+
+    def ceiling(self, cell: str, generator: str = ECHOD_BENCH) -> float | None:
+        """What ``generator`` drove the C reference at, in the ceiling cell for ``cell``."""
+        found = self.ceiling_cell(cell)
+        if found is None or self.reference is None:
+            return None
+        return self.median(self.reference, found["name"], rate, generator)
+
+    def ceiling_ratio(self, cell: str) -> float | None:
+        """echod-bench's req/s over the C client's, both against the C reference."""
+        ours, theirs = self.ceiling(cell), self.ceiling(cell, C_CLIENT)
+        return ours / theirs if ours and theirs else None
+
+    def share_of_ceiling(self, server: str, cell: str) -> float | None:
+        """A row's req/s as a share of what echod-bench can drive at all."""
+        ceiling = self.ceiling(cell)
+        mine = self.median(server, cell, rate)
+        return mine / ceiling if ceiling and mine is not None else None
+
+    def generator_cpu(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> Spread:
+        """The busiest generator worker's CPU %, over the rounds."""
+        busiest = (
+            max((w.get("cpu_pct") or 0.0 for w in f.get("workers", [])), default=None)
+            for f in self.figures(server, cell, generator)
+        )
+        return Spread([float(v) for v in busiest if v is not None])
+
+    def saturated(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> bool:
+        """Whether a generator worker was saturated in any round of this cell."""
+        return any(
+            w.get("saturated")
+            for f in self.figures(server, cell, generator)
+            for w in f.get("workers", [])
+        )
+
+    def generator_bound(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> bool:
+        """Saturated, or within reach of echod-bench's ceiling for this cell's shape: either
+        way the figure shows what the generator could send, not what the server could do."""
+        share = self.share_of_ceiling(server, cell) if generator == ECHOD_BENCH else None
+        return self.saturated(server, cell, generator) or (
+            share is not None and share >= CEILING_SHARE
+        )
+
+    # Faults ------------------------------------------------------------------------------
+    def faults(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> dict[str, int]:
+        """Errors summed over rounds: the generator's, a round that failed outright, and a
+        server that did not stop cleanly on SIGTERM (killed, or a non-zero exit)."""
+        total: dict[str, int] = {}
+
+        def add(kind: str, count: int) -> None:
+            total[kind] = total.get(kind, 0) + count
+
+        for r in self.runs(server, cell, generator):
+            for kind, count in (
+                r["figures"]["errors"] if "figures" in r else {"failed": 1}
+            ).items():
+                add(kind, count)
+            # -9 from a record written before "server_killed" existed: only stop() sends it.
+            if r.get("server_killed") or r.get("server_exit") == -signal.SIGKILL:
+                add(KILLED, 1)
+            elif r.get("server_exit") not in (0, None):
+                add(f"server exit {r['server_exit']}", 1)
+        return total
+
+    def marks(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> str:
+        return (
+            (" †" if self.generator_bound(server, cell, generator) else "")
+            + (" ✗" if self.faults(server, cell, generator) else "")
+            + (" ‡" if self.contended(server, cell, generator) else "")
+        )
+
+    def contention_note(self) -> str | None:
+        runs = self.data["runs"]
+        hit = [r for r in runs if r.get("contended")]
+        if not hit:
+            return None
+        what = sorted({c for r in hit for c in r["contended"]})
+        return (
+            f"{len(hit)} of {len(runs)} runs overlapped other load on this machine "
+            f"({'; '.join(what[:4])}{' …' if len(what) > 4 else ''}). Where at least half of "
+            "a cell's rounds were undisturbed, its figures use only those; ‡ marks figures "
+            "that include disturbed rounds: throughput and latency there are understated, "
+            "CPU per message and RSS much less affected."
+        )
+
+    def problems(self) -> list[str]:
+        lines = []
+        for r in self.data["runs"]:
+            where = f"round {r.get('round')}, {r['server']}, {r['cell']}"
+            if r.get("generator", ECHOD_BENCH) != ECHOD_BENCH:
+                where += f", {r['generator']}"
+            if "error" in r:
+                lines.append(f"{where}: {r['error']}")
+            elif r.get("server_killed") or r.get("server_exit") == -signal.SIGKILL:
+                lines.append(f"{where}: server {KILLED}")
+            figures = r.get("figures")
+            if figures:
+                if figures["errors"]:
+                    lines.append(f"{where}: errors {figures['errors']}")
+                lines.extend(f"{where}: {w}" for w in figures["warnings"])
+        return lines
+
+
+def active(cell: dict[str, Any] | None) -> int:
+    """How many of a cell's connections send (``--active``, else all of them)."""
+    if cell is None:
+        return 0
+    args = list(cell["args"])
+    if "--active" in args:
+        return int(args[args.index("--active") + 1])
+    return int(cell["connections"])
+
+
+def count(connections: int) -> str:
+    return f"{connections // 1000}k" if connections >= 1000 else str(connections)

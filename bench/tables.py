@@ -1,0 +1,238 @@
+"""The report's markdown tables, one function per table, all from the query model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bench import query
+from bench.query import C_CLIENT, Results
+
+
+def mib(value: float | None) -> str:
+    return f"{value / 1048576:.1f} MiB" if value else "-"
+
+
+def kib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f} KiB"
+
+
+def row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [row(header), "|" + "---|" * len(header), *(row(r) for r in rows)]
+
+
+def _name(res: Results, server: str) -> str:
+    return f"**{server}**" if server == res.reference else server
+
+
+def _share(res: Results, server: str, cell: str) -> str:
+    """A row's req/s against echod-bench's ceiling for the cell; † at or above the bar."""
+    share = res.share_of_ceiling(server, cell)
+    if share is None:
+        return "-"
+    return f"{share:.2f}" + (" †" if share >= query.CEILING_SHARE else "")
+
+
+def summary_table(res: Results) -> list[str]:
+    """One row per server over the first cell, and a last row for the generator ceiling."""
+    first = res.cells[0]
+    name = first["name"]
+    big = next((c for c in res.cells if c["connections"] >= 1000), None)
+    ceiling = res.ceiling_cell(name) is not None
+    header = [
+        "backend",
+        f"req/s ({first['label']})",
+        "p99 µs",
+        "server CPU µs/msg",
+        "req/s vs C",
+        "CPU/msg vs C",
+        "RSS peak",
+    ]
+    if ceiling:
+        header.insert(2, "of generator ceiling")
+    if big:
+        header.append(f"RSS/conn at {big['connections']:,}")
+    rows = []
+    for server in res.servers:
+        line = [
+            _name(res, server),
+            res.spread(server, name, query.rate).show(spread=False) + res.marks(server, name),
+            res.spread(server, name, query.p99).show(spread=False),
+            res.spread(server, name, query.cpu).show("{:.2f}", spread=False),
+            res.ratio(server, name, query.rate),
+            res.ratio(server, name, query.cpu),
+            mib(res.median(server, name, query.rss)),
+        ]
+        if ceiling:
+            line.insert(2, _share(res, server, name))
+        if big:
+            faulty = " ✗" if res.faults(server, big["name"]) else ""
+            line.append(kib(res.median(server, big["name"], query.rss_per_conn)) + faulty)
+        rows.append(line)
+    if ceiling:
+        rows.append(ceiling_line(res, name, len(header)))
+    return table(header, rows)
+
+
+def ceiling_line(res: Results, cell: str, width: int) -> list[str]:
+    """The summary's "generator ceiling" row: echod-bench against the C client."""
+    found = res.ceiling_cell(cell)
+    assert found is not None and res.reference is not None
+    ref, ceiling = res.reference, found["name"]
+    ratio = res.ceiling_ratio(cell)
+    text = (
+        res.spread(ref, ceiling, query.rate).show(spread=False)
+        + res.marks(ref, ceiling)
+        + f" of C client's {res.spread(ref, ceiling, query.rate, C_CLIENT).show(spread=False)}"
+        + res.marks(ref, ceiling, C_CLIENT)
+    )
+    line = ["generator ceiling", text, "-" if ratio is None else f"{ratio:.2f} of C client"]
+    return line + ["-"] * (width - len(line))
+
+
+def ceiling_table(res: Results) -> list[str]:
+    """Each ceiling cell: echod-bench and the C client against the C reference."""
+    if res.reference is None:
+        return []
+    ref = res.reference
+    header = [
+        "workload",
+        "echod-bench req/s",
+        "C client req/s",
+        "echod-bench / C client",
+        "generator CPU %, echod-bench",
+        "C client",
+        "C server CPU µs/msg",
+    ]
+    rows = []
+    for cell in res.ceiling_cells:
+        name = cell["name"]
+        ratio = res.ceiling_ratio(cell["ceiling_for"])
+        rows.append(
+            [
+                cell["label"],
+                res.spread(ref, name, query.rate).show() + res.marks(ref, name),
+                res.spread(ref, name, query.rate, C_CLIENT).show() + res.marks(ref, name, C_CLIENT),
+                "-" if ratio is None else f"{ratio:.2f}",
+                res.generator_cpu(ref, name).show("{:.0f}", spread=False),
+                res.generator_cpu(ref, name, C_CLIENT).show("{:.0f}", spread=False),
+                res.spread(ref, name, query.cpu).show("{:.2f}", spread=False),
+            ]
+        )
+    return table(header, rows)
+
+
+def iomodel_table(res: Results) -> list[str]:
+    assert res.few is not None and res.many is not None
+    few, many = res.few["name"], res.many["name"]
+    a, b = query.count(res.few["connections"]), query.count(res.many["connections"])
+    header = [
+        "backend",
+        f"req/s, {a} conns",
+        f"req/s, {b} conns",
+        f"p99 µs, {a}",
+        f"p99 µs, {b}",
+        f"CPU µs/req, {a}",
+        f"CPU µs/req, {b}",
+        f"RSS/conn, {a}",
+        f"RSS/conn, {b}",
+    ]
+    rows = []
+    for server in res.servers:
+        pair = (few, many)
+        line = [_name(res, server)]
+        line += [
+            res.spread(server, c, query.rate).show(spread=False) + res.marks(server, c)
+            for c in pair
+        ]
+        line += [res.spread(server, c, query.p99).show(spread=False) for c in pair]
+        line += [res.spread(server, c, query.cpu).show("{:.2f}", spread=False) for c in pair]
+        line += [kib(res.median(server, c, query.rss_per_conn)) for c in pair]
+        rows.append(line)
+    return table(header, rows)
+
+
+def workers_servers(res: Results) -> list[tuple[str, str, int]]:
+    """(server name, backend, workers) in the order they were measured."""
+    cell = res.workers_cell
+    if cell is None:
+        return []
+    seen: dict[str, tuple[str, str, int]] = {}
+    for r in res.data["runs"]:
+        if r["cell"] == cell["name"]:
+            seen.setdefault(r["server"], (r["server"], r["backend"], int(r["workers"])))
+    return sorted(seen.values(), key=lambda s: (cell["backends"].index(s[1]), s[2]))
+
+
+def workers_table(res: Results) -> list[str]:
+    cell = res.workers_cell
+    if cell is None:
+        return []
+    name = cell["name"]
+    header = [
+        "backend",
+        "workers",
+        "req/s",
+        "vs 1 worker",
+        "p99 µs",
+        "server CPU µs/msg (all processes)",
+        "server CPU %",
+    ]
+    rows = []
+    for server, backend, workers in workers_servers(res):
+        one = res.median(f"{backend} x1", name, query.rate)
+        mine = res.median(server, name, query.rate)
+        rows.append(
+            [
+                backend,
+                str(workers),
+                res.spread(server, name, query.rate).show() + res.marks(server, name),
+                f"{mine / one:.2f}" if mine and one else "-",
+                res.spread(server, name, query.p99).show(spread=False),
+                res.spread(server, name, query.cpu).show("{:.2f}"),
+                res.spread(server, name, query.cpu_pct).show("{:.0f}", spread=False),
+            ]
+        )
+    return table(header, rows)
+
+
+def cell_table(res: Results, cell: dict[str, Any]) -> list[str]:
+    """Every figure of one cell, with spreads, one row per server."""
+    name = cell["name"]
+    ceiling = res.ceiling_cell(name) is not None
+    header = ["backend", "conn/s" if "--churn" in cell["args"] else "req/s", "vs C"]
+    header += ["of generator ceiling"] if ceiling else []
+    header += [
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "server CPU µs/msg",
+        "vs C",
+        "server CPU %",
+        "RSS peak",
+        "RSS/conn",
+    ]
+    rows = []
+    for server in res.servers:
+        line = [
+            server,
+            res.spread(server, name, query.rate).show() + res.marks(server, name),
+            res.ratio(server, name, query.rate),
+        ]
+        line += [_share(res, server, name)] if ceiling else []
+        line += [
+            res.spread(server, name, query.latency("p50")).show(spread=False),
+            res.spread(server, name, query.p99).show(),
+            res.spread(server, name, query.latency("p99.9")).show(spread=False),
+            res.spread(server, name, query.cpu).show("{:.2f}"),
+            res.ratio(server, name, query.cpu),
+            res.spread(server, name, query.cpu_pct).show("{:.0f}", spread=False),
+            mib(res.median(server, name, query.rss)),
+            kib(res.median(server, name, query.rss_per_conn)),
+        ]
+        rows.append(line)
+    return table(header, rows)

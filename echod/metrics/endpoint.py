@@ -1,0 +1,201 @@
+"""``GET /metrics`` over HTTP/1.x, served from the supervisor's loop.
+
+The supervisor never touches a client's echo socket, so a scrape costs the workers
+nothing but the CPU the supervisor spends, and a scraper can only cost the
+supervisor bounded memory: at most ``MAX_SCRAPERS`` connections (a new one evicts the
+oldest, so a slowloris cannot lock Prometheus out for longer than it keeps
+reconnecting), a request head of at most ``HEAD_LIMIT`` bytes, ``DEADLINE`` seconds per
+connection, one request per connection (``Connection: close``), and at most one
+rendering per ``RENDER_GAP`` whatever the request rate.
+
+The endpoint owns its own selector; the supervisor watches that selector's descriptor
+(an epoll or kqueue fd is itself pollable) and calls :meth:`MetricsEndpoint.on_ready`,
+and :meth:`~MetricsEndpoint.expire` from its timer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE
+
+MAX_SCRAPERS = 16
+HEAD_LIMIT = 8192
+DEADLINE = 5.0
+RENDER_GAP = 0.1
+ACCEPTS_PER_EVENT = 32
+log = logging.getLogger("echod")
+
+Render = Callable[[bool], str]  # openmetrics? -> the exposition
+
+
+class _Scraper:
+    __slots__ = ("deadline", "head", "out", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.head = bytearray()
+        self.out: memoryview | None = None
+
+
+class MetricsEndpoint:
+    def __init__(
+        self,
+        listener: socket.socket,
+        render: Render,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listener = listener
+        self.listener.setblocking(False)
+        self.render = render
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, None)
+        self.scrapers: dict[int, _Scraper] = {}  # by fd, oldest first
+        self._cache: dict[bool, tuple[float, bytes]] = {}
+        log.info("metrics on %s", where(listener))
+
+    def fileno(self) -> int:
+        return self.selector.fileno()
+
+    def on_ready(self) -> None:
+        for key, _ in self.selector.select(0):
+            if key.data is None:
+                self._accept()
+                continue
+            scraper: _Scraper = key.data
+            if scraper.sock.fileno() < 0:
+                continue  # evicted earlier in this batch
+            if scraper.out is None:
+                self._read(scraper)
+            else:
+                self._write(scraper)
+        self.expire()
+
+    def expire(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        for scraper in [s for s in self.scrapers.values() if s.deadline <= now]:
+            self._close(scraper)
+
+    def close(self) -> None:
+        for scraper in list(self.scrapers.values()):
+            self._close(scraper)
+        self.selector.close()
+        self.listener.close()
+
+    def fds(self) -> list[int]:
+        """Every descriptor it holds, for a forked worker to close plainly (unregistering
+        would remove the supervisor's registrations from the epoll set they share)."""
+        return [self.selector.fileno(), self.listener.fileno(), *self.scrapers]
+
+    # Connections -------------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EMFILE and kin: the next event retries; echo is unaffected
+                return
+            if len(self.scrapers) >= MAX_SCRAPERS:
+                self._close(next(iter(self.scrapers.values())))
+            sock.setblocking(False)
+            scraper = _Scraper(sock, self.clock() + DEADLINE)
+            self.scrapers[sock.fileno()] = scraper
+            self.selector.register(sock, selectors.EVENT_READ, scraper)
+
+    def _read(self, scraper: _Scraper) -> None:
+        try:
+            data = scraper.sock.recv(HEAD_LIMIT + 1 - len(scraper.head))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(scraper)
+            return
+        if not data:
+            self._close(scraper)
+            return
+        scraper.head += data
+        end = scraper.head.find(b"\r\n\r\n")
+        if end < 0:
+            end = scraper.head.find(b"\n\n")
+        if end >= 0:
+            self._respond(scraper, *answer(bytes(scraper.head[:end]), self._body))
+        elif len(scraper.head) > HEAD_LIMIT:
+            self._respond(scraper, "431 Request Header Fields Too Large", "text/plain", b"")
+
+    def _respond(self, scraper: _Scraper, status: str, content_type: str, body: bytes) -> None:
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        scraper.out = memoryview(head + body)
+        self.selector.modify(scraper.sock, selectors.EVENT_WRITE, scraper)
+        self._write(scraper)
+
+    def _write(self, scraper: _Scraper) -> None:
+        assert scraper.out is not None
+        try:
+            sent = scraper.sock.send(scraper.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(scraper)
+            return
+        scraper.out = scraper.out[sent:]
+        if not scraper.out:
+            self._close(scraper)
+
+    def _close(self, scraper: _Scraper) -> None:
+        fd = scraper.sock.fileno()
+        if fd < 0:
+            return
+        self.scrapers.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(scraper.sock)
+        scraper.sock.close()
+
+    def _body(self, openmetrics: bool) -> bytes:
+        now = self.clock()
+        cached = self._cache.get(openmetrics)
+        if cached is not None and now - cached[0] < RENDER_GAP:
+            return cached[1]
+        body = self.render(openmetrics).encode()
+        self._cache[openmetrics] = (now, body)
+        return body
+
+
+def answer(head: bytes, body: Callable[[bool], bytes]) -> tuple[str, str, bytes]:
+    """Status, content type and body for one request head (no IO: tested alone)."""
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return "400 Bad Request", "text/plain", b"bad request\n"
+    method, target = parts[0], parts[1]
+    path = target.split("?", 1)[0]
+    if path != "/metrics":
+        return "404 Not Found", "text/plain", b"metrics are at /metrics\n"
+    if method != "GET":
+        return "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
+    accept = ""
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "accept":
+            accept += value.lower()
+    openmetrics = "application/openmetrics-text" in accept
+    content = body(openmetrics)
+    return "200 OK", OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, content
+
+
+def where(listener: socket.socket) -> str:
+    name = listener.getsockname()
+    if listener.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    host = f"[{name[0]}]" if listener.family == socket.AF_INET6 else name[0]
+    return f"http://{host}:{name[1]}/metrics"

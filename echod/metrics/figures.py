@@ -1,0 +1,180 @@
+"""What one scrape reports: the supervisor's view of its workers as metric families.
+
+Counters are the sum over worker slots of what each slot's past workers last reported
+and what its current worker reported with its latest heartbeat, so they never go
+down when a worker is replaced; figures are at most one heartbeat interval old
+(``STATUS_INTERVAL``, 5 s, or half the watchdog interval when that is shorter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from echod import __version__
+from echod.metrics import process
+from echod.metrics.exposition import Family, Sample
+
+if TYPE_CHECKING:
+    from echod.service.arbiter import Supervisor
+
+
+@dataclass(frozen=True)
+class SlotFigures:
+    """One worker slot: its current worker (pid None while it restarts) and counters."""
+
+    slot: int
+    pid: int | None
+    open: int
+    accepted: int
+    refused: int
+    received: int
+    sent: int
+    restarts: int
+
+
+def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
+    current = {worker.slot: worker for worker in list(supervisor.workers.values())}
+    figures = []
+    for number, slot in sorted(supervisor.slots.items()):
+        worker = current.get(number)
+        live = worker.counters if worker is not None else None
+        past = slot.retired
+        figures.append(
+            SlotFigures(
+                slot=number,
+                pid=worker.pid if worker is not None else None,
+                open=live.connections_open if live is not None else 0,
+                accepted=past.connections_total + (live.connections_total if live else 0),
+                refused=past.connections_dropped + (live.connections_dropped if live else 0),
+                received=past.bytes_in + (live.bytes_in if live else 0),
+                sent=past.bytes_out + (live.bytes_out if live else 0),
+                restarts=max(slot.starts - 1, 0),
+            )
+        )
+    return figures
+
+
+def _total(name: str, help_text: str, value: float, unit: str = "") -> Family:
+    return Family(name, "counter", help_text, unit, (Sample(value),))
+
+
+def _per_slot(
+    name: str, kind: str, help_text: str, values: Mapping[int, float], unit: str = ""
+) -> Family:
+    samples = tuple(Sample(v, (("worker", str(slot)),)) for slot, v in sorted(values.items()))
+    return Family(name, kind, help_text, unit, samples)
+
+
+def families(
+    slots: Sequence[SlotFigures],
+    backend: str,
+    own: process.ProcessFigures | None,
+    workers: Mapping[int, process.ProcessFigures],
+) -> list[Family]:
+    """Every series of one scrape; `own` is the supervisor, `workers` by slot."""
+    result = [
+        Family(
+            "echod_build_info",
+            "gauge",
+            "echod's version and the backend serving; always 1",
+            samples=(Sample(1, (("version", __version__), ("backend", backend))),),
+        ),
+        _per_slot(
+            "echod_connections_open",
+            "gauge",
+            "connections being served, per worker (0 while a worker restarts)",
+            {s.slot: s.open for s in slots},
+        ),
+        _total(
+            "echod_connections_accepted",
+            "connections accepted and served",
+            sum(s.accepted for s in slots),
+        ),
+        _total(
+            "echod_connections_refused",
+            "connections accepted and closed at once: out of descriptors, past select's "
+            "FD_SETSIZE, no thread to serve them",
+            sum(s.refused for s in slots),
+        ),
+        _total(
+            "echod_received_bytes",
+            "bytes read from clients",
+            sum(s.received for s in slots),
+            "bytes",
+        ),
+        _total("echod_sent_bytes", "bytes echoed back", sum(s.sent for s in slots), "bytes"),
+        _per_slot(
+            "echod_worker_restarts",
+            "counter",
+            "workers started in a slot after its first, after a crash or a stall",
+            {s.slot: s.restarts for s in slots},
+        ),
+        _per_slot(
+            "echod_worker_up",
+            "gauge",
+            "1 while a worker process runs in the slot",
+            {s.slot: int(s.pid is not None) for s in slots},
+        ),
+    ]
+    result += _worker_process(workers)
+    result += _process(own)
+    return result
+
+
+def _worker_process(workers: Mapping[int, process.ProcessFigures]) -> list[Family]:
+    cpu = {slot: f.cpu_seconds for slot, f in workers.items()}
+    rss = {slot: f.resident_bytes for slot, f in workers.items() if f.resident_bytes is not None}
+    fds = {slot: f.open_fds for slot, f in workers.items() if f.open_fds is not None}
+    return [
+        _per_slot(
+            "echod_worker_cpu_seconds",
+            "counter",
+            "user and system CPU time of the slot's current worker process",
+            cpu,
+            "seconds",
+        ),
+        _per_slot(
+            "echod_worker_resident_memory_bytes",
+            "gauge",
+            "resident memory of the slot's current worker process",
+            rss,
+            "bytes",
+        ),
+        _per_slot("echod_worker_open_fds", "gauge", "descriptors open in the slot's worker", fds),
+    ]
+
+
+def _process(own: process.ProcessFigures | None) -> list[Family]:
+    """Prometheus' standard process series, for the supervisor serving the scrape."""
+    if own is None:
+        return []
+    result = [
+        _total(
+            "process_cpu_seconds",
+            "user and system CPU time of the supervisor",
+            own.cpu_seconds,
+            "seconds",
+        )
+    ]
+    gauges = [
+        ("process_resident_memory_bytes", "resident memory of the supervisor", own.resident_bytes, "bytes"),
+        ("process_open_fds", "descriptors open in the supervisor", own.open_fds, ""),
+        ("process_max_fds", "the supervisor's soft descriptor limit", own.max_fds, ""),
+        ("process_start_time_seconds", "when the supervisor started, seconds since the epoch", own.start_time, "seconds"),
+    ]  # fmt: skip
+    for name, help_text, value, unit in gauges:
+        if value is not None:
+            result.append(Family(name, "gauge", help_text, unit, (Sample(value),)))
+    return result
+
+
+def scrape(supervisor: Supervisor) -> list[Family]:
+    slots = slots_of(supervisor)
+    workers = {}
+    for s in slots:
+        figures = process.read(s.pid) if s.pid is not None else None
+        if figures is not None:
+            workers[s.slot] = figures
+    return families(slots, supervisor.backend.name, process.read(), workers)

@@ -1,0 +1,83 @@
+"""Every listener echod will serve, made in one step before any process is forked.
+
+Three sources, one result: sockets inherited from systemd (they belong to the socket
+unit: always shared, paths never unlinked), sockets bound here and shared by every
+serving process, and TCP addresses each worker binds for itself with SO_REUSEPORT
+(held meanwhile by a :func:`~echod.net.listeners.reserve` reservation).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from echod.net.activation import inherited_sockets
+from echod.net.listeners import (
+    Address,
+    bind,
+    close_all,
+    parse_address,
+    reserve,
+    unix_paths,
+)
+
+METRICS_FD_NAME = "metrics"  # FileDescriptorName= of echod-metrics.socket
+METRICS_BACKLOG = 64  # scrapers are few; the endpoint caps how many it serves at once
+
+
+@dataclass
+class Listeners:
+    """What start-up hands the serving process or the supervisor."""
+
+    shared: list[socket.socket] = field(default_factory=list)
+    per_worker: list[Address] = field(default_factory=list)  # each worker binds these
+    reservations: list[socket.socket] = field(default_factory=list)
+    owned_paths: list[str] = field(default_factory=list)  # Unix socket files to remove
+    # --metrics, or systemd's socket named METRICS_FD_NAME: served by the supervisor alone.
+    metrics: socket.socket | None = None
+
+    def bind_own(self, backlog: int) -> list[socket.socket]:
+        """In a worker: its own SO_REUSEPORT sockets, then every socket it serves."""
+        own = [bind(address, backlog, reuse_port=True) for address in self.per_worker]
+        return [*self.shared, *own]
+
+    def close(self) -> None:
+        metrics = [self.metrics] if self.metrics is not None else []
+        close_all([*self.shared, *self.reservations, *metrics], remove=self.owned_paths)
+
+
+def open_listeners(
+    addresses: Sequence[str], backlog: int, *, per_worker: bool, metrics: str | None = None
+) -> Listeners:
+    """Inherit systemd's sockets, or bind ``addresses`` (or reserve them, ``per_worker``).
+
+    Raises :class:`~echod.net.listeners.ListenerError` with one line for the operator,
+    having closed whatever it had opened.
+    """
+    listeners = Listeners()
+    try:
+        inherited = inherited_sockets()
+        for entry in inherited:
+            if entry.name == METRICS_FD_NAME and listeners.metrics is None:
+                listeners.metrics = entry.sock
+            else:
+                listeners.shared.append(entry.sock)
+        if listeners.metrics is None and metrics is not None:
+            listeners.metrics = bind(parse_address(metrics), METRICS_BACKLOG)
+            listeners.owned_paths = unix_paths([listeners.metrics])
+        if inherited:
+            return listeners
+        for text in addresses:
+            address = parse_address(text)
+            if per_worker and address.path is None:
+                reservation, resolved = reserve(address)
+                listeners.reservations.append(reservation)
+                listeners.per_worker.append(resolved)
+            else:
+                listeners.shared.append(bind(address, backlog))
+    except BaseException:
+        listeners.close()
+        raise
+    listeners.owned_paths += unix_paths(listeners.shared)
+    return listeners

@@ -1,0 +1,24 @@
+"""Suite-wide hooks: the count of skipped tests, and why, at the end of every run.
+
+A skip is a test that did not run; on a CI machine where .ci/run installed every
+tool, the only expected ones are the select-only cases on other backends.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: Counter[str] = Counter()
+    for report in skipped:
+        longrepr = report.longrepr
+        # A skip's longrepr is (path, line, "Skipped: reason").
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    terminalreporter.write_sep("-", f"{len(skipped)} test(s) skipped")
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"{count:5d}  {reason}")

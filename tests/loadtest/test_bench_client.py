@@ -1,0 +1,164 @@
+"""The C client of the generator-ceiling cells, built and run as `make bench` runs it.
+
+It sets the bar echod-bench is judged against, so it must not pass a server that
+loses or corrupts bytes: it is run against the C reference server (clean), a server
+that flips one byte (mismatch, exit 3) and one that stops echoing a connection while
+keeping it open (lost, exit 1). The runner's ceiling path is run end to end too, and
+a server that ignores SIGTERM is recorded as killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from loadtest_servers import EchoServer
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+
+from bench import generators, run, servers  # noqa: E402
+from bench.matrix import QUICK, Timing, named  # noqa: E402
+from bench.query import C_CLIENT, ECHOD_BENCH, Results  # noqa: E402
+
+
+def need_cc() -> None:
+    if shutil.which("cc") is None:
+        message = "no C compiler (cc): the C client cannot be built"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def client() -> Path:
+    need_cc()
+    assert servers.build_client() is None
+    return servers.CLIENT_BINARY
+
+
+@pytest.fixture(scope="module")
+def reference() -> servers.ServerSpec:
+    need_cc()
+    assert servers.build_reference() is None
+    return next(s for s in servers.specs([], with_reference=True) if s.name == servers.REFERENCE)
+
+
+def drive(client: Path, port: int, connections: int, size: int) -> tuple[int, dict[str, int]]:
+    proc = subprocess.run(
+        [str(client), "127.0.0.1", str(port), str(connections), str(size), "0.5", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_clean_against_the_c_server(client: Path, reference: servers.ServerSpec) -> None:
+    server = servers.RunningServer(reference, None)
+    try:
+        status, counts = drive(client, server.port, 20, 1024)
+    finally:
+        assert server.stop() == 0
+    assert status == 0, counts
+    assert counts["requests"] > 0 and counts["requests_per_s"] > 0
+    assert counts["mismatches"] == counts["errors"] == counts["lost"] == 0
+
+
+def test_a_corrupted_byte_is_a_mismatch(client: Path) -> None:
+    server = EchoServer(fault="corrupt", after=5000)
+    try:
+        status, counts = drive(client, server.port, 4, 1024)
+    finally:
+        server.close()
+    assert status == 3, counts
+    assert counts["mismatches"] >= 1
+
+
+def test_a_connection_that_stops_echoing_is_lost(client: Path) -> None:
+    # Every connection stalls after 5,000 bytes, inside the window: the client must
+    # not end as if it were merely slow.
+    server = EchoServer(fault="stall", after=5000)
+    try:
+        status, counts = drive(client, server.port, 4, 1024)
+    finally:
+        server.close()
+    assert status == 1, counts
+    assert counts["lost"] == 4 and counts["mismatches"] == 0
+
+
+def test_bad_usage_is_one_line_and_status_2(client: Path) -> None:
+    proc = subprocess.run(
+        [str(client), "127.0.0.1", "1", "0", "64", "1"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("echo-client: ")
+
+
+def test_the_ceiling_cell_runs_both_generators(client: Path, reference: servers.ServerSpec) -> None:
+    """The runner's own path: one round of the quick ceiling cell, then the report's query."""
+    cell = named("rr-1k-10")
+    ceiling = next(c for c in QUICK if c.ceiling_for == cell.name)
+    timing = Timing(rounds=1, duration=0.5, warmup=0.2)
+    records = [
+        {**run.measure(spec, ceiling, timing, None, None, generator), "round": 1}
+        for spec, generator in run.line_up(ceiling, [reference], reference)
+    ]
+    assert [r["generator"] for r in records] == [ECHOD_BENCH, C_CLIENT]
+    for record in records:
+        assert "error" not in record, record
+        assert record["generator_status"] == 0 and record["server_exit"] == 0
+    mine = records[1]["figures"]
+    assert mine["requests_per_s"] > 0 and mine["errors"] == {}
+    assert 0 <= mine["workers"][0]["cpu_pct"] <= 150
+    data = {
+        "servers": [reference.name],
+        "reference": reference.name,
+        "cells": [
+            {"name": cell.name, "args": list(cell.args), "connections": cell.connections},
+            {"name": ceiling.name, "args": [], "connections": 10, "ceiling_for": cell.name},
+        ],
+        "runs": records,
+    }
+    res = Results(data)
+    ours, theirs = res.ceiling(cell.name), res.ceiling(cell.name, C_CLIENT)
+    assert ours and theirs and res.ceiling_ratio(cell.name) == ours / theirs
+
+
+IGNORES_SIGTERM = (
+    "import signal, socket, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "s = socket.create_server(('127.0.0.1', 0))\n"
+    "print(f'listening on 127.0.0.1:{s.getsockname()[1]}', file=sys.stderr, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_server_that_ignores_sigterm_is_recorded_as_killed() -> None:
+    spec = servers.ServerSpec("stubborn", (sys.executable, "-c", IGNORES_SIGTERM))
+    server = servers.RunningServer(spec, None)
+    assert server.stop(timeout=0.5) == -9
+    assert server.killed
+
+
+def test_c_client_counts_become_error_kinds() -> None:
+    line = (
+        '{"requests": 10, "seconds": 1.0, "requests_per_s": 10.0, '
+        '"mismatches": 1, "errors": 0, "lost": 2}\n'
+    )
+    figures = generators.c_client_figures(line, cpu_s=0.95, wall_s=1.0)
+    assert figures["errors"] == {"mismatch": 1, "lost": 2}
+    assert figures["requests_per_s"] == 10.0 and figures["messages"] == 10
+    assert figures["workers"] == [{"index": 0, "cpu_pct": 95.0, "saturated": True}]
+
+
+def test_ceiling_cells_are_dropped_with_a_note_without_the_c_programs() -> None:
+    kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], ceiling=False)
+    assert [c.name for c in kept] == [c.name for c in QUICK if not c.ceiling_for]
+    assert notes == ["ceiling-1k-10 skipped: needs the C reference and the C client"]

@@ -1,0 +1,60 @@
+"""The C100k bench cells: enough source addresses, and backends that cannot say why."""
+
+from __future__ import annotations
+
+import ipaddress
+import resource
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+
+from bench.matrix import C100K, C100K_SMALL, FULL  # noqa: E402
+from bench.run import obstacle  # noqa: E402
+from bench.servers import ServerSpec  # noqa: E402
+
+# Ports one source address has towards one server port (Linux default range).
+PORTS_PER_SOURCE = 60999 - 32768 + 1
+
+
+def sources(args: tuple[str, ...]) -> int:
+    first, last = args[args.index("--source-address") + 1].split("-")
+    return int(ipaddress.ip_address(last)) - int(ipaddress.ip_address(first)) + 1
+
+
+def test_cells_run_from_1k_to_100k_with_ports_to_spare() -> None:
+    assert [c.connections for c in C100K] == [1_000, 10_000, 100_000]
+    assert all(c in FULL for c in C100K)
+    for cell in (*C100K, C100K_SMALL):
+        assert cell.args[cell.args.index("--active") + 1] == "100"
+        assert sources(cell.args) * PORTS_PER_SOURCE > 1.5 * cell.connections
+
+
+def spec(backend: str) -> ServerSpec:
+    return ServerSpec(backend, ("echod",), backend)
+
+
+def test_select_is_reported_with_its_reason_not_dropped() -> None:
+    reason = obstacle(spec("select"), C100K[1])
+    assert reason is not None and "FD_SETSIZE" in reason
+    assert obstacle(spec("select"), C100K[0]) is None
+
+
+def test_threads_are_held_to_the_kernel_thread_limit() -> None:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    big = next((c for c in C100K if c.connections > pid_max), None)
+    if big is not None:
+        reason = obstacle(spec("threads"), big)
+        assert reason is not None and "pid_max" in reason
+
+
+def test_a_descriptor_limit_too_low_is_the_reason_for_every_backend() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for cell in C100K:
+        reason = obstacle(spec("epoll"), cell)
+        if hard != resource.RLIM_INFINITY and cell.connections + 64 > hard:
+            assert reason is not None and "hard limit" in reason
+        else:
+            assert reason is None

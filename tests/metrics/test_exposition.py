@@ -1,0 +1,96 @@
+"""The exposition format and the request parser, alone: no sockets."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from echod.metrics.endpoint import answer
+from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE, Family, Sample, render
+from echod.metrics.figures import SlotFigures, families
+from echod.metrics.process import read
+
+FAMILIES = [
+    Family("echod_received_bytes", "counter", "bytes read", "bytes", (Sample(12),)),
+    Family(
+        "echod_connections_open",
+        "gauge",
+        'open, "per" worker\\slot\nsecond line',
+        samples=(Sample(3, (("worker", "1"),)), Sample(0.5, (("worker", 'a"b\\c\nd'),))),
+    ),
+]
+
+
+def test_text_format_parses_and_keeps_labels_and_values() -> None:
+    parsed = {f.name: f for f in parse_text(render(FAMILIES))}
+    assert parsed["echod_received_bytes"].type == "counter"
+    assert [(s.name, s.value) for s in parsed["echod_received_bytes"].samples] == [
+        ("echod_received_bytes_total", 12)
+    ]
+    samples = parsed["echod_connections_open"].samples
+    assert [(s.labels["worker"], s.value) for s in samples] == [("1", 3), ('a"b\\c\nd', 0.5)]
+    assert parsed["echod_connections_open"].documentation == 'open, "per" worker\\slot\nsecond line'
+
+
+def test_openmetrics_parses_strictly_with_units_and_eof() -> None:
+    text = render(FAMILIES, openmetrics=True)
+    assert text.endswith("# EOF\n")
+    parsed = {f.name: f for f in parse_openmetrics(text)}
+    assert parsed["echod_received_bytes"].unit == "bytes"
+    assert parsed["echod_received_bytes"].samples[0].name == "echod_received_bytes_total"
+
+
+def test_the_openmetrics_parser_would_catch_a_missing_eof() -> None:
+    with pytest.raises(ValueError):
+        list(parse_openmetrics(render(FAMILIES, openmetrics=True).replace("# EOF\n", "")))
+
+
+def test_every_service_family_parses_in_both_formats() -> None:
+    slots = [
+        SlotFigures(1, 100, 2, 10, 1, 640, 640, 0),
+        SlotFigures(2, None, 0, 7, 0, 70, 70, 3),
+    ]
+    own = read()
+    assert own is not None
+    result = families(slots, "epoll", own, {1: own})
+    for text, parse in ((render(result), parse_text), (render(result, True), parse_openmetrics)):
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parse(text)
+            for s in family.samples
+        }
+        assert samples[("echod_connections_accepted_total", ())] == 17
+        assert samples[("echod_received_bytes_total", ())] == 710
+        assert samples[("echod_worker_restarts_total", (("worker", "2"),))] == 3
+        assert samples[("echod_worker_up", (("worker", "2"),))] == 0
+        assert samples[("process_open_fds", ())] > 0
+        assert samples[("process_cpu_seconds_total", ())] > 0
+
+
+def body(openmetrics: bool) -> bytes:
+    return b"om" if openmetrics else b"text"
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "content_type", "payload"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x", "200 OK", TEXT_TYPE, b"text"),
+        (b"GET /metrics?x=1 HTTP/1.0", "200 OK", TEXT_TYPE, b"text"),
+        (
+            b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,"
+            b"text/plain;q=0.5",
+            "200 OK",
+            OPENMETRICS_TYPE,
+            b"om",
+        ),
+        (b"GET / HTTP/1.1", "404 Not Found", "text/plain", b"metrics are at /metrics\n"),
+        (b"POST /metrics HTTP/1.1", "405 Method Not Allowed", "text/plain", b"GET /metrics\n"),
+        (b"\x16\x03\x01 tls hello", "400 Bad Request", "text/plain", b"bad request\n"),
+        (b"GET /metrics", "400 Bad Request", "text/plain", b"bad request\n"),
+    ],
+)
+def test_requests_are_answered(head: bytes, status: str, content_type: str, payload: bytes) -> None:
+    assert answer(head, body) == (status, content_type, payload)

@@ -1,0 +1,103 @@
+"""A slow or hostile scraper costs the supervisor bounded memory and descriptors, and
+costs echo clients nothing: they are served by workers the scraper never reaches."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from echod.metrics.endpoint import DEADLINE, HEAD_LIMIT, MAX_SCRAPERS
+from tests.metrics.scrape import address_of, request, scrape, value
+from tests.support import Echod, echod, recv_exactly, wait_until
+
+REQUESTS = 3000
+
+
+def echo_round_trip(sock: socket.socket) -> float:
+    started = time.monotonic()
+    sock.sendall(b"ping\n")
+    assert recv_exactly(sock, 5) == b"ping\n"
+    return time.monotonic() - started
+
+
+def connect(where: tuple[int, object]) -> socket.socket:
+    family, address = where
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(address)  # type: ignore[arg-type]
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_slowloris_cannot_lock_out_a_scrape_and_is_cut_off(echo_server: Echod) -> None:
+    where = address_of(echo_server)
+    slow = [connect(where) for _ in range(MAX_SCRAPERS * 3)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /metr")  # and never the rest
+        with echo_server.connect() as client:
+            assert echo_round_trip(client) < 2.0
+            # The oldest are evicted to make room: a real scraper still gets through.
+            assert value(scrape(where), "echod_build_info", version="0.1.0", backend="epoll") == 1
+            for sock in slow:
+                sock.settimeout(DEADLINE + 5 + 5)  # deadline plus one supervisor tick, slack
+            assert all(closed_by_server(sock) for sock in slow)
+            assert echo_round_trip(client) < 2.0
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_huge_request_is_refused_after_the_head_limit(echo_server: Echod) -> None:
+    where = address_of(echo_server)
+    with connect(where) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Fill: " + b"x" * (1 << 20))
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+    # Either the 431 arrived, or the unread megabyte made the close a reset first.
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 431 "), reply[:100]
+    status, _, _ = request(where, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert status == "HTTP/1.1 200 OK"
+
+
+def test_many_requests_cost_bounded_memory_and_no_descriptors(echo_server: Echod) -> None:
+    where = address_of(echo_server)
+    scrape(where)
+    fds_before, rss_before = echo_server.settled_fds(), echo_server.rss()
+    slowest = 0.0
+    with echo_server.connect() as client:
+        for number in range(REQUESTS):
+            status, _, body = request(where, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert status == "HTTP/1.1 200 OK" and body.endswith(b"\n")
+            if number % 100 == 0:
+                slowest = max(slowest, echo_round_trip(client))
+    assert slowest < 2.0  # wide: a shared two-core machine; a blocked echo would be TIMEOUT
+    assert wait_until(lambda: echo_server.open_fds() <= fds_before)
+    assert echo_server.rss() - rss_before < 8 << 20
+
+
+def test_bad_requests_get_one_answer_each(echo_server: Echod) -> None:
+    where = address_of(echo_server)
+    assert request(where, b"GET / HTTP/1.1\r\n\r\n")[0] == "HTTP/1.1 404 Not Found"
+    assert request(where, b"DELETE /metrics HTTP/1.1\r\n\r\n")[0].startswith("HTTP/1.1 405")
+    assert request(where, b"\x16\x03\x01\x02\x00\n\n")[0] == "HTTP/1.1 400 Bad Request"
+    assert HEAD_LIMIT <= 64 * 1024
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Echod]:
+    with echod("--port", "0", "--backend", "epoll", "--metrics", "127.0.0.1:0") as server:
+        yield server
