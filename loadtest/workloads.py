@@ -32,12 +32,24 @@ from typing import Any
 from loadtest.pattern import CHUNK, PERIOD, Pattern
 from loadtest.pollers import Poller
 from loadtest.sources import BIND_ADDRESS_NO_PORT
-from loadtest.stats import CLOSED, CONNECT_TIMEOUT, LOST, MISMATCH, TIMEOUT, Tally, error_kind
+from loadtest.stats import (
+    CLOSED,
+    CONNECT_TIMEOUT,
+    LOST,
+    MISMATCH,
+    TIMEOUT,
+    UNSENT,
+    Tally,
+    error_kind,
+)
 
 DOWN, CONNECTING, UP = 0, 1, 2
 # Up to this many bytes, the rr hot path reads and sends bytes objects rather than
 # memoryviews: both then come from and go to small-object blocks (pymalloc, 512 B).
 SMALL = 512
+# Open loop: messages one connection may hold due and unsent (about 3 MB of due
+# times) before further ones count as ``unsent`` errors straight away.
+MAX_BACKLOG = 100_000
 
 # Phases of the run as connections see them: before the clock (held open, silent),
 # warmup and window (issuing), drain (no new messages; owed echoes collected).
@@ -476,6 +488,11 @@ class RateConnection(EchoConnection):
         in the backlog and goes out as soon as it can, its latency still counted
         from ``due``.
         """
+        if len(self.dues) >= MAX_BACKLOG:
+            # The generator's own memory stays bounded too: past this, a message
+            # due on a connection that cannot take it is reported at once.
+            self.tally.error(UNSENT)
+            return
         self.dues.append(due)
         if self.state == UP and self.released - self.done < self.depth:
             self.released += 1

@@ -47,3 +47,21 @@ def test_a_freeze_is_charged_from_the_due_time_and_reported_uncorrected_beside_i
     assert "uncorrected µs" in run.stdout
     # Nothing due was dropped: every message of the window went out, late or not.
     assert run.figures["messages"] + run.figures["drain"]["messages"] >= 0.95 * 200 * 2
+
+
+def test_messages_due_while_a_connection_is_down_go_out_late_not_dropped(tmp_path: Path) -> None:
+    server = EchoServer(fault="close_early", after=2000)
+    try:
+        run = run_bench(
+            tmp_path, "--port", str(server.port), "--rate", "400", "--connections", "2",
+            "--size", "100", "--duration", "1", "--warmup", "0.2", "--processes", "1",
+        )  # fmt: skip
+    finally:
+        server.close()
+    figures = run.figures
+    # One connection was closed under it (after its 20th message, in the warmup) and
+    # reopened; what fell due meanwhile went out on the new connection.
+    assert figures["errors"] == {"closed": 1}, run.stdout
+    assert run.status == 1
+    assert figures["unsent"] == 0
+    assert figures["messages"] + figures["drain"]["messages"] >= 0.95 * 400 * 1
