@@ -24,6 +24,7 @@ from echod.service import ServiceError, worker_process
 from echod.service.arbiter import Supervisor
 from echod.service.limits import check_identity, raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
+from echod.udp.serving import check_backend
 
 EXIT_USAGE = 2
 EXIT_LISTEN = 1
@@ -119,6 +120,7 @@ def serve(config: Config, backend: Backend) -> int:
     raise_nofile_limit(config.max_connections + 64 if config.max_connections else None)
     notifier = Notifier.from_env()
     try:
+        check_backend(backend.name, listeners.shared)
         # Metrics are served by the supervisor, which never touches a client socket.
         if not workers and listeners.metrics is None:
             stats = Stats()

@@ -79,6 +79,27 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def packet_and_byte_rate(text: str) -> tuple[float, int]:
+    """``DATAGRAMS/BYTES`` per second, e.g. ``100/1M``; 0 on either side turns it off."""
+    packets, sep, size = text.partition("/")
+    if not sep:
+        raise ConfigError(f"{text!r} is not DATAGRAMS/BYTES per second (e.g. 100/1M)")
+    try:
+        rate = float(packets)
+    except ValueError:
+        raise ConfigError(f"{packets!r} is not a number of datagrams per second") from None
+    if not 0 <= rate < float("inf"):
+        raise ConfigError(f"{packets!r} datagrams per second must be zero or more")
+    return rate, byte_size(size)
+
+
+def port_list(text: str) -> tuple[int, ...]:
+    """Comma-separated ports; ``none`` (or nothing) for an empty list."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(port_number(part) for part in text.split(","))
+
+
 def _integer(text: str) -> int:
     try:
         return int(text.strip(), 10)
@@ -115,6 +136,12 @@ class Option:
         """The default as an operator would type it (sizes in K, none as a dash)."""
         if self.default in (None, ()):
             return "—"
+        if self.parse is packet_and_byte_rate:
+            return f"{self.default[0]:g}/{self.default[1] >> 20}M"
+        if self.parse is port_list:
+            return ",".join(map(str, self.default))
+        if self.parse is byte_size and self.default and self.default % (1 << 20) == 0:
+            return f"{self.default >> 20}M"
         if self.parse is byte_size and self.default % 1024 == 0:
             return f"{self.default // 1024}K"
         if isinstance(self.default, float) and self.default.is_integer():
@@ -129,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
         "listen",
         str,
         (),
-        "listen on HOST:PORT, [V6]:PORT or unix:/PATH instead of --host/--port; repeat for more",
+        "listen on HOST:PORT, [V6]:PORT, unix:/PATH or udp:HOST:PORT instead of --host/--port; repeat for more",
         "ADDRESS",
         repeated=True,
     ),
@@ -144,6 +171,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", str.lower, "text", "log lines as text (the journal's dialect under systemd) or one JSON object per line", "FORMAT", choices=LOG_FORMATS),
     Option("workers", worker_count, 1, "processes serving connections under one supervisor; auto = one per usable CPU", "N|auto"),
     Option("listen_mode", str.lower, "reuseport", "with workers: a SO_REUSEPORT socket per worker (even spread), or one accept queue all share (TCP only; Unix and systemd sockets are always shared)", "MODE", choices=LISTEN_MODES),
+    Option("udp_rate", packet_and_byte_rate, (100.0, 1 << 20), "UDP: answers per source address, DATAGRAMS/BYTES per second (0/0 = no limit)", "N/BYTES"),
+    Option("udp_burst", seconds, 2.0, "UDP: seconds of --udp-rate a quiet source may send at once", "SECONDS"),
+    Option("udp_budget", byte_size, 8 << 20, "UDP: bytes per second answered in total, whatever the sources (0 = no limit)", "BYTES"),
+    Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it a new source takes over the least recently seen one's bucket", "N"),
+    Option("udp_refuse_ports", port_list, (53, 123, 161, 389, 1900, 5353, 11211), "UDP: source ports never answered besides those below 1024 and echod's own (none = only those)", "PORTS"),
     Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
@@ -186,6 +218,11 @@ class Config:
     metrics: str | None = None
     user: str | None = None
     group: str | None = None
+    udp_rate: tuple[float, int] = (100.0, 1 << 20)
+    udp_burst: float = 2.0
+    udp_budget: int = 8 << 20
+    udp_sources: int = 4096
+    udp_refuse_ports: tuple[int, ...] = (53, 123, 161, 389, 1900, 5353, 11211)
 
     def __post_init__(self) -> None:
         try:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from echod.udp.guard import UdpCounters
+
 log = logging.getLogger("echod")
 
 # STATUS= lines and watchdog pings are sent from a timer inside each backend's loop, so
@@ -36,6 +38,7 @@ class Stats:
     connections_dropped: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    udp: UdpCounters | None = None  # set by the datagram service when there are UDP listeners
 
     def opened(self) -> None:
         self.connections_open += 1
@@ -53,22 +56,32 @@ class Stats:
     )
 
     def encode(self) -> str:
-        return " ".join(str(getattr(self, name)) for name in self.COUNTERS)
+        words = [str(getattr(self, name)) for name in self.COUNTERS]
+        if self.udp is not None:  # UDP listeners: their counters follow
+            words += self.udp.encode()
+        return " ".join(words)
 
     @classmethod
     def decode(cls, text: str) -> Stats:
         """The counters :meth:`encode` wrote; ValueError for anything else."""
         words = text.split()
-        if len(words) != len(cls.COUNTERS) or not all(word.isdigit() for word in words):
+        sizes = (len(cls.COUNTERS), len(cls.COUNTERS) + UdpCounters.WORDS)
+        if len(words) not in sizes or not all(word.isdigit() for word in words):
             raise ValueError(f"not a stats record: {text!r}")
         stats = cls()
-        for name, word in zip(cls.COUNTERS, words, strict=True):
+        for name, word in zip(cls.COUNTERS, words, strict=False):
             setattr(stats, name, int(word))
+        if len(words) > len(cls.COUNTERS):
+            stats.udp = UdpCounters.decode(words[len(cls.COUNTERS) :])
         return stats
 
     def add(self, other: Stats) -> None:
         for name in self.COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.udp is not None:
+            if self.udp is None:
+                self.udp = UdpCounters()
+            self.udp.add(other.udp)
 
     def counts(self) -> dict[str, int]:
         """The counters as one structured log field (``--log-format json``)."""
@@ -76,10 +89,11 @@ class Stats:
 
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
+        udp = f" {self.udp.summary()}" if self.udp is not None else ""
         return (
             f"connections open={self.connections_open} total={self.connections_total} "
             f"dropped={self.connections_dropped} bytes in={self.bytes_in} "
-            f"out={self.bytes_out} uptime={uptime:.0f}s"
+            f"out={self.bytes_out}{udp} uptime={uptime:.0f}s"
         )
 
 

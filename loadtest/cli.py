@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return merge_main(argv[1:])
     params = parse(argv)
+    if params.workload == "udp":
+        from loadtest import udp  # its own flows and figures: datagrams, not connections
+
+        return udp.main(params)
     try:
         figures, status = run(params)
     except Abort as exc:

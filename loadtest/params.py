@@ -19,6 +19,8 @@ WORKLOADS = {
     "rate": "open loop at --rate messages/s in total; latency counts from when each was due",
     "churn": "connect, echo one --size message, close, repeat; connections/s and connect time",
     "stream": "bulk: keep --pipeline chunks of --size bytes in flight each way; MB/s",
+    "udp": "UDP datagrams of --size, --pipeline in flight per flow (--connections flows) or "
+    "at --rate in total; loss, duplicates, reordering, corruption",
 }
 
 
@@ -227,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "goes to stderr)",
     )
     parser.add_argument("--churn", action="store_true", help="shorthand for --workload churn")
+    parser.add_argument("--udp", action="store_true", help="shorthand for --workload udp")
     parser.add_argument(
         "--no-progress",
         dest="progress",
@@ -245,7 +248,11 @@ def parse(argv: list[str] | None) -> Params:
         if workload not in (None, "churn"):
             parser.error(f"--churn contradicts --workload {workload}")
         workload = "churn"
-    if args.rate is not None:
+    if args.udp:
+        if workload not in (None, "udp"):
+            parser.error(f"--udp contradicts --workload {workload}")
+        workload = "udp"
+    if args.rate is not None and workload != "udp":  # udp takes --rate as its open loop
         if workload not in (None, "rate"):
             parser.error(f"--rate applies to the rate workload, not {workload}")
         workload = "rate"

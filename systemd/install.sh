@@ -42,7 +42,7 @@ echo "installing echod from $SOURCE into $venv"
 "$venv/bin/python" -m pip install --quiet --upgrade "$SOURCE"
 
 mkdir -p "$DESTDIR$UNITDIR"
-for unit in echod.socket echod-metrics.socket echod.service echod-standalone.service; do
+for unit in echod.socket echod-udp.socket echod-metrics.socket echod.service echod-standalone.service; do
     sed "s|^ExecStart=/opt/echod/venv/bin/echod|ExecStart=$PREFIX/venv/bin/echod|" \
         "$here/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
     chmod 0644 "$DESTDIR$UNITDIR/$unit.tmp"

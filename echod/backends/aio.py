@@ -31,6 +31,7 @@ from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
+from echod.udp.serving import DatagramService
 
 log = logging.getLogger("echod")
 
@@ -120,7 +121,7 @@ class AsyncServer(ServingPolicy):
     def __init__(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        self.listeners = list(listeners)
+        self.listeners, self.udp = DatagramService.take(listeners, config, lifecycle.stats)
         self.config = config
         self.lifecycle = lifecycle
         self.stats = lifecycle.stats
@@ -143,7 +144,14 @@ class AsyncServer(ServingPolicy):
             await self._start_accepting()
             self.call_every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
             self.start_idle_sweeps()
-            self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
+            # Datagrams are read straight off the socket, as the reactor does: asyncio's
+            # datagram transport would queue answers without bound on EAGAIN.
+            self.udp.start(
+                lambda sock, callback: loop.add_reader(sock, callback, 0), loop.remove_reader
+            )
+            self.lifecycle.ready(
+                [describe(sock) for sock in self.listeners] + self.udp.addresses, label
+            )
             await self.finished
         finally:
             for signum in HANDLED_SIGNALS:
@@ -153,6 +161,7 @@ class AsyncServer(ServingPolicy):
             self._stop_accepting()
             for sock in self.listeners:
                 sock.close()
+            self.udp.close()
             for conn in list(self.connections):
                 conn.close()
             self._spare.close()
@@ -257,6 +266,7 @@ class AsyncServer(ServingPolicy):
         self._stop_accepting()
         for sock in self.listeners:
             sock.close()
+        self.udp.close()
 
     def finish(self) -> None:
         if not self.finished.done():

@@ -34,6 +34,7 @@ from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
+from echod.udp.serving import DatagramService
 
 log = logging.getLogger("echod")
 
@@ -182,7 +183,7 @@ class ReactorServer(ServingPolicy):
         fd_limit: int | None,
     ) -> None:
         self.reactor = reactor
-        self.listeners = list(listeners)
+        self.listeners, self.udp = DatagramService.take(listeners, config, lifecycle.stats)
         self.config = config
         self.lifecycle = lifecycle
         self.stats = lifecycle.stats
@@ -202,7 +203,12 @@ class ReactorServer(ServingPolicy):
         self._start_accepting()
         reactor.call_every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
         self.start_idle_sweeps()
-        self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
+        self.udp.start(
+            lambda sock, callback: reactor.add(sock, WANT_READ, callback), reactor.remove
+        )
+        self.lifecycle.ready(
+            [describe(sock) for sock in self.listeners] + self.udp.addresses, label
+        )
         try:
             reactor.run()
         finally:
@@ -236,6 +242,7 @@ class ReactorServer(ServingPolicy):
 
     def close_listeners(self) -> None:
         self.listening.close()
+        self.udp.close()
 
     def _accept(self, listener: socket.socket) -> None:
         limit = self.config.max_connections

@@ -92,11 +92,15 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
     # family, type and proto are read from the fd itself (getsockopt).
     sock = socket.socket(fileno=fd)
     try:
-        if sock.type != socket.SOCK_STREAM:
+        # A datagram socket (ListenDatagram=) is served as UDP echo, told apart by its type.
+        if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             raise ActivationError(
-                f"{where} is {sock.type.name}, not SOCK_STREAM: use ListenStream= in the socket unit"
+                f"{where} is {sock.type.name}, not SOCK_STREAM or SOCK_DGRAM: "
+                "use ListenStream= or ListenDatagram= in the socket unit"
             )
-        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        if sock.type == socket.SOCK_STREAM and not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
             raise ActivationError(f"{where} is a stream socket that is not listening")
     except BaseException:
         sock.detach()

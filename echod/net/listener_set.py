@@ -70,7 +70,7 @@ def open_listeners(
             return listeners
         for text in addresses:
             address = parse_address(text)
-            if per_worker and address.path is None:
+            if per_worker and address.path is None and not address.datagram:  # UDP: shared
                 reservation, resolved = reserve(address)
                 listeners.reservations.append(reservation)
                 listeners.per_worker.append(resolved)

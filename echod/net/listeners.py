@@ -7,6 +7,7 @@ bound, sockets inherited from systemd, and one SO_REUSEPORT socket per worker pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import socket
@@ -21,20 +22,32 @@ class ListenerError(OSError):
 
 @dataclass(frozen=True)
 class Address:
-    """Where to listen: a TCP host and port, or a Unix stream socket path."""
+    """Where to listen: a TCP or UDP host and port, or a Unix stream socket path."""
 
     host: str = ""
     port: int = 0
     path: str | None = None
+    datagram: bool = False  # udp:HOST:PORT
 
     def __str__(self) -> str:
         if self.path is not None:
             return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        udp = "udp:" if self.datagram else ""
+        return (
+            f"{udp}[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"{udp}{self.host}:{self.port}"
+        )
 
 
 def parse_address(text: str) -> Address:
-    """``host:port``, ``[v6]:port``, ``:port`` (all IPv4 addresses) or ``unix:/path``."""
+    """``host:port``, ``[v6]:port``, ``:port`` (all IPv4 addresses) or ``unix:/path``;
+    ``udp:`` before a host and port makes it a UDP listener."""
+    if text.startswith("udp:"):
+        if text.startswith("udp:unix:"):
+            raise ListenerError(f"listen address {text!r}: UDP listens on HOST:PORT, not a path")
+        address = parse_address(text[4:])
+        return dataclasses.replace(address, datagram=True)
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
@@ -79,7 +92,10 @@ def bind(
         return _bind_unix(address.path, backlog, unix_mode)
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            address.host,
+            address.port,
+            type=socket.SOCK_DGRAM if address.datagram else socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
         )
     except socket.gaierror as exc:
         raise ListenerError(
@@ -88,7 +104,7 @@ def bind(
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:
-        if listen:
+        if listen and not address.datagram:  # on UDP it would let a second server share the port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -97,7 +113,7 @@ def bind(
             # a specific IPv6 address is unaffected.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(sockaddr)
-        if listen:
+        if listen and not address.datagram:
             sock.listen(backlog)
     except OSError as exc:
         sock.close()

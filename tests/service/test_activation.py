@@ -210,13 +210,21 @@ def test_malformed_variables_raise_one_clear_error(environ: dict[str, str], mess
     assert environ == {}
 
 
-def test_a_datagram_socket_is_refused() -> None:
+def test_a_datagram_socket_is_taken_for_udp_echo() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
+        report = run_child([sock.fileno()], {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "udp-echo"})
+    sockets = report["sockets"]
+    assert isinstance(sockets, list) and sockets[0]["type"] == "SOCK_DGRAM"
+    assert sockets[0]["name"] == "udp-echo"
+
+
+def test_a_seqpacket_socket_is_refused() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         report = run_child([sock.fileno()], {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "echo"})
     assert report == {
-        "error": "inherited fd 3 ('echo') is SOCK_DGRAM, not SOCK_STREAM: "
-        "use ListenStream= in the socket unit"
+        "error": "inherited fd 3 ('echo') is SOCK_SEQPACKET, not SOCK_STREAM or SOCK_DGRAM: "
+        "use ListenStream= or ListenDatagram= in the socket unit"
     }
 
 

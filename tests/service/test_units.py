@@ -14,7 +14,7 @@ import pytest
 from tests.support import missing, require_module, require_tool
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNITS = ["echod.socket", "echod.service", "echod-standalone.service"]
+UNITS = ["echod.socket", "echod-udp.socket", "echod.service", "echod-standalone.service"]
 EXEC_START = "/opt/echod/venv/bin/echod"
 # Where the distribution keeps its own units (sysinit.target and friends,
 # which every unit depends on by default).
