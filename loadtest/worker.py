@@ -28,7 +28,7 @@ import psutil
 
 from loadtest.params import Params
 from loadtest.pattern import Pattern
-from loadtest.pollers import best_poller
+from loadtest.pollers import Poller, best_poller
 from loadtest.stats import LOST, UNSENT, Tally, WorkerResult, encode_counts
 from loadtest.workloads import (
     CONNECTING,
@@ -75,10 +75,10 @@ class WorkerPlan:
 class Worker:
     """The event loop, the connect limiter and the reconnect timers of one process."""
 
-    def __init__(self, params: Params, plan: WorkerPlan) -> None:
+    def __init__(self, params: Params, plan: WorkerPlan, poller: Poller | None = None) -> None:
         self.params = params
         self.plan = plan
-        self.poller = best_poller()
+        self.poller = poller or best_poller()
         self.tally = Tally()
         self.stopping = False
         self.pending_connects = 0
