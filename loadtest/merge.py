@@ -89,9 +89,14 @@ def merge_results(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             "different requests"
         )
     latency, connect = new_histogram(), new_histogram()
+    uncorrected, drain_latency = new_histogram(), new_histogram()
     for figures in results:
         latency.add(decode_histogram(figures["histograms"]["latency"]))
         connect.add(decode_histogram(figures["histograms"]["connect"]))
+        # Beside the window's latency: from the actual send (open loop) and the drain.
+        if "latency_uncorrected" in figures["histograms"]:
+            uncorrected.add(decode_histogram(figures["histograms"]["latency_uncorrected"]))
+            drain_latency.add(decode_histogram(figures["histograms"]["drain_latency"]))
     seconds: dict[int, list[dict[str, Any]]] = {}
     for figures in results:
         for interval in figures["intervals"]:
@@ -160,6 +165,12 @@ def merge_results(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "bytes_echoed": sum(f["bytes_echoed"] for f in results),
         "mb_per_s": round(sum(f["mb_per_s"] for f in results), 3),
         "latency_us": summarize(latency),
+        "latency_uncorrected_us": summarize(uncorrected),
+        "drain": {
+            "messages": sum(f.get("drain", {}).get("messages", 0) for f in results),
+            "latency_us": summarize(drain_latency),
+        },
+        "loop": results[0].get("loop"),
         "connect_us": summarize(connect),
         "errors": errors,
         "errors_total": sum(errors.values()),
@@ -170,6 +181,8 @@ def merge_results(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "exit_status": exit_status(errors),
         "histograms": {
             "latency": histogram_text(latency.encode()),
+            "latency_uncorrected": histogram_text(uncorrected.encode()),
+            "drain_latency": histogram_text(drain_latency.encode()),
             "connect": histogram_text(connect.encode()),
         },
         "intervals": intervals,

@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load generator for TCP echo servers: every echoed byte is checked. "
         "'echod-bench merge A.json B.json ...' adds results of several runs.",
         epilog="Exit status: 0 clean run, 1 transport errors (resets, timeouts, refused), "
-        "2 bad input or unreachable server, 3 echoed data did not match what was sent.",
+        "2 bad input or unreachable server, 3 echoed data did not match what was sent, "
+        "4 bytes sent were never echoed (lost) and no mismatch.",
     )
     for flag, name, kind, help_text in OPTIONS:
         default = getattr(defaults, name)

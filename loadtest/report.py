@@ -10,7 +10,7 @@ from loadtest import __version__
 from loadtest.monitor import ServerFigures
 from loadtest.params import Params
 from loadtest.results import FORMAT, histogram_text
-from loadtest.stats import MISMATCH, WorkerResult, merge, merge_errors, summarize
+from loadtest.stats import LOST, MISMATCH, WorkerResult, merge, merge_errors, summarize
 
 # Error kind: held connections not up at the end of the window.
 UNCONNECTED = "unconnected"
@@ -21,6 +21,7 @@ EXIT_CLEAN = 0
 EXIT_ERRORS = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 3
+EXIT_LOST = 4
 
 
 def environment() -> dict[str, Any]:
@@ -43,6 +44,8 @@ def environment() -> dict[str, Any]:
 def exit_status(errors: dict[str, int]) -> int:
     if errors.get(MISMATCH):
         return EXIT_MISMATCH
+    if errors.get(LOST):
+        return EXIT_LOST
     return EXIT_ERRORS if any(errors.values()) else EXIT_CLEAN
 
 
@@ -92,7 +95,8 @@ def build(
     unsent = sum(r.unsent for r in results)
     if unsent:
         warnings.append(
-            f"{unsent} scheduled messages were not sent because their connection was down"
+            f"{unsent} scheduled messages fell due and were never sent (their connection "
+            "was down or stalled until the end)"
         )
     server_figures: dict[str, Any] | None = None
     if server is not None:
@@ -110,6 +114,8 @@ def build(
             ),
         }
     latency = merge([r.latency for r in results])
+    uncorrected = merge([r.latency_uncorrected for r in results])
+    drain_latency = merge([r.drain_latency for r in results])
     connect = merge([r.connect for r in results])
     return {
         "format": FORMAT,
@@ -132,6 +138,12 @@ def build(
         "bytes_echoed": echoed,
         "mb_per_s": round(echoed / window / 1e6, 3) if window else 0.0,
         "latency_us": summarize(latency),
+        "latency_uncorrected_us": summarize(uncorrected),
+        "drain": {
+            "messages": sum(r.drained for r in results),
+            "latency_us": summarize(drain_latency),
+        },
+        "loop": results[0].loop if results else None,
         "connect_us": summarize(connect),
         "errors": errors,
         "errors_total": sum(errors.values()),
@@ -142,6 +154,8 @@ def build(
         "exit_status": exit_status(errors),
         "histograms": {
             "latency": histogram_text(latency.encode()),
+            "latency_uncorrected": histogram_text(uncorrected.encode()),
+            "drain_latency": histogram_text(drain_latency.encode()),
             "connect": histogram_text(connect.encode()),
         },
         "intervals": intervals or [],
@@ -180,8 +194,23 @@ def table(figures: dict[str, Any]) -> str:
         f"  {rate_name:<15}{_count(figures['requests_per_s'])}",
         f"  MB/s echoed    {figures['mb_per_s']:,.2f} (each way)",
         f"  latency µs     {_percentiles(figures['latency_us'])}",
+        *(
+            [
+                f"  uncorrected µs {_percentiles(figures.get('latency_uncorrected_us', {}))} (from the send)"
+            ]
+            if p["workload"] == "rate"
+            else []
+        ),
         f"  connect µs     {_percentiles(figures['connect_us'])}",
     ]
+    drain = figures.get("drain") or {"messages": 0}
+    if drain["messages"]:
+        worst = drain["latency_us"].get("max")
+        lines.append(
+            f"  drain          {drain['messages']:,} echoes owed at the end came back "
+            "(not in the figures above"
+            + (f"; latency max {worst:,} µs)" if worst is not None else ")")
+        )
     errors = figures["errors"]
     lines.append(
         "  errors         "

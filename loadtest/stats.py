@@ -26,6 +26,10 @@ RESET = "reset"
 REFUSED = "refused"
 CONNECT_TIMEOUT = "connect_timeout"
 TIMEOUT = "timeout"
+# Still owed when the drain after the window gave up: bytes that never came back.
+LOST = "lost"
+# Open loop: a message that fell due and could not be sent before the run ended.
+UNSENT = "unsent"
 _ERRNO_KINDS = {
     errno.ECONNRESET: RESET,
     errno.EPIPE: RESET,
@@ -41,9 +45,27 @@ def error_kind(code: int) -> str:
 
 
 class Tally:
-    """What one worker has counted since the start of the measurement window."""
+    """What one worker counts, cut into whole seconds of the measurement window.
 
-    __slots__ = ("bytes", "connect", "errors", "latency", "messages", "unsent")
+    The hot path bumps ``messages``, ``bytes`` and the µs dicts ``latency`` and
+    ``uncorrected`` (the latter only in open loop, from the actual send); ``cut``
+    folds them into the window's totals once a second, so connections always
+    count into the current second and never look up which second it is.
+    """
+
+    __slots__ = (
+        "bytes",
+        "connect",
+        "errors",
+        "latency",
+        "messages",
+        "uncorrected",
+        "window_bytes",
+        "window_errors",
+        "window_latency",
+        "window_messages",
+        "window_uncorrected",
+    )
 
     def __init__(self) -> None:
         self.errors: dict[str, int] = {}
@@ -58,13 +80,42 @@ class Tally:
         """
         self.messages = 0
         self.bytes = 0
-        self.unsent = 0
         self.latency: dict[int, int] = {}
+        self.uncorrected: dict[int, int] = {}
+        self.window_messages = 0
+        self.window_bytes = 0
+        self.window_latency: dict[int, int] = {}
+        self.window_uncorrected: dict[int, int] = {}
+        self.window_errors = dict(self.errors)
         if connects:
             self.connect = {}
 
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+    def error(self, kind: str, count: int = 1) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + count
+
+    def cut(self, second: int) -> Interval:
+        """End one second: its figures as an ``Interval``, added to the window's."""
+        errors = {
+            kind: count - self.window_errors.get(kind, 0)
+            for kind, count in self.errors.items()
+            if count != self.window_errors.get(kind, 0)
+        }
+        interval = Interval(second, self.messages, self.bytes, errors, encode_counts(self.latency))
+        self.window_messages += self.messages
+        self.window_bytes += self.bytes
+        add_counts(self.window_latency, self.latency)
+        add_counts(self.window_uncorrected, self.uncorrected)
+        self.window_errors = dict(self.errors)
+        self.messages = 0
+        self.bytes = 0
+        self.latency = {}
+        self.uncorrected = {}
+        return interval
+
+
+def add_counts(total: dict[int, int], counts: dict[int, int]) -> None:
+    for value, count in counts.items():
+        total[value] = total.get(value, 0) + count
 
 
 def new_histogram() -> HdrHistogram:
@@ -83,7 +134,8 @@ def encode_counts(counts: dict[int, int]) -> bytes:
 def merge(encoded: list[bytes]) -> HdrHistogram:
     histogram = new_histogram()
     for blob in encoded:
-        histogram.decode_and_add(blob)
+        if blob:  # b"": a result that carries no such histogram
+            histogram.decode_and_add(blob)
     return histogram
 
 
@@ -108,7 +160,6 @@ class Interval:
     messages: int
     bytes: int
     errors: dict[str, int]
-    # builtins.: the field ``bytes`` above shadows the type in the class body.
     latency: builtins.bytes  # encoded HDR histogram of that second's latencies, µs (corrected)
 
 
@@ -127,10 +178,15 @@ class WorkerResult:
     latency: bytes
     connect: bytes
     errors: dict[str, int] = field(default_factory=dict)
-    # time.time() at the window's start and end: runs on several hosts are merged
-    # only when their windows overlap (loadtest/merge.py).
+    # From the actual send rather than the due time; the same as ``latency`` in
+    # closed loop, where a message is sent the moment it falls due.
+    latency_uncorrected: bytes = b""
+    # Echoes that completed in the drain after the window: not in the figures above.
+    drained: int = 0
+    drain_latency: bytes = b""
     window_start_wall: float = 0.0
     window_end_wall: float = 0.0
+    loop: str = "selectors"
 
     @property
     def cpu_share(self) -> float:

@@ -1,35 +1,46 @@
-"""One worker process: a selectors loop driving its share of the connections.
+"""One worker process: one event loop (epoll, or selectors) driving its share of the connections.
 
 The parent hands each worker a ``WorkerPlan``; the worker connects, reports
-``ready``, waits for the common start time, runs until the end of the window and
-sends back a ``WorkerResult``.  Messages on the queue are tuples whose first item
-says what they are: ``ready``, ``tick`` (progress), ``result`` or ``crash``.
+``ready``, waits for the common start time, runs the warmup and the window,
+drains what the server still owes, and sends back a ``WorkerResult``.  Messages
+on the queue are tuples whose first item says what they are: ``ready``, ``tick``
+(progress), ``interval`` (one second of the window), ``result`` or ``crash``.
+
+The worker owns the loop, the timers and the connect limiter; connections
+(``workloads.py``) see it only through the ``Link`` it hands them.
 """
 
 from __future__ import annotations
 
 import heapq
-import selectors
 import signal
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
-from time import monotonic, sleep, time
+from time import monotonic, sleep
 from typing import Any
 
 import psutil
 
 from loadtest.params import Params
-from loadtest.pattern import CHUNK, Pattern
-from loadtest.stats import Interval, Tally, WorkerResult, encode_counts
+from loadtest.pattern import Pattern
+from loadtest.pollers import Poller, best_poller
+from loadtest.stats import LOST, UNSENT, Tally, WorkerResult, encode_counts
 from loadtest.workloads import (
+    CONNECTING,
+    DRAINING,
+    RUNNING,
     UP,
     ChurnConnection,
     Connection,
     EchoConnection,
+    Link,
+    RateConnection,
+    Settings,
     StreamConnection,
 )
 
@@ -54,48 +65,50 @@ class WorkerPlan:
     rate: float
     family: int
     address: tuple[Any, ...]
-    # This worker's share of --connect-rate, connections/s; 0 = as fast as the
-    # connect limiter allows.
+    # This worker's share of --connect-rate, connections/s (0 = as fast as the
+    # connect limiter allows), and local addresses to bind: connection ``i`` uses
+    # ``sources[i % len(sources)]``; empty lets the kernel choose.
     connect_rate: float = 0.0
-    # Local addresses to bind before connect (--source-address): connection id i
-    # uses sources[i % len(sources)]; empty = the kernel chooses.
     sources: tuple[str, ...] = ()
 
 
 class Worker:
     """The event loop, the connect limiter and the reconnect timers of one process."""
 
-    def __init__(self, params: Params, plan: WorkerPlan) -> None:
+    def __init__(self, params: Params, plan: WorkerPlan, poller: Poller | None = None) -> None:
         self.params = params
         self.plan = plan
-        self.family = plan.family
-        self.address = plan.address
-        self.selector = selectors.DefaultSelector()
-        self.pattern = Pattern()
-        self.buffer = memoryview(bytearray(CHUNK))
+        self.poller = poller or best_poller()
         self.tally = Tally()
-        self.running = False
         self.stopping = False
         self.pending_connects = 0
         self.waiting: deque[Connection] = deque()
         self.timers: list[tuple[float, int, Connection]] = []
         self.timer_seq = 0
+        settings = Settings(
+            family=plan.family,
+            address=plan.address,
+            size=params.size,
+            depth=params.pipeline,
+            timeout=params.timeout,
+            connect_timeout=params.connect_timeout,
+        )
+        self.link = Link(
+            settings, self.poller, self.tally, self._connected, self._failed, self.request_connect
+        )
         kind: type[Connection] = {
             "rr": EchoConnection,
-            "rate": EchoConnection,
+            "rate": RateConnection,
             "stream": StreamConnection,
             "churn": ChurnConnection,
         }[params.workload]
         self.connections: list[Connection] = [
-            (kind if i < plan.active else Connection)(self, Pattern.base(plan.first_id + i))
+            (kind if i < plan.active else Connection)(self.link, Pattern.base(plan.first_id + i))
             for i in range(plan.connections)
         ]
         if plan.sources:
             for i, conn in enumerate(self.connections):
                 conn.source = plan.sources[(plan.first_id + i) % len(plan.sources)]
-        # Latency counts of the window's finished seconds; tally.latency holds the
-        # current second's, so each second's histogram comes without a copy.
-        self.window_latency: dict[int, int] = {}
 
     # -- connecting -------------------------------------------------------
     def request_connect(self, conn: Connection) -> None:
@@ -110,10 +123,10 @@ class Worker:
         while self.waiting and self.pending_connects < MAX_PENDING_CONNECTS and not self.stopping:
             self.request_connect(self.waiting.popleft())
 
-    def connected(self, conn: Connection) -> None:
+    def _connected(self, conn: Connection) -> None:
         self._connect_done()
 
-    def lost(self, conn: Connection, was_connecting: bool) -> None:
+    def _failed(self, conn: Connection, was_connecting: bool) -> None:
         """A connection failed: retry later, backing off while it keeps failing."""
         if was_connecting:
             self._connect_done()
@@ -127,7 +140,7 @@ class Worker:
         timers = self.timers
         while timers and timers[0][0] <= now:
             conn = heapq.heappop(timers)[2]
-            if conn.sock is None:
+            if conn.sock is None and not self.stopping:
                 self.request_connect(conn)
 
     def _check(self, now: float) -> None:
@@ -167,32 +180,11 @@ class Worker:
             if now >= deadline:
                 break
             wait = 0.05 if issued >= count else min(0.05, max(0.0, began + issued / rate - now))
-            for key, mask in self.selector.select(wait):
-                key.data(mask)
+            self.poller.poll(wait)
         return self.up()
 
-    def interval(self, second: int, mark: tuple[int, int, dict[str, int]]) -> Interval:
-        """The second that ends now: counts since ``mark``; its latencies move to the window's."""
-        tally = self.tally
-        messages, echoed, errors = mark
-        counts = tally.latency
-        tally.latency = {}
-        window = self.window_latency
-        for value, count in counts.items():
-            window[value] = window.get(value, 0) + count
-        return Interval(
-            second=second,
-            messages=tally.messages - messages,
-            bytes=tally.bytes - echoed,
-            errors={
-                kind: count - errors.get(kind, 0)
-                for kind, count in tally.errors.items()
-                if count != errors.get(kind, 0)
-            },
-            latency=encode_counts(counts),
-        )
-
     def run(self, start: float, queue: Queue[Any]) -> WorkerResult:
+        """Warmup and window, then the drain; the result holds the window's figures."""
         params = self.params
         tally = self.tally
         warm_end = start + params.warmup
@@ -202,7 +194,7 @@ class Worker:
         if delay > 0:
             sleep(delay)
         now = monotonic()
-        self.running = True
+        self.link.phase = RUNNING
         for conn in self.connections:
             if params.workload == "churn":
                 self.request_connect(conn)
@@ -213,36 +205,45 @@ class Worker:
         me = psutil.Process()
         measuring = False
         window_start = now
-        window_start_wall = 0.0
-        second = 0
-        next_second = end
-        mark: tuple[int, int, dict[str, int]] = (0, 0, {})
+        window_start_wall = time.time()
         cpu_start = 0.0
         carried = 0
+        second = 0
+        next_second = end
         next_scan = now + scan_interval
         next_tick = now + TICK_INTERVAL
-        open_loop = params.workload == "rate"
-        targets = [c for c in self.connections if isinstance(c, EchoConnection)]
+        targets = [c for c in self.connections if isinstance(c, RateConnection)]
+        open_loop = bool(targets)
         rate = self.plan.rate
         issued = 0
-        select = self.selector.select
+        next_due = start if open_loop else end
+        poll = self.poller.poll
         timers = self.timers
+        wake = now
         while True:
             now = monotonic()
+            if now < wake:
+                # Only sockets until the next due message, timer, scan, tick or second.
+                if open_loop and wake - now < 0.001:
+                    # epoll sleeps in whole milliseconds, rounded up: a message due in
+                    # 0.3 ms would go out 0.7 ms late and be charged for it.  Near a
+                    # due time, poll without blocking and nap in short slices instead.
+                    if not poll(0):
+                        sleep(min(wake - now, OPEN_LOOP_NAP))
+                else:
+                    poll(wake - now)
+                continue
             if now >= end:
                 break
-            wake = end
-            if open_loop and targets:
+            if open_loop and now >= next_due:
                 due = min(int((now - start) * rate) + 1, issued + MAX_ISSUE_PER_TURN)
                 count = len(targets)
                 while issued < due:
                     targets[issued % count].schedule(start + issued / rate)
                     issued += 1
-                wake = min(wake, start + issued / rate)
+                next_due = start + issued / rate
             if timers:
                 self._fire_timers(now)
-                if timers:
-                    wake = min(wake, timers[0][0])
             if now >= next_scan:
                 self._check(now)
                 next_scan = now + scan_interval
@@ -252,19 +253,14 @@ class Worker:
                     carried = tally.messages
                     tally.reset(connects=params.workload == "churn")
                     window_start = now
-                    window_start_wall = time()
+                    window_start_wall = time.time()
                     next_second = now + 1.0
-                    mark = (0, 0, dict(tally.errors))
                     times = me.cpu_times()
                     cpu_start = times.user + times.system
-                else:
-                    wake = min(wake, warm_end)
-            if now >= next_second:
-                queue.put(("interval", self.plan.index, self.interval(second, mark)))
+            elif now >= next_second:
+                queue.put(("interval", self.plan.index, tally.cut(second)))
                 second += 1
                 next_second += 1.0
-                mark = (tally.messages, tally.bytes, dict(tally.errors))
-            wake = min(wake, next_second)
             if now >= next_tick:
                 next_tick = now + TICK_INTERVAL
                 if params.progress:
@@ -272,57 +268,87 @@ class Worker:
                         (
                             "tick",
                             self.plan.index,
-                            carried + tally.messages,
+                            carried + tally.window_messages + tally.messages,
                             sum(tally.errors.values()),
                         )
                     )
-            wake = min(wake, next_scan, next_tick)
-            if open_loop and wake - now < 0.001:
-                # epoll sleeps in whole milliseconds, rounded up: a message due in
-                # 0.3 ms would go out 0.7 ms late and be charged for it.  Near a due
-                # time, poll without blocking and nap in short slices instead.
-                events = select(0)
-                if not events:
-                    sleep(min(wake - now, OPEN_LOOP_NAP))
-                    continue
-            else:
-                events = select(max(wake - now, 0.0))
-            for key, mask in events:
-                key.data(mask)
+            wake = min(end, next_due, next_scan, next_tick, next_second)
+            if not measuring and warm_end < wake:
+                wake = warm_end
+            if timers and timers[0][0] < wake:
+                wake = timers[0][0]
 
         now = monotonic()
-        window_end_wall = time()
+        window_end_wall = time.time()
         times = me.cpu_times()
         cpu_s = times.user + times.system - cpu_start
-        if measuring:  # the last, partial second, always sent
-            queue.put(("interval", self.plan.index, self.interval(second, mark)))
         established = self.up()
-        self.stopping = True
-        for conn in self.connections:
-            conn.close()
         if not measuring:  # a zero-length window
             tally.reset()
             window_start = now
             window_start_wall = window_end_wall
             cpu_s = 0.0
-        latency = self.window_latency
-        for value, count in tally.latency.items():
-            latency[value] = latency.get(value, 0) + count
+        queue.put(("interval", self.plan.index, tally.cut(second)))
+        window_s = now - window_start
+        drained, drain_latency = self.drain(now)
+        uncorrected = tally.window_uncorrected if open_loop else tally.window_latency
         return WorkerResult(
             index=self.plan.index,
             connections=len(self.connections),
             established=established,
-            messages=tally.messages,
-            echoed=tally.bytes,
-            unsent=tally.unsent,
-            window_s=now - window_start,
+            messages=tally.window_messages,
+            echoed=tally.window_bytes,
+            unsent=tally.errors.get(UNSENT, 0),
+            window_s=window_s,
             cpu_s=cpu_s,
-            latency=encode_counts(latency),
+            latency=encode_counts(tally.window_latency),
             connect=encode_counts(tally.connect),
             errors=dict(tally.errors),
+            latency_uncorrected=encode_counts(uncorrected),
+            drained=drained,
+            drain_latency=encode_counts(drain_latency),
             window_start_wall=window_start_wall,
             window_end_wall=window_end_wall,
+            loop=self.poller.name,
         )
+
+    def drain(self, began: float) -> tuple[int, dict[int, int]]:
+        """Issue nothing more; wait up to --timeout for every echo still owed.
+
+        Counts into the (already cut) tally, so the window's figures stay as they
+        were; returns the echoes completed here and their latencies.  What is
+        still owed at the end is ``lost`` (one per connection); open-loop messages
+        that fell due and never went out are ``unsent`` (one per message).
+        """
+        tally = self.tally
+        self.link.phase = DRAINING
+        self.stopping = True
+        self.waiting.clear()
+        self.timers.clear()
+        for conn in self.connections:
+            if conn.state == CONNECTING:  # owes nothing yet; the run is over
+                conn.close()
+        deadline = began + self.params.timeout
+        scan_interval = min(0.1, self.params.timeout / 4)
+        next_scan = began
+        while True:
+            now = monotonic()
+            if now >= next_scan:
+                self._check(now)
+                next_scan = now + scan_interval
+                if not any(conn.awaiting() for conn in self.connections if conn.state == UP):
+                    break
+            if now >= deadline:
+                break
+            self.poller.poll(max(0.0, min(next_scan, deadline) - now))
+        for conn in self.connections:
+            if conn.state == UP and conn.awaiting():
+                tally.error(LOST)
+            unsent = conn.backlog()
+            if unsent:
+                tally.error(UNSENT, unsent)
+            conn.close()
+        return tally.messages, tally.latency
 
 
 def worker_main(

@@ -1,9 +1,22 @@
-"""One class per kind of connection; the worker's selector calls their bound methods.
+"""One class per kind of connection, driven by a worker through a narrow ``Link``.
 
-A connection never blocks and never owns a thread: the selector key's ``data``
-is the bound method to call for the socket's next event, and it changes only
+A connection never blocks and never owns a thread: the poller holds, for each
+socket, the bound method to call for the socket's next event, and it changes only
 when what the connection waits for changes (connecting, reading, reading and
 writing).  All of them verify every received byte against ``Pattern``.
+
+Data flows one way: the worker builds a ``Link`` and the connections; a
+connection knows nothing of the worker but the ``Link`` (its settings, the
+poller, the tally, the phase of the run and three callbacks).  This module
+never imports the worker.
+
+What a connection is owed lives here, inline in the hot path rather than in a
+separate session object (a call per event costs more than the rule): bytes
+released to send are ``target``, bytes echoed and verified are
+``received_bytes``; while ``target > received_bytes`` the server owes an echo,
+and silence for ``--timeout`` is a stall (``check``).  ``dues`` holds the due
+time of every message released and not yet echoed, followed in open loop by the
+messages that fell due and wait for room in the pipeline (the backlog).
 """
 
 from __future__ import annotations
@@ -11,38 +24,109 @@ from __future__ import annotations
 import errno
 import socket
 from collections import deque
-from selectors import EVENT_READ, EVENT_WRITE
+from collections.abc import Callable
+from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Any
 
-from loadtest.pattern import CHUNK, PERIOD
+from loadtest.pattern import CHUNK, PERIOD, Pattern
+from loadtest.pollers import Poller
 from loadtest.sources import BIND_ADDRESS_NO_PORT
-from loadtest.stats import CLOSED, CONNECT_TIMEOUT, MISMATCH, TIMEOUT, error_kind
-
-if TYPE_CHECKING:
-    from loadtest.worker import Worker
+from loadtest.stats import (
+    CLOSED,
+    CONNECT_TIMEOUT,
+    LOST,
+    MISMATCH,
+    TIMEOUT,
+    UNSENT,
+    Tally,
+    error_kind,
+)
 
 DOWN, CONNECTING, UP = 0, 1, 2
-READ_WRITE = EVENT_READ | EVENT_WRITE
+# Up to this many bytes, the rr hot path reads and sends bytes objects rather than
+# memoryviews: both then come from and go to small-object blocks (pymalloc, 512 B).
+SMALL = 512
+# Open loop: messages one connection may hold due and unsent (about 3 MB of due
+# times) before further ones count as ``unsent`` errors straight away.
+MAX_BACKLOG = 100_000
+
+# Phases of the run as connections see them: before the clock (held open, silent),
+# warmup and window (issuing), drain (no new messages; owed echoes collected).
+SETUP, RUNNING, DRAINING = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every connection of a worker shares and never changes."""
+
+    family: int
+    address: tuple[Any, ...]
+    size: int
+    depth: int
+    timeout: float
+    connect_timeout: float
+
+
+class Link:
+    """All a connection may use of the worker that drives it.
+
+    ``up`` says a connect finished (frees its slot in the connect limiter),
+    ``down(conn, was_connecting)`` that the connection failed (the worker decides
+    whether and when to reconnect), ``again`` asks for a new connect at once
+    (churn).  ``phase`` is written by the worker only.
+    """
+
+    __slots__ = (
+        "again",
+        "buffer",
+        "down",
+        "pattern",
+        "phase",
+        "poller",
+        "settings",
+        "tally",
+        "up",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        poller: Poller,
+        tally: Tally,
+        up: Callable[[Connection], None],
+        down: Callable[[Connection, bool], None],
+        again: Callable[[Connection], None],
+    ) -> None:
+        self.settings = settings
+        self.poller = poller
+        self.tally = tally
+        self.pattern = Pattern()
+        # One receive buffer for every connection of the worker: reads never allocate.
+        self.buffer = memoryview(bytearray(CHUNK))
+        self.phase = SETUP
+        self.up = up
+        self.down = down
+        self.again = again
 
 
 class Connection:
-    """Connecting, failing, reconnecting and stall detection shared by every workload."""
+    """Connecting, failing and stall detection shared by every workload; idle as it is."""
 
     __slots__ = (
         "base",
         "connect_started",
         "failures",
+        "link",
         "mark",
         "sock",
         "source",
         "stalled_since",
         "state",
-        "worker",
     )
 
-    def __init__(self, worker: Worker, base: int) -> None:
-        self.worker = worker
+    def __init__(self, link: Link, base: int) -> None:
+        self.link = link
         self.base = base
         self.sock: socket.socket | None = None
         self.state = DOWN
@@ -53,13 +137,13 @@ class Connection:
         self.source: str | None = None  # local address to bind (--source-address)
 
     def connect(self) -> None:
-        worker = self.worker
-        sock = socket.socket(worker.family, socket.SOCK_STREAM)
+        link = self.link
+        sock = socket.socket(link.settings.family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.state = CONNECTING
-        worker.selector.register(sock, EVENT_WRITE, self.on_connect)
+        link.poller.register(sock.fileno(), link.poller.WRITE, self.on_connect)
         if self.source is not None:
             try:
                 if BIND_ADDRESS_NO_PORT is not None:
@@ -69,7 +153,7 @@ class Connection:
                 self.fail(error_kind(exc.errno or 0))
                 return
         self.connect_started = monotonic()
-        code = sock.connect_ex(worker.address)
+        code = sock.connect_ex(link.settings.address)
         if code not in (0, errno.EINPROGRESS):
             self.fail(error_kind(code))
 
@@ -81,20 +165,21 @@ class Connection:
             self.fail(error_kind(code))
             return
         now = monotonic()
-        worker = self.worker
-        counts = worker.tally.connect
+        link = self.link
+        counts = link.tally.connect
         us = int((now - self.connect_started) * 1e6)
         counts[us] = counts.get(us, 0) + 1
         self.state = UP
-        worker.connected(self)
-        if worker.running:
+        link.up(self)
+        if link.phase == SETUP:  # before the clock starts: held open and watched, silent
+            link.poller.modify(sock.fileno(), link.poller.READ, self.on_idle_read)
+        else:
             self.begin(sock, now)
-        else:  # set up before the clock starts: held open and watched, sending nothing
-            worker.selector.modify(sock, EVENT_READ, self.on_idle_read)
 
     def begin(self, sock: socket.socket, now: float) -> None:
-        """Start the workload on a connection that has just come up."""
-        self.worker.selector.modify(sock, EVENT_READ, self.on_idle_read)
+        """Start the workload on a connection that is up and the clock running."""
+        poller = self.link.poller
+        poller.modify(sock.fileno(), poller.READ, self.on_idle_read)
 
     def on_idle_read(self, _mask: int) -> None:
         """An idle connection should hear nothing: data is a fault, EOF a drop."""
@@ -110,31 +195,39 @@ class Connection:
         self.fail(MISMATCH if data else CLOSED)
 
     def awaiting(self) -> bool:
-        """Whether the connection is owed an echo, so that silence means a stall."""
+        """Whether the server owes this connection bytes, so that silence is a stall."""
         return False
 
     def received(self) -> int:
         return 0
 
+    def backlog(self) -> int:
+        """Open loop: messages that fell due and are not yet sent."""
+        return 0
+
     def check(self, now: float) -> None:
-        """Called a few times a second: finds stalled connects and stalled echoes."""
+        """Called a few times a second in every phase: stalled connects and echoes.
+
+        A stall in the drain is ``lost``: the run is over, nothing will reconnect,
+        and the bytes owed never came back.
+        """
         state = self.state
         if state == CONNECTING:
-            if now - self.connect_started > self.worker.params.connect_timeout:
+            if now - self.connect_started > self.link.settings.connect_timeout:
                 self.fail(CONNECT_TIMEOUT)
         elif state == UP:
             received = self.received()
             if not self.awaiting() or received != self.mark:
                 self.mark = received
                 self.stalled_since = now
-            elif now - self.stalled_since > self.worker.params.timeout:
-                self.fail(TIMEOUT)
+            elif now - self.stalled_since > self.link.settings.timeout:
+                self.fail(LOST if self.link.phase == DRAINING else TIMEOUT)
 
     def close(self) -> None:
         sock = self.sock
         if sock is not None:
             if self.state != DOWN:
-                self.worker.selector.unregister(sock)
+                self.link.poller.unregister(sock.fileno())
             sock.close()
             self.sock = None
         self.state = DOWN
@@ -142,65 +235,74 @@ class Connection:
 
     def fail(self, kind: str) -> None:
         was_connecting = self.state == CONNECTING
-        self.worker.tally.error(kind)
+        self.link.tally.error(kind)
         self.close()
         self.failures += 1
-        self.worker.lost(self, was_connecting)
+        self.link.down(self, was_connecting)
 
 
 class EchoConnection(Connection):
-    """Request/response, closed loop (``rr``) or open loop (``rate``), with pipelining.
+    """Request/response, closed loop (``rr``), with pipelining.
 
-    ``dues`` holds, for each message issued and not yet fully echoed, the time it
-    was due: in ``rr`` the moment it was released, in ``rate`` its slot in the
-    schedule.  Latency counts from there, so a server that falls behind the
-    schedule is charged for the wait (coordinated omission corrected, as wrk2).
+    Latency counts from each message's due time, here the moment it was
+    released.  ``on_read`` is the generator's hot path: the common case (a read
+    that completes messages, the next ones sent whole by one ``send``) is written
+    out inline; anything else falls back to ``flush``, which holds the general
+    rule.
     """
 
     __slots__ = (
+        "buffer",
         "data",
         "depth",
         "done",
         "dues",
-        "open_loop",
         "received_bytes",
+        "recv",
         "recv_into",
         "released",
         "send",
         "sent",
+        "sent_at",
         "size",
+        "tally",
         "target",
         "view",
         "writing",
     )
 
-    def __init__(self, worker: Worker, base: int) -> None:
-        super().__init__(worker, base)
-        params = worker.params
-        self.size = params.size
-        self.depth = params.pipeline
-        self.open_loop = params.workload == "rate"
-        self.data = worker.pattern.data
-        self.view = worker.pattern.view
+    def __init__(self, link: Link, base: int) -> None:
+        super().__init__(link, base)
+        settings = link.settings
+        self.size = settings.size
+        self.depth = settings.depth
+        self.data = link.pattern.data
+        self.view = link.pattern.view
+        self.buffer = link.buffer
+        self.tally = link.tally
         self.dues: deque[float] = deque()
-        self._reset()
+        self.sent_at: deque[float] = deque()
+        self._restart()
 
-    def _reset(self) -> None:
+    def _restart(self) -> None:
+        """A new stream: counters from zero; an open-loop backlog stays on the clock."""
         self.sent = self.target = self.received_bytes = 0
         self.done = self.released = 0
         self.writing = False
-        self.dues.clear()
+        self.sent_at.clear()
 
     def begin(self, sock: socket.socket, now: float) -> None:
-        self._reset()
+        self._restart()
         self.send = sock.send
+        self.recv = sock.recv
         self.recv_into = sock.recv_into
-        self.worker.selector.modify(sock, EVENT_READ, self.on_read)
+        poller = self.link.poller
+        poller.modify(sock.fileno(), poller.READ, self.on_read)
         self.start(now)
 
     def start(self, now: float) -> None:
-        """Release the first messages: a full pipeline in rr, none until due in rate."""
-        if not self.open_loop:
+        """Release the first messages: a full pipeline (none in the drain)."""
+        if self.link.phase != DRAINING:
             for _ in range(self.depth):
                 self.dues.append(now)
             self.released = self.depth
@@ -208,30 +310,23 @@ class EchoConnection(Connection):
             self.flush()
 
     def awaiting(self) -> bool:
-        return self.released > self.done
+        return self.target > self.received_bytes
 
     def received(self) -> int:
         return self.received_bytes
 
-    def schedule(self, due: float) -> None:
-        """Open loop: one more message is due; send it now unless the pipeline is full."""
-        if self.state != UP:
-            self.worker.tally.unsent += 1
-            return
-        self.dues.append(due)
-        if self.released - self.done < self.depth:
-            self.released += 1
-            self.target += self.size
-            self.flush()
+    def backlog(self) -> int:
+        return len(self.dues) - (self.released - self.done)
 
     def _receive(self) -> int:
         """Read what has arrived and check it against the pattern.
 
         Returns the stream's received byte count, or -1 once the connection failed.
         More bytes than were sent is a fault however they look; otherwise it is one
-        memcmp (see pattern.py for why the slice is contiguous).
+        memcmp (see pattern.py for why the slice is contiguous).  ``on_read``
+        inlines this same rule.
         """
-        view = self.worker.buffer
+        view = self.buffer
         try:
             n = self.recv_into(view)
         except BlockingIOError:
@@ -239,60 +334,101 @@ class EchoConnection(Connection):
         except OSError as exc:
             self.fail(error_kind(exc.errno or 0))
             return -1
-        if n == 0:
-            self.fail(CLOSED)
-            return -1
         received = self.received_bytes + n
-        if received > self.sent or not self.data.startswith(
-            view[:n], (self.base + self.received_bytes) % PERIOD
+        if (
+            n == 0
+            or received > self.sent
+            or not self.data.startswith(view[:n], (self.base + self.received_bytes) % PERIOD)
         ):
-            self.fail(MISMATCH)
+            self.fail(MISMATCH if n else CLOSED)
             return -1
         self.received_bytes = received
-        self.worker.tally.bytes += n
+        self.tally.bytes += n
         return received
 
     def on_read(self, _mask: int) -> None:
-        received = self._receive()
-        if received < 0:
-            return
-        tally = self.worker.tally
+        received = self.received_bytes
+        owed = self.sent - received
+        if 0 < owed <= SMALL:
+            # _receive's rule, inlined for small echoes: read at most what is owed
+            # into a fresh bytes (a small-object block) and compare it as it is,
+            # which costs less than slicing the shared buffer.  Bytes beyond what
+            # was sent stay in the socket and fail the next comparison.
+            try:
+                chunk = self.recv(owed)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.fail(error_kind(exc.errno or 0))
+                return
+            n = len(chunk)
+            if not n or not self.data.startswith(chunk, (self.base + received) % PERIOD):
+                self.fail(MISMATCH if n else CLOSED)
+                return
+            received += n
+        else:
+            received = self._receive()
+            if received < 0:
+                return
+            n = 0  # counted by _receive
+        self.received_bytes = received
+        tally = self.tally
+        tally.bytes += n
         done = received // self.size
-        if done == self.done:
+        completed = done - self.done
+        if not completed:
             return
         now = monotonic()
         dues = self.dues
         latency = tally.latency
-        completed = done - self.done
-        for _ in range(completed):
+        if completed == 1:
             us = int((now - dues.popleft()) * 1e6)
             latency[us] = latency.get(us, 0) + 1
+        else:
+            for _ in range(completed):
+                us = int((now - dues.popleft()) * 1e6)
+                latency[us] = latency.get(us, 0) + 1
         tally.messages += completed
         self.done = done
         self.failures = 0
-        if self.open_loop:
-            backlog = min(
-                self.done + len(dues) - self.released, self.depth - (self.released - done)
-            )
-            if backlog <= 0:
-                return
-            self.released += backlog
-            self.target += backlog * self.size
+        if self.link.phase == DRAINING:
+            return
+        if completed == 1:
+            dues.append(now)
         else:
-            for _ in range(completed):
-                dues.append(now)
-            self.released += completed
-            self.target += completed * self.size
+            dues.extend([now] * completed)
+        self.released += completed
+        target = self.target + completed * self.size
+        self.target = target
+        if not self.writing:
+            # flush's rule for the usual case: all that is released goes in one send.
+            sent = self.sent
+            n = target - sent
+            if n <= SMALL:
+                start = (self.base + sent) % PERIOD
+                try:
+                    # A small bytes slice is cheaper to make and to send than a memoryview.
+                    k = self.send(self.data[start : start + n])
+                except BlockingIOError:
+                    k = 0
+                except OSError as exc:
+                    self.fail(error_kind(exc.errno or 0))
+                    return
+                self.sent = sent + k
+                if k == n:
+                    return
         self.flush()
 
     def on_read_write(self, mask: int) -> None:
-        if mask & EVENT_READ:
+        # Anything but plain writability (data, EOF, an error) is for on_read to find.
+        write = self.link.poller.WRITE
+        if mask != write:
             self.on_read(mask)
-        if mask & EVENT_WRITE and self.state == UP:
+        if mask & write and self.state == UP:
             self.flush()
 
     def flush(self) -> None:
-        """Send what is released and unsent; ask for EVENT_WRITE only while some is left."""
+        """Send what is released and unsent; ask for writability only while some is left."""
         sent = self.sent
         target = self.target
         view = self.view
@@ -317,10 +453,85 @@ class EchoConnection(Connection):
         if want != self.writing:
             self.writing = want
             assert self.sock is not None
+            poller = self.link.poller
             if want:
-                self.worker.selector.modify(self.sock, READ_WRITE, self.on_read_write)
+                poller.modify(self.sock.fileno(), poller.READ | poller.WRITE, self.on_read_write)
             else:
-                self.worker.selector.modify(self.sock, EVENT_READ, self.on_read)
+                poller.modify(self.sock.fileno(), poller.READ, self.on_read)
+
+    def fail(self, kind: str) -> None:
+        # Messages in flight died with the connection (counted by ``kind``); an
+        # open-loop backlog stays due and goes out on the next connection.
+        for _ in range(self.released - self.done):
+            self.dues.popleft()
+        self.released = self.done
+        super().fail(kind)
+
+
+class RateConnection(EchoConnection):
+    """Open loop (``rate``): messages fall due on the worker's schedule.
+
+    Latency counts from each message's slot in the schedule, so a server that
+    falls behind is charged for the wait (coordinated omission corrected, as
+    wrk2); ``sent_at`` keeps the actual send time for the uncorrected histogram.
+    """
+
+    __slots__ = ()
+
+    def start(self, now: float) -> None:
+        self._release_backlog(now)
+
+    def schedule(self, due: float) -> None:
+        """One more message is due; send it now if the pipeline has room.
+
+        Otherwise (pipeline full, or the connection down or reconnecting) it waits
+        in the backlog and goes out as soon as it can, its latency still counted
+        from ``due``.
+        """
+        if len(self.dues) >= MAX_BACKLOG:
+            # The generator's own memory stays bounded too: past this, a message
+            # due on a connection that cannot take it is reported at once.
+            self.tally.error(UNSENT)
+            return
+        self.dues.append(due)
+        if self.state == UP and self.released - self.done < self.depth:
+            self.released += 1
+            self.target += self.size
+            self.sent_at.append(monotonic())
+            self.flush()
+
+    def _release_backlog(self, now: float) -> None:
+        room = self.depth - (self.released - self.done)
+        count = min(len(self.dues) - (self.released - self.done), room)
+        if count > 0:
+            self.released += count
+            self.target += count * self.size
+            self.sent_at.extend([now] * count)
+            self.flush()
+
+    def on_read(self, _mask: int) -> None:
+        received = self._receive()
+        if received < 0:
+            return
+        done = received // self.size
+        if done == self.done:
+            return
+        now = monotonic()
+        tally = self.tally
+        dues = self.dues
+        sent_at = self.sent_at
+        latency = tally.latency
+        uncorrected = tally.uncorrected
+        for _ in range(done - self.done):
+            us = int((now - dues.popleft()) * 1e6)
+            latency[us] = latency.get(us, 0) + 1
+            us = int((now - sent_at.popleft()) * 1e6)
+            uncorrected[us] = uncorrected.get(us, 0) + 1
+        tally.messages += done - self.done
+        self.done = done
+        self.failures = 0
+        # The drain still sends the backlog: those messages fell due in the window.
+        self._release_backlog(now)
 
 
 class StreamConnection(EchoConnection):
@@ -328,29 +539,33 @@ class StreamConnection(EchoConnection):
 
     __slots__ = ("window",)
 
-    def __init__(self, worker: Worker, base: int) -> None:
-        super().__init__(worker, base)
+    def __init__(self, link: Link, base: int) -> None:
+        super().__init__(link, base)
         self.window = self.size * self.depth
 
     def start(self, now: float) -> None:
-        self.target = self.window
-        self.flush()
+        if self.link.phase != DRAINING:
+            self.target = self.window
+            self.flush()
 
-    def awaiting(self) -> bool:
-        return self.sent > self.received_bytes
+    def backlog(self) -> int:
+        return 0
 
     def on_read(self, _mask: int) -> None:
         received = self._receive()
         if received < 0:
             return
-        tally = self.worker.tally
         done = received // self.size
         if done != self.done:
-            tally.messages += done - self.done
+            self.tally.messages += done - self.done
             self.done = done
             self.failures = 0
-        self.target = received + self.window
-        self.flush()
+        if self.link.phase != DRAINING:
+            self.target = received + self.window
+            self.flush()
+
+    def fail(self, kind: str) -> None:
+        Connection.fail(self, kind)
 
 
 class ChurnConnection(EchoConnection):
@@ -363,21 +578,34 @@ class ChurnConnection(EchoConnection):
     __slots__ = ()
 
     def start(self, now: float) -> None:
+        if self.link.phase == DRAINING:
+            self.close()
+            return
         self.dues.append(self.connect_started)
         self.released = 1
         self.target = self.size
         self.flush()
 
+    def backlog(self) -> int:
+        return 0
+
     def on_read(self, _mask: int) -> None:
         received = self._receive()
         if received < 0:
             return
-        tally = self.worker.tally
         if received < self.size:
             return
+        tally = self.tally
         us = int((monotonic() - self.connect_started) * 1e6)
         tally.latency[us] = tally.latency.get(us, 0) + 1
         tally.messages += 1
         self.failures = 0
+        self.dues.clear()
         self.close()
-        self.worker.request_connect(self)
+        if self.link.phase != DRAINING:
+            self.link.again(self)
+
+    def fail(self, kind: str) -> None:
+        self.dues.clear()
+        self.released = self.done
+        Connection.fail(self, kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ from loadtest.limits import ensure_open_files
 from loadtest.monitor import NoSuchServer, TreeSampler
 from loadtest.params import parse
 from loadtest.pattern import CHUNK, PERIOD, Pattern
-from loadtest.stats import encode_counts, merge, summarize
+from loadtest.pollers import EpollPoller, SelectorsPoller
+from loadtest.stats import Tally, encode_counts, merge, summarize
 
 
 def test_pattern_accepts_the_sent_bytes_at_any_offset() -> None:
@@ -104,3 +106,62 @@ def test_tree_sampler_refuses_a_missing_pid() -> None:
     proc.wait()
     with pytest.raises(NoSuchServer):
         TreeSampler(proc.pid)
+
+
+def test_tally_cuts_seconds_and_keeps_the_window_totals() -> None:
+    tally = Tally()
+    tally.error("reset")  # in warmup: kept as an error, not in any second
+    tally.reset()
+    tally.messages, tally.bytes, tally.latency = 3, 192, {10: 2, 20: 1}
+    first = tally.cut(0)
+    tally.messages, tally.bytes, tally.latency = 1, 64, {30: 1}
+    tally.error("mismatch")
+    second = tally.cut(1)
+    assert (first.second, first.messages, first.bytes, first.errors) == (0, 3, 192, {})
+    assert (second.second, second.messages, second.bytes, second.errors) == (
+        1,
+        1,
+        64,
+        {"mismatch": 1},
+    )
+    assert summarize(merge([first.latency]))["count"] == 3
+    assert summarize(merge([second.latency]))["max"] == 30
+    assert (tally.window_messages, tally.window_bytes) == (4, 256)
+    assert tally.window_latency == {10: 2, 20: 1, 30: 1}
+    assert tally.errors == {"reset": 1, "mismatch": 1}
+    assert (tally.messages, tally.latency) == (0, {})
+
+
+@pytest.mark.parametrize("make", [EpollPoller, SelectorsPoller], ids=["epoll", "selectors"])
+def test_poller_skips_a_socket_closed_earlier_in_the_same_round(
+    make: type[EpollPoller] | type[SelectorsPoller],
+) -> None:
+    poller = make()
+    pairs = [socket.socketpair() for _ in range(2)]
+    calls: list[int] = []
+
+    def first(_events: int) -> None:
+        calls.append(0)
+        for sock in pairs[1]:
+            if sock.fileno() in registered:
+                poller.unregister(sock.fileno())
+                registered.remove(sock.fileno())
+
+    def second(_events: int) -> None:
+        calls.append(1)
+
+    registered: list[int] = []
+    for (ours, peer), callback in zip(pairs, (first, second), strict=True):
+        poller.register(ours.fileno(), poller.READ, callback)
+        registered.append(ours.fileno())
+        peer.send(b"x")
+    try:
+        ready = poller.poll(1.0)
+        assert ready == 2
+        # Whichever ran first, the other must not run once the first has removed it.
+        assert calls in ([0], [1, 0])
+    finally:
+        poller.close()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
