@@ -35,11 +35,17 @@ class WakeupSocketpair:
         with contextlib.suppress(BlockingIOError, OSError):  # full: a wakeup is pending
             self.write_sock.send(b"\0")
 
-    def drain(self) -> None:
-        """Consume every pending wakeup, so the read end stops being ready."""
+    def drain(self) -> bytes:
+        """Consume every pending wakeup, so the read end stops being ready.
+
+        Returns what was written: for signals, one byte per signal number, which a loop
+        that queues signals (the supervisor) dispatches on.
+        """
+        received = bytearray()
         with contextlib.suppress(BlockingIOError, InterruptedError):
-            while self.wakeup_sock.recv(4096):
-                pass
+            while chunk := self.wakeup_sock.recv(4096):
+                received += chunk
+        return bytes(received)
 
     def wakeup_on_signals(self) -> None:
         """Have the interpreter write here whenever a signal arrives (main thread only).
