@@ -35,9 +35,18 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     connections_open: int = 0
     connections_total: int = 0
-    connections_dropped: int = 0
+    # Accepted and closed at once, by reason: past select's FD_SETSIZE, or no descriptor
+    # or thread to serve it with (shed with the spare descriptor).
+    refused_fd_setsize: int = 0
+    refused_resources: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    # accept() failures that were not a new client: the client left first, or the process
+    # ran out of descriptors or memory.
+    accept_errors_peer_gone: int = 0
+    accept_errors_exhausted: int = 0
+    idle_closed: int = 0  # closed by --idle-timeout
+    flow_paused: int = 0  # times a client's reading was paused at the high-water mark
     udp: UdpCounters | None = None  # set by the datagram service when there are UDP listeners
 
     def opened(self) -> None:
@@ -47,15 +56,24 @@ class Stats:
     def closed(self) -> None:
         self.connections_open -= 1
 
+    @property
+    def connections_dropped(self) -> int:
+        return self.refused_fd_setsize + self.refused_resources
+
     # The counters a worker's heartbeat carries to its supervisor, in this order: the
     # one codec for Stats crossing a pipe (encode in the worker, decode and add up in
     # the supervisor).
     COUNTERS = (
         "connections_open",
         "connections_total",
-        "connections_dropped",
+        "refused_fd_setsize",
+        "refused_resources",
         "bytes_in",
         "bytes_out",
+        "accept_errors_peer_gone",
+        "accept_errors_exhausted",
+        "idle_closed",
+        "flow_paused",
     )
 
     def encode(self) -> str:

@@ -94,6 +94,7 @@ class EchoProtocol(asyncio.Protocol):
         return False  # the transport sends what is buffered, then closes
 
     def pause_writing(self) -> None:
+        self.server.stats.flow_paused += 1
         self.transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:

@@ -58,16 +58,20 @@ class Sweepable(Protocol):
     def close(self) -> None: ...
 
 
-def sweep(connections: Iterable[Sweepable], ticks: int, only_drained: bool) -> None:
+def sweep(connections: Iterable[Sweepable], ticks: int, only_drained: bool) -> int:
     """Close connections silent for ``ticks`` sweeps; a read resets a connection's count.
 
     Counting sweeps instead of stamping each read with the clock keeps the hot path to
-    one store; the price is a close up to one sweep interval late.
+    one store; the price is a close up to one sweep interval late. Returns how many it
+    closed.
     """
+    closed = 0
     for conn in list(connections):
         conn.idle_ticks += 1
         if conn.idle_ticks >= ticks and not (only_drained and _owes_echo(conn)):
             conn.close()
+            closed += 1
+    return closed
 
 
 def _owes_echo(conn: Sweepable) -> bool:

@@ -100,6 +100,7 @@ class Connection:
                 stats.bytes_out += sent
                 if sent < received:
                     tail = view[sent:received].tobytes()
+                    stats.flow_paused += 1  # no reading until the client takes the tail
                     self.pending = len(tail)
                     sendall(tail)
                     self.pending = 0

@@ -131,6 +131,8 @@ class Connection(EchoSession):
         wants = self.wants
         if wants == self.events:
             return
+        if self.reading_paused and self.events & WANT_READ:  # just hit the high-water mark
+            self.server.stats.flow_paused += 1
         if wants == DONE:
             self.close()
             return

@@ -267,8 +267,13 @@ class ServingCore(abc.ABC, Generic[Conn]):
         for conn in self.connections:
             conn.idle_ticks = 0
         self._sweeper = self.call_every(
-            max(interval, 0.01), lambda: sweep(list(self.connections), ticks, only_drained)
+            max(interval, 0.01), lambda: self._sweep(ticks, only_drained)
         )
+
+    def _sweep(self, ticks: int, only_drained: bool) -> None:
+        closed = sweep(list(self.connections), ticks, only_drained)
+        if not only_drained:  # the idle timeout's closes; a drain's are the stop's own
+            self.stats.idle_closed += closed
 
     # Listeners -------------------------------------------------------------------------
     def full(self) -> bool:
@@ -313,8 +318,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
                 return  # nothing waits any more: the backend waits for readiness again
             except OSError as exc:
                 if exc.errno in PEER_GONE:
+                    self.stats.accept_errors_peer_gone += 1
                     continue  # the client left before we got to it, or a firewall said no
                 if exc.errno in EXHAUSTED:
+                    self.stats.accept_errors_exhausted += 1
                     self.out_of_resources(os.strerror(exc.errno or 0))
                     return
                 raise  # a listener gone bad is a bug to report, not a state to serve in
@@ -331,7 +338,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
                 self.fd_limit,
             )
             sock.close()
-            self.stats.connections_dropped += 1
+            self.stats.refused_fd_setsize += 1
             return None
         if tcp:
             set_no_delay(sock)
@@ -339,7 +346,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             conn = self.begin(sock)
         except CannotStart as exc:
             sock.close()
-            self.stats.connections_dropped += 1
+            self.stats.refused_resources += 1
             self.out_of_resources(str(exc))
             return None
         self.connections.add(conn)
@@ -359,7 +366,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             reason,
             len(self.connections),
         )
-        self.stats.connections_dropped += self._spare.shed(self.listeners)
+        self.stats.refused_resources += self._spare.shed(self.listeners)
         if self._spare.fd is None:
             # Not even the spare is free to shed with: stop until a connection is
             # released, or ACCEPT_BACKOFF passes.

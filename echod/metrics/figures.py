@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from echod import __version__
+from echod.lifecycle import Stats
 from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
 from echod.udp.guard import UdpCounters
@@ -28,22 +29,19 @@ class SlotFigures:
     slot: int
     pid: int | None
     open: int
-    accepted: int
-    refused: int
-    received: int
-    sent: int
+    counters: Stats  # past workers' last report plus the current worker's latest
     restarts: int
-    udp: UdpCounters | None = None  # None: no UDP listener
 
 
-def _udp_of(past: UdpCounters | None, live: UdpCounters | None) -> UdpCounters | None:
-    if past is None and live is None:
-        return None
-    total = UdpCounters()
-    for part in (past, live):
-        if part is not None:
-            total.add(part)
-    total.sources = live.sources if live is not None else 0  # a gauge: the current worker's
+def _sum(past: Stats, live: Stats | None) -> Stats:
+    total = Stats()
+    total.add(past)
+    if live is not None:
+        total.add(live)
+        if total.udp is not None and live.udp is not None:
+            total.udp.sources = live.udp.sources  # a gauge: the current worker's table
+    elif total.udp is not None:
+        total.udp.sources = 0
     return total
 
 
@@ -53,18 +51,13 @@ def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
     for number, slot in sorted(supervisor.slots.items()):
         worker = current.get(number)
         live = worker.counters if worker is not None else None
-        past = slot.retired
         figures.append(
             SlotFigures(
                 slot=number,
                 pid=worker.pid if worker is not None else None,
                 open=live.connections_open if live is not None else 0,
-                accepted=past.connections_total + (live.connections_total if live else 0),
-                refused=past.connections_dropped + (live.connections_dropped if live else 0),
-                received=past.bytes_in + (live.bytes_in if live else 0),
-                sent=past.bytes_out + (live.bytes_out if live else 0),
+                counters=_sum(slot.retired, live),
                 restarts=max(slot.starts - 1, 0),
-                udp=_udp_of(past.udp, live.udp if live is not None else None),
             )
         )
     return figures
@@ -72,6 +65,11 @@ def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
 
 def _total(name: str, help_text: str, value: float, unit: str = "") -> Family:
     return Family(name, "counter", help_text, unit, (Sample(value),))
+
+
+def _labelled(name: str, help_text: str, label: str, values: Mapping[str, int]) -> Family:
+    samples = tuple(Sample(v, ((label, key),)) for key, v in values.items())
+    return Family(name, "counter", help_text, samples=samples)
 
 
 def _per_slot(
@@ -88,6 +86,9 @@ def families(
     workers: Mapping[int, process.ProcessFigures],
 ) -> list[Family]:
     """Every series of one scrape; `own` is the supervisor, `workers` by slot."""
+    total = Stats()
+    for s in slots:
+        total.add(s.counters)
     result = [
         Family(
             "echod_build_info",
@@ -104,21 +105,34 @@ def families(
         _total(
             "echod_connections_accepted",
             "connections accepted and served",
-            sum(s.accepted for s in slots),
+            total.connections_total,
         ),
-        _total(
+        _labelled(
             "echod_connections_refused",
-            "connections accepted and closed at once: out of descriptors, past select's "
-            "FD_SETSIZE, no thread to serve them",
-            sum(s.refused for s in slots),
+            "connections accepted and closed at once, by reason: past select's FD_SETSIZE, "
+            "or out of descriptors or threads (shed with the spare descriptor)",
+            "reason",
+            {"fd_setsize": total.refused_fd_setsize, "resources": total.refused_resources},
         ),
+        _labelled(
+            "echod_accept_errors",
+            "accept() failures that were not a new client: it left first (peer_gone), or "
+            "descriptors or memory ran out (exhausted)",
+            "kind",
+            {
+                "peer_gone": total.accept_errors_peer_gone,
+                "exhausted": total.accept_errors_exhausted,
+            },
+        ),
+        _total("echod_received_bytes", "bytes read from clients", total.bytes_in, "bytes"),
+        _total("echod_sent_bytes", "bytes echoed back", total.bytes_out, "bytes"),
         _total(
-            "echod_received_bytes",
-            "bytes read from clients",
-            sum(s.received for s in slots),
-            "bytes",
+            "echod_flow_control_pauses",
+            "times a client's reading was paused because its echo waited unsent "
+            "(high-water mark; not counted by the threads backend, whose sendall blocks)",
+            total.flow_paused,
         ),
-        _total("echod_sent_bytes", "bytes echoed back", sum(s.sent for s in slots), "bytes"),
+        _total("echod_idle_closed", "connections closed by --idle-timeout", total.idle_closed),
         _per_slot(
             "echod_worker_restarts",
             "counter",
@@ -132,7 +146,7 @@ def families(
             {s.slot: int(s.pid is not None) for s in slots},
         ),
     ]
-    result += _udp([s.udp for s in slots if s.udp is not None])
+    result += _udp([s.counters.udp for s in slots if s.counters.udp is not None])
     result += _worker_process(workers)
     result += _process(own)
     return result

@@ -8,6 +8,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from echod.lifecycle import Stats
 from echod.metrics.endpoint import answer
 from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE, Family, Sample, render
 from echod.metrics.figures import SlotFigures, families
@@ -49,10 +50,11 @@ def test_the_openmetrics_parser_would_catch_a_missing_eof() -> None:
 
 
 def test_every_service_family_parses_in_both_formats() -> None:
-    slots = [
-        SlotFigures(1, 100, 2, 10, 1, 640, 640, 0),
-        SlotFigures(2, None, 0, 7, 0, 70, 70, 3),
-    ]
+    first = Stats(connections_total=10, refused_resources=1, bytes_in=640, bytes_out=640)
+    first.flow_paused, first.idle_closed, first.accept_errors_peer_gone = 4, 2, 1
+    second = Stats(connections_total=7, refused_fd_setsize=5, bytes_in=70, bytes_out=70)
+    second.accept_errors_exhausted = 6
+    slots = [SlotFigures(1, 100, 2, first, 0), SlotFigures(2, None, 0, second, 3)]
     own = read()
     assert own is not None
     result = families(slots, "epoll", own, {1: own})
@@ -64,6 +66,14 @@ def test_every_service_family_parses_in_both_formats() -> None:
         }
         assert samples[("echod_connections_accepted_total", ())] == 17
         assert samples[("echod_received_bytes_total", ())] == 710
+        refused = "echod_connections_refused_total"
+        assert samples[(refused, (("reason", "resources"),))] == 1
+        assert samples[(refused, (("reason", "fd_setsize"),))] == 5
+        errors = "echod_accept_errors_total"
+        assert samples[(errors, (("kind", "peer_gone"),))] == 1
+        assert samples[(errors, (("kind", "exhausted"),))] == 6
+        assert samples[("echod_flow_control_pauses_total", ())] == 4
+        assert samples[("echod_idle_closed_total", ())] == 2
         assert samples[("echod_worker_restarts_total", (("worker", "2"),))] == 3
         assert samples[("echod_worker_up", (("worker", "2"),))] == 0
         assert samples[("process_open_fds", ())] > 0

@@ -12,19 +12,27 @@ from echod.service.worker_process import PipeReporter
 
 
 def test_counters_cross_the_pipe_unchanged_and_add_up() -> None:
-    sent = Stats(
-        connections_open=3, connections_total=7, connections_dropped=1, bytes_in=10, bytes_out=9
-    )
+    # Every counter a different value, so a swapped or dropped one shows.
+    values = list(range(3, 3 + len(Stats.COUNTERS)))
+    sent = Stats(**dict(zip(Stats.COUNTERS, values, strict=True)))
     received = Stats.decode(sent.encode())
-    assert [getattr(received, name) for name in Stats.COUNTERS] == [3, 7, 1, 10, 9]
+    assert [getattr(received, name) for name in Stats.COUNTERS] == values
+    assert received.connections_dropped == sent.refused_fd_setsize + sent.refused_resources
     total = Stats()
     total.add(received)
     total.add(received)
-    assert [getattr(total, name) for name in Stats.COUNTERS] == [6, 14, 2, 20, 18]
+    assert [getattr(total, name) for name in Stats.COUNTERS] == [2 * v for v in values]
 
 
-@pytest.mark.parametrize("text", ["", "1 2 3 4", "1 2 3 4 5 6", "1 2 x 4 5", "1 2 -3 4 5"])
-def test_anything_but_five_counters_is_refused(text: str) -> None:
+COUNT = len(Stats.COUNTERS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ".join(["1"] * (COUNT - 1)), " ".join(["1"] * (COUNT + 1)),
+     "x " + " ".join(["1"] * (COUNT - 1)), "-3 " + " ".join(["1"] * (COUNT - 1))],
+)  # fmt: skip
+def test_anything_but_the_counters_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         Stats.decode(text)
 
@@ -37,7 +45,8 @@ def test_the_reporter_writes_whole_lines_and_never_blocks() -> None:
         reporter = PipeReporter(write_fd, stats)
         assert reporter.ready() and reporter.watchdog() and reporter.stopping()
         lines = os.read(read_fd, 4096).decode().splitlines()
-        assert lines == ["READY", "STATS 1 2 0 5 5", "ALIVE", "STOPPING"]
+        zeros = " ".join(["0"] * (COUNT - 6))
+        assert lines == ["READY", f"STATS 1 2 0 0 5 5 {zeros}", "ALIVE", "STOPPING"]
         # A full pipe (a supervisor too slow to read) costs a report, not a stalled loop.
         while reporter.watchdog():
             pass
