@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.pattern import Pattern
+from loadtest.pattern import PERIOD, Pattern
 from loadtest.pollers import RRPoller, rrloop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +27,8 @@ if str(ROOT) not in sys.path:  # tests/ is a directory of the repository, not in
 from tests.support import missing  # noqa: E402
 
 MISMATCH, CLOSED = -1, 0
+PATTERN = Pattern().data
+BASE = 7  # where the attached connection starts in the pattern
 
 
 @pytest.fixture
@@ -83,7 +85,7 @@ def drive(
     fd = ours.fileno()
     poller.register(fd, poller.READ, lambda _mask: None)
     poller.attach(
-        fd, Pattern().data, 7, size, depth, time.monotonic(), lambda c, d: failures.append((c, d))
+        fd, PATTERN, BASE, size, depth, time.monotonic(), lambda c, d: failures.append((c, d))
     )
     deadline = time.monotonic() + 5
     while not failures and time.monotonic() < deadline:
@@ -123,6 +125,21 @@ def test_a_wrong_echo_is_a_mismatch(poller: RRPoller, alter: Callable[[int, byte
     failures, (messages, _echoed, _latency), _ = drive(poller, 64, 2, 10_000, alter)
     assert failures and failures[0][0] == MISMATCH
     assert messages < 10_000 // 64
+
+
+def test_a_byte_beyond_what_was_sent_is_a_mismatch_even_when_it_fits(poller: RRPoller) -> None:
+    """The last echo brings the byte that would come next, then the peer closes.
+
+    memcmp alone would pass it (it is the pattern's next byte); only the rule
+    "more bytes than were sent" catches it, before the EOF.
+    """
+
+    def alter(seen: int, data: bytes) -> bytes:
+        end = seen + len(data)
+        return data + PATTERN[BASE + end : BASE + end + 1] if end >= 640 else data
+
+    failures, _taken, _ = drive(poller, 64, 1, 640, alter)
+    assert failures and failures[0][0] == MISMATCH
 
 
 def test_after_stop_issuing_nothing_new_is_sent(poller: RRPoller) -> None:
