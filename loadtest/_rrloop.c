@@ -27,7 +27,6 @@
 #include <Python.h>
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -396,54 +395,70 @@ static PyObject *Loop_attach(Loop *self, PyObject *args) {
     e->conn = c;
     e->kind = ATTACHED;
     if (!self->draining)
-        release(c, depth, (int64_t)llround(now * 1e9));
+        release(c, depth, (int64_t)(now * 1e9 + 0.5));
     int err = flush(self, c);
     if (err && fail(self, e, err) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
+/* Wait up to `timeout` seconds and handle what is ready.  Rounds in which only
+ * attached connections were ready do not return to Python: the loop polls again
+ * until the timeout is spent, so the worker's own loop runs once per timer, scan
+ * or second rather than once per epoll_wait.  A round that ran any Python
+ * callback returns at once, since the callback may have changed what the worker
+ * waits for (a reconnect timer, say). */
 static PyObject *Loop_poll(Loop *self, PyObject *arg) {
     double timeout = PyFloat_AsDouble(arg);
     if (timeout == -1.0 && PyErr_Occurred())
         return NULL;
-    /* As select.epoll: whole milliseconds, rounded up. */
-    int ms = timeout < 0 ? -1 : (int)ceil(timeout * 1000.0);
+    int64_t deadline = now_ns() + (int64_t)(timeout * 1e9);
+    long total = 0;
     struct epoll_event events[MAX_EVENTS];
-    int n;
-    Py_BEGIN_ALLOW_THREADS
-    n = epoll_wait(self->epfd, events, MAX_EVENTS, ms);
-    Py_END_ALLOW_THREADS
-    if (n < 0) {
-        if (errno == EINTR) {
+    for (;;) {
+        int64_t left = deadline - now_ns();
+        /* As select.epoll: whole milliseconds, rounded up. */
+        int ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+        int n;
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait(self->epfd, events, MAX_EVENTS, ms);
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (errno != EINTR)
+                return PyErr_SetFromErrno(PyExc_OSError);
             if (PyErr_CheckSignals() < 0)
                 return NULL;
-            return PyLong_FromLong(0);
+            return PyLong_FromLong(total);
         }
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    for (int i = 0; i < n; i++) {
-        int fd = events[i].data.fd;
-        Entry *e = entry_for(self, fd, 0);
-        if (e == NULL)
-            continue;
-        if (e->kind == ATTACHED) {
-            if (on_attached(self, e, events[i].events) < 0)
-                return NULL;
-        } else if (e->kind == PYTHON) {
-            PyObject *callback = e->callback;
-            Py_INCREF(callback); /* the callback may unregister itself */
-            PyObject *result = PyObject_CallFunction(callback, "I", events[i].events);
-            Py_DECREF(callback);
-            if (result == NULL)
-                return NULL;
-            Py_DECREF(result);
+        int called = 0;
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            Entry *e = entry_for(self, fd, 0);
+            if (e == NULL)
+                continue;
+            if (e->kind == ATTACHED) {
+                if (on_attached(self, e, events[i].events) < 0)
+                    return NULL;
+                if (e->kind != ATTACHED) /* it failed: Python was called */
+                    called = 1;
+            } else if (e->kind == PYTHON) {
+                PyObject *callback = e->callback;
+                Py_INCREF(callback); /* the callback may unregister itself */
+                PyObject *result = PyObject_CallFunction(callback, "I", events[i].events);
+                Py_DECREF(callback);
+                if (result == NULL)
+                    return NULL;
+                Py_DECREF(result);
+                called = 1;
+            }
+            /* FREE or DETACHED: closed or failed by an earlier callback of this round. */
         }
-        /* FREE or DETACHED: closed or failed by an earlier callback of this round. */
+        if (PyErr_Occurred())
+            return NULL;
+        total += n;
+        if (n == 0 || called || ms == 0)
+            return PyLong_FromLong(total);
     }
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(n);
 }
 
 static PyObject *Loop_take(Loop *self, PyObject *Py_UNUSED(ignored)) {
@@ -506,7 +521,8 @@ static PyMethodDef Loop_methods[] = {
     {"unregister", (PyCFunction)Loop_unregister, METH_O, "unregister(fd)"},
     {"attach", (PyCFunction)Loop_attach, METH_VARARGS,
      "attach(fd, pattern, base, size, depth, now, on_fail): run rr on fd in C."},
-    {"poll", (PyCFunction)Loop_poll, METH_O, "poll(timeout_s) -> ready count"},
+    {"poll", (PyCFunction)Loop_poll, METH_O,
+     "poll(timeout_s) -> events handled; returns early once a Python callback ran."},
     {"take", (PyCFunction)Loop_take, METH_NOARGS,
      "take() -> (messages, bytes, {latency_us: count}) since the last take."},
     {"progress", (PyCFunction)Loop_progress, METH_O,

@@ -123,7 +123,9 @@ class RRPoller:
     C until it fails; then C forgets it and calls ``on_fail(code, done)``
     (``code`` 0 for EOF, -1 for a mismatch, else an errno) and the connection
     fails in Python as it would have there.  ``register``/``modify`` hand a
-    descriptor back to a Python callback.
+    descriptor back to a Python callback.  ``poll`` keeps polling in C until its
+    timeout while only attached connections are ready, and returns as soon as a
+    Python callback ran: the worker's loop turns once per timer, not per event.
     """
 
     name = "c-rr"

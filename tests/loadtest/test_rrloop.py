@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.pattern import PERIOD, Pattern
+from loadtest.pattern import Pattern
 from loadtest.pollers import RRPoller, rrloop
 
 ROOT = Path(__file__).resolve().parents[2]
