@@ -82,6 +82,10 @@ class Results:
         # The "Which IO model?" pair: the same load over few and over many connections.
         self.few = next((c for c in self.cells if c.get("role") == "few"), None)
         self.many = next((c for c in self.cells if c.get("role") == "many"), None)
+        # The C100k ladder: the same 100 active connections among ever more held open.
+        self.ladder = sorted(
+            (c for c in self.cells if c.get("role") == "c100k"), key=lambda c: c["connections"]
+        )
 
     def runs(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> list[dict[str, Any]]:
         """The rounds that count: those no other load overlapped, when they are at least
@@ -167,6 +171,17 @@ class Results:
         share = self.share_of_ceiling(server, cell) if generator == ECHOD_BENCH else None
         return self.saturated(server, cell, generator) or (
             share is not None and share >= CEILING_SHARE
+        )
+
+    def not_run(self, server: str, cell: str) -> str | None:
+        """Why a server was not run in a cell at all (``run.obstacle``), if it was not."""
+        return next(
+            (
+                r["error"]
+                for r in self.runs(server, cell)
+                if str(r.get("error", "")).startswith("not run")
+            ),
+            None,
         )
 
     # Faults ------------------------------------------------------------------------------

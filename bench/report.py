@@ -85,6 +85,17 @@ def sections(res: Results) -> list[Section]:
                 prose.iomodel_findings(res),
             )
         )
+    if len(res.ladder) > 1:
+        out.append(
+            Section(
+                "c100k",
+                "Holding 1k to 100k connections",
+                "The same 100 active connections (64 B rr) among ever more held open, "
+                "opened from several loopback source addresses (`--source-address`). "
+                '"not run" is a cell a server cannot hold on this machine; Notes say why.',
+                tables.ladder_table(res),
+            )
+        )
     if res.workers_cell:
         cell = res.workers_cell
         out.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bench import query
@@ -152,6 +152,35 @@ def iomodel_table(res: Results) -> list[str]:
         line += [res.spread(server, c, query.p99).show(spread=False) for c in pair]
         line += [res.spread(server, c, query.cpu).show("{:.2f}", spread=False) for c in pair]
         line += [kib(res.median(server, c, query.rss_per_conn)) for c in pair]
+        rows.append(line)
+    return table(header, rows)
+
+
+def ladder_table(res: Results) -> list[str]:
+    """CPU per request, p99 and RSS per connection as held connections grow (C100k cells).
+
+    A server a cell cannot run on here says "not run" instead of figures, so a missing
+    figure never reads as a measured one.
+    """
+    cells = [c["name"] for c in res.ladder]
+    counts = [query.count(c["connections"]) for c in res.ladder]
+    header = ["backend"]
+    for what in ("CPU µs/req", "p99 µs", "RSS/conn"):
+        header += [f"{what}, {n}" for n in counts]
+    shows: list[tuple[query.Metric, Callable[[query.Spread], str]]] = [
+        (query.cpu, lambda s: s.show("{:.2f}", spread=False)),
+        (query.p99, lambda s: s.show(spread=False)),
+        (query.rss_per_conn, lambda s: kib(s.median)),
+    ]
+    rows = []
+    for server in res.servers:
+        line = [_name(res, server)]
+        for metric, show in shows:
+            for c in cells:
+                if res.not_run(server, c):
+                    line.append("not run")
+                else:
+                    line.append(show(res.spread(server, c, metric)) + res.marks(server, c))
         rows.append(line)
     return table(header, rows)
 

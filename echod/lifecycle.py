@@ -44,6 +44,9 @@ class Stats:
         self.connections_open += 1
         self.connections_total += 1
 
+    def closed(self) -> None:
+        self.connections_open -= 1
+
     # The counters a worker's heartbeat carries to its supervisor, in this order: the
     # one codec for Stats crossing a pipe (encode in the worker, decode and add up in
     # the supervisor).

@@ -1,15 +1,23 @@
-"""What one echo connection is, with no IO in it.
+"""What one echo connection is, with no IO in it: the reactor's rules about bytes.
 
 Like h11's connection object, an :class:`EchoSession` only takes facts in (bytes that
 could not be sent yet, bytes the socket took, end of input) and says what the
-connection wants next. The reactor backend drives it on real sockets; its tests drive it
-with byte strings alone. The rules every backend must keep live here:
+connection wants next; its tests drive it with byte strings alone. It serves the
+reactor backends (:mod:`echod.backends.selector_backends`), the only ones that keep
+their own output buffer. The other backends cannot use it without giving up what makes
+them what they are: asyncio's transports own their buffer (the protocol maps the water
+marks onto ``set_write_buffer_limits``), and threads and greenlets block in ``sendall``,
+which holds at most one read. For every backend the shared definition of these rules is
+the contract suite, ``tests/contract``, run against each of them:
 
 * every byte received is sent back once, in order (RFC 862);
 * output that the peer does not take waits in ``pending``; past ``high_water`` the
   connection stops reading until ``pending`` drains to ``low_water`` or below, so a
   client that sends without reading costs at most ``high_water`` plus one read;
 * on end of input the connection still sends everything pending, then closes.
+
+The life of a connection around these rules (admitting, counting, releasing, draining)
+is the serving core's: :mod:`echod.backends.serving`.
 """
 
 from __future__ import annotations

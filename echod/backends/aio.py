@@ -7,6 +7,13 @@ returning False from ``eof_received`` makes the transport flush, then close
 (half-close). A plain ``Protocol`` rather than ``BufferedProtocol``: the selector
 transport keeps a reference to what ``write`` could not send, so a shared receive
 buffer would have to be copied anyway.
+
+The life of the listeners and of every connection is the serving core's
+(:mod:`echod.backends.serving`): the loop watches each listener with ``add_reader``,
+the core accepts (so the cap, the spare-descriptor shedding and accepting again on a
+release are the same as on every other backend), and ``connect_accepted_socket`` wraps
+each admitted socket in the loop's own transport. asyncio's ``create_server`` would
+accept by itself, and on EMFILE only retries a second later.
 """
 
 from __future__ import annotations
@@ -14,26 +21,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
-import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from echod.backends.base import (
-    ACCEPT_BACKOFF,
-    ACCEPT_BATCH,
-    EXHAUSTED,
-    ServingPolicy,
-    SpareDescriptor,
-)
+from echod.backends.serving import ServingCore
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
-from echod.logs import RateLimitedLog
-from echod.net.listeners import describe
-from echod.udp.serving import DatagramService
-
-log = logging.getLogger("echod")
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class AsyncioBackend:
     ) -> None:
         loop = self.new_loop()
         try:
-            loop.run_until_complete(AsyncServer(listeners, config, lifecycle).run(self.name))
+            AsyncServer(loop, listeners, config, lifecycle).serve(self.name)
         finally:
             loop.close()
 
@@ -71,18 +67,20 @@ UVLOOP = AsyncioBackend("uvloop", "uvloop:new_event_loop")
 class EchoProtocol(asyncio.Protocol):
     """One connection: everything received is written straight back."""
 
-    __slots__ = ("idle_ticks", "server", "transport")
+    __slots__ = ("idle_ticks", "server", "sock", "starting", "transport")
 
-    def __init__(self, server: AsyncServer) -> None:
+    def __init__(self, server: AsyncServer, sock: socket.socket) -> None:
         self.server = server
+        self.sock = sock
         self.idle_ticks = 0
+        self.transport: asyncio.Transport | None = None
+        self.starting: asyncio.Task[Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         marks = self.server.marks
         self.transport.set_write_buffer_limits(high=marks.high, low=marks.low)
-        self.server.opened(self)
 
     def data_received(self, data: bytes) -> None:
         self.idle_ticks = 0
@@ -90,187 +88,132 @@ class EchoProtocol(asyncio.Protocol):
         size = len(data)
         stats.bytes_in += size
         stats.bytes_out += size  # handed to the transport, which sends or buffers it
-        self.transport.write(data)
+        self.transport.write(data)  # type: ignore[union-attr]  # set by connection_made
 
     def eof_received(self) -> bool:
         return False  # the transport sends what is buffered, then closes
 
     def pause_writing(self) -> None:
-        self.transport.pause_reading()
+        self.transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
-        self.transport.resume_reading()
+        self.transport.resume_reading()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.forget(self)
+        self.server.release(self)
+
+    def started(self, task: asyncio.Task[Any]) -> None:
+        """The transport was made, or never will be: then the connection is over."""
+        if task.cancelled() or task.exception() is not None:
+            self.sock.close()
+            self.server.release(self)
 
     def has_pending(self) -> bool:
-        return self.transport.get_write_buffer_size() > 0
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     def fileno(self) -> int:
+        if self.transport is None:
+            return self.sock.fileno()
         sock = self.transport.get_extra_info("socket")
         return -1 if sock is None else int(sock.fileno())
 
     def close(self) -> None:
-        self.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.starting is not None:
+            self.starting.cancel()
 
 
-class AsyncServer(ServingPolicy):
-    """Listeners, connections and signals of one asyncio-family loop."""
+class AsyncServer(ServingCore[EchoProtocol]):
+    """The serving core on an asyncio-family loop."""
 
     def __init__(
-        self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listeners: Sequence[socket.socket],
+        config: Config,
+        lifecycle: Lifecycle,
     ) -> None:
-        self.listeners, self.udp = DatagramService.take(listeners, config, lifecycle.stats)
-        self.config = config
-        self.lifecycle = lifecycle
-        self.stats = lifecycle.stats
-        self.marks = config.marks
-        self.connections: set[EchoProtocol] = set()
-        self.servers: list[asyncio.AbstractServer] = []
-        self._timers: list[Repeating | asyncio.TimerHandle] = []
-        self._warn = RateLimitedLog(log, interval=10.0)
-        self._spare = SpareDescriptor()
-        self._shedding = False
-
-    async def run(self, label: str) -> None:
-        loop = asyncio.get_running_loop()
+        super().__init__(listeners, config, lifecycle)
         self.loop = loop
+        self.marks = config.marks
         self.finished: asyncio.Future[None] = loop.create_future()
-        loop.set_exception_handler(self._on_loop_error)
-        for signum in HANDLED_SIGNALS:
-            loop.add_signal_handler(signum, self.on_signal, signum)
+        self._timers: list[Repeating | asyncio.TimerHandle] = []
+
+    def serve(self, label: str) -> None:
+        """The core's phases, run inside the loop.
+
+        uvloop handles signals only while its loop runs: a SIGTERM that arrived between
+        ``start`` and ``wait`` was remembered but never acted on (4 of 30 starts hung,
+        measured with a SIGTERM sent as soon as "listening on" was logged).
+        """
+        self.loop.run_until_complete(self._serve(label))
+
+    async def _serve(self, label: str) -> None:
         try:
-            await self._start_accepting()
-            self.call_every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
-            self.start_idle_sweeps()
-            # Datagrams are read straight off the socket, as the reactor does: asyncio's
-            # datagram transport would queue answers without bound on EAGAIN.
-            self.udp.start(
-                lambda sock, callback: loop.add_reader(sock, callback, 0), loop.remove_reader
-            )
-            self.lifecycle.ready(
-                [describe(sock) for sock in self.listeners] + self.udp.addresses, label
-            )
+            if type(self.loop).__module__.startswith("uvloop"):
+                await self._open_libuv_spare()
+            self.start(label)
             await self.finished
         finally:
-            for signum in HANDLED_SIGNALS:
-                loop.remove_signal_handler(signum)
-            for timer in self._timers:
-                timer.cancel()
-            self._stop_accepting()
-            for sock in self.listeners:
-                sock.close()
-            self.udp.close()
+            self.close_listeners()
             for conn in list(self.connections):
                 conn.close()
-            self._spare.close()
-            await asyncio.sleep(0)  # let the aborted transports report connection_lost
-            self.lifecycle.stopped()
+            deadline = time.monotonic() + self.settle_timeout
+            while self.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the aborted transports report connection_lost
+            self.stop()
 
-    # Accepting -------------------------------------------------------------------------
-    async def _start_accepting(self) -> None:
-        """Serve a duplicate of each listener, so pausing never closes the real one."""
-        if self.servers or self.lifecycle.draining:
-            return
-        for sock in self.listeners:
-            # asyncio uses ``backlog`` both for listen() and as the number of accepts per
-            # wakeup, and on EMFILE it goes on looping, logging and scheduling a retry
-            # each time: keep that batch small, then restore the kernel's queue length.
-            server = await self.loop.create_server(
-                lambda: EchoProtocol(self), sock=sock.dup(), backlog=ACCEPT_BATCH
-            )
-            sock.listen(self.config.backlog)
-            # With a forbidden address family, create_server can come back with no
-            # sockets at all: never report ready in that state.
-            if not server.sockets:
-                raise OSError(f"the event loop could not serve {describe(sock)}")
-            self.servers.append(server)
+    async def _open_libuv_spare(self) -> None:
+        """Have libuv open its own spare descriptor now, not with the first client.
 
-    def _stop_accepting(self) -> None:
-        for server in self.servers:
-            server.close()
-        self.servers = []
-
-    def opened(self, conn: EchoProtocol) -> None:
-        limit = self.config.max_connections
-        if limit and len(self.connections) >= limit:
-            # The loop accepts in batches; what a batch took past the cap is closed at
-            # once, and accepting stops so later clients wait in the backlog.
-            self._stop_accepting()
-            self.stats.connections_dropped += 1
-            conn.transport.abort()
-            return
-        self.connections.add(conn)
-        self.stats.opened()
-        if limit and len(self.connections) >= limit:
-            self._stop_accepting()
-
-    def forget(self, conn: EchoProtocol) -> None:
-        if conn not in self.connections:
-            return
-        self.connections.discard(conn)
-        self.stats.connections_open -= 1
-        if self.lifecycle.draining:
-            if not self.connections:
-                self.finish()
-        elif not self.servers:
-            self.loop.create_task(self._start_accepting())
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """One rate-limited line for the loop's resource errors; tracebacks for bugs.
-
-        The stdlib loop reports "socket.accept() out of system resource" (EMFILE) with a
-        traceback each time, and its retry timer fails harmlessly on a listener we
-        closed meanwhile.
+        libuv keeps a descriptor for its EMFILE trick and opens it with the first stream
+        handle; since the core accepts, that would be the first client's, and the
+        process would hold one descriptor more after it than before (a leak, to anyone
+        counting from READY). A throwaway stream on a socket pair opens it at start.
         """
-        exc = context.get("exception")
-        message = context.get("message", "event loop error")
-        if isinstance(exc, OSError):
-            self._warn.warning(message, "%s: %s", message, exc)
-            if exc.errno in EXHAUSTED and not self._shedding:
-                # The stdlib only drops the reader and retries in 1 s, leaving clients
-                # queued: refuse them now, as the reactor does, and accept again at once.
-                self._shedding = True
-                loop.call_soon(self._shed)
-        elif isinstance(exc, ValueError) and "_start_serving" in repr(context.get("handle")):
-            log.debug("%s after its listener closed: %s", message, exc)
-        else:
-            loop.default_exception_handler(context)
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.setblocking(False)
+            transport, _ = await self.loop.connect_accepted_socket(asyncio.Protocol, ours)
+            transport.abort()
+            await asyncio.sleep(0)
 
-    def _shed(self) -> None:
-        self.stats.connections_dropped += self._spare.shed(self.listeners)
-        self._shedding = False
-        if self._spare.fd is None or self.lifecycle.draining:
-            return  # the stdlib's own retry in 1 s stands
-        self._stop_accepting()
-        self.loop.create_task(self._restart_accepting())
+    # What the serving core asks of a backend --------------------------------------------
+    def handle_signals(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            self.loop.add_signal_handler(signum, self.on_signal, signum)
 
-    async def _restart_accepting(self) -> None:
-        try:
-            await self._start_accepting()
-        except OSError as exc:
-            self._warn.warning(
-                "restart", "cannot accept yet (%s): retrying in %gs", exc, ACCEPT_BACKOFF
-            )
-            self._stop_accepting()
-            self.call_later(
-                ACCEPT_BACKOFF, lambda: self.loop.create_task(self._restart_accepting())
-            )
-
-    # Primitives of the serving policy --------------------------------------------------
-    def live_connections(self) -> list[EchoProtocol]:
-        return list(self.connections)
-
-    def close_listeners(self) -> None:
-        self._stop_accepting()
-        for sock in self.listeners:
-            sock.close()
-        self.udp.close()
+    def wait(self) -> None:
+        # Only for a caller running the phases one by one; serve() awaits inside the loop.
+        self.loop.run_until_complete(self.finished)
 
     def finish(self) -> None:
         if not self.finished.done():
             self.finished.set_result(None)
+
+    def begin(self, sock: socket.socket) -> EchoProtocol:
+        sock.setblocking(False)
+        conn = EchoProtocol(self, sock)
+        conn.starting = self.loop.create_task(self.loop.connect_accepted_socket(lambda: conn, sock))
+        conn.starting.add_done_callback(conn.started)
+        return conn
+
+    def watch_listeners(self) -> None:
+        for sock in self.listeners:
+            self.loop.add_reader(sock.fileno(), self.accept_from, sock)
+
+    def unwatch_listeners(self) -> None:
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        # Datagrams are read straight off the socket, as the reactor does: asyncio's
+        # datagram transport would queue answers without bound on EAGAIN.
+        self.loop.add_reader(sock, callback, 0)
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        self.loop.remove_reader(sock)
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
         timer = self.loop.call_later(delay, callback)
@@ -281,6 +224,12 @@ class AsyncServer(ServingPolicy):
         timer = Repeating(self.loop, interval, callback)
         self._timers.append(timer)
         return timer
+
+    def close_loop(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            self.loop.remove_signal_handler(signum)
+        for timer in self._timers:
+            timer.cancel()
 
 
 class Repeating:

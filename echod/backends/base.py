@@ -1,20 +1,18 @@
-"""The interface every backend serves behind, and the housekeeping rules they share."""
+"""The interface every backend serves behind, its constants, and the idle sweep."""
 
 from __future__ import annotations
 
-import abc
 import errno
 import fcntl
 import logging
-import os
 import socket
 import struct
 import termios
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from echod.config import Config
-from echod.lifecycle import Command, Lifecycle
+from echod.lifecycle import Lifecycle
 
 log = logging.getLogger("echod")
 
@@ -34,52 +32,6 @@ ACCEPT_BACKOFF = 1.0
 DRAIN_QUIET = 1.0
 # Sweeps per idle timeout: a connection is closed between 1 and 1.25 timeouts silent.
 IDLE_SWEEPS = 4
-
-
-class SpareDescriptor:
-    """One descriptor held back, to refuse clients when the process runs out of them.
-
-    Out of descriptors, a level-triggered listener stays readable while clients wait, so
-    a loop that only retries accept() spins. As libuv and Twisted do: give the spare
-    back, accept and close what waits, and take the spare again.
-    """
-
-    def __init__(self) -> None:
-        self.fd: int | None = self._open()
-
-    @staticmethod
-    def _open() -> int | None:
-        try:
-            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-
-    def shed(self, listeners: Iterable[socket.socket]) -> int:
-        """Refuse every client waiting on ``listeners``; returns how many were refused.
-
-        Afterwards ``fd`` is None if the spare could not be taken back: the caller must
-        then stop accepting for a while instead.
-        """
-        if self.fd is None:
-            return 0
-        os.close(self.fd)
-        self.fd = None
-        refused = 0
-        for listener in listeners:
-            while True:
-                try:
-                    sock, _ = listener.accept()
-                except OSError:
-                    break
-                sock.close()
-                refused += 1
-        self.fd = self._open()
-        return refused
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Backend(Protocol):
@@ -140,82 +92,3 @@ def unread_bytes(fd: int) -> int:
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
-
-
-class ServingPolicy(abc.ABC):
-    """What signals, draining and idle sweeps mean, written once for every backend.
-
-    Each backend supplies the primitives of its IO model (how to wait, how to stop
-    accepting, how to end the loop); the rules that operators rely on — SIGTERM drains,
-    a second SIGINT exits at once, quiet connections close while draining, the graceful
-    timeout ends the rest — live here.
-    """
-
-    config: Config
-    lifecycle: Lifecycle
-    _sweeper: Cancellable | None = None
-
-    @abc.abstractmethod
-    def live_connections(self) -> Sequence[Sweepable]:
-        """A snapshot of the open connections (safe to iterate while they close)."""
-
-    @abc.abstractmethod
-    def close_listeners(self) -> None: ...
-
-    @abc.abstractmethod
-    def finish(self) -> None:
-        """End the serving loop now; ``serve`` then closes what is left and returns."""
-
-    @abc.abstractmethod
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable: ...
-
-    @abc.abstractmethod
-    def call_every(self, interval: float, callback: Callable[[], object]) -> Cancellable: ...
-
-    def refresh_stats(self) -> None:  # noqa: B027  # optional hook
-        """Bring ``lifecycle.stats`` up to date before it is reported (if kept elsewhere)."""
-
-    def on_draining(self) -> None:  # noqa: B027  # optional hook
-        """Called once listeners are closed at the start of a drain."""
-
-    def on_signal(self, signum: int) -> None:
-        command = self.lifecycle.command(signum)
-        if command is Command.REPORT:
-            self.refresh_stats()
-            self.lifecycle.report()
-        elif command is Command.EXIT_NOW:
-            log.warning(
-                "second interrupt: closing %d connection(s) now", len(self.live_connections())
-            )
-            self.finish()
-        elif not self.lifecycle.draining:
-            self.drain()
-
-    def drain(self) -> None:
-        graceful = self.config.graceful_timeout
-        self.refresh_stats()
-        self.lifecycle.start_draining(graceful)
-        self.close_listeners()
-        self.on_draining()
-        if not self.live_connections():
-            self.finish()
-            return
-        self.call_later(graceful, self._graceful_timeout)
-        self.sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
-
-    def _graceful_timeout(self) -> None:
-        log.warning("graceful timeout: closing %d connection(s)", len(self.live_connections()))
-        self.finish()
-
-    def start_idle_sweeps(self) -> None:
-        if self.config.idle_timeout > 0:
-            self.sweep_every(self.config.idle_timeout / IDLE_SWEEPS, IDLE_SWEEPS, False)
-
-    def sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for conn in self.live_connections():
-            conn.idle_ticks = 0
-        self._sweeper = self.call_every(
-            max(interval, 0.01), lambda: sweep(self.live_connections(), ticks, only_drained)
-        )

@@ -24,13 +24,15 @@ slice, the socket and its two watchers: 9 KiB resident per idle connection, meas
 over 1,000 of them on CPython 3.11, against 32 KiB for threads and 0.35 KiB on epoll; each switch is cheap but not free, and greenlet code that never blocks
 (a bug, or a huge computation) stalls every connection and the heartbeat with it, which
 the watchdog then notices. ``--max-connections 0`` means no cap, as on the reactor.
+
+The life of the listeners and of every connection is the serving core's
+(:mod:`echod.backends.serving`): here one greenlet per listener waits for it to be
+readable and hands it to the core's accept loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,24 +42,10 @@ import gevent
 import gevent.event
 import gevent.socket
 
-from echod.backends.base import (
-    ACCEPT_BACKOFF,
-    ACCEPT_BATCH,
-    EXHAUSTED,
-    PEER_GONE,
-    RECEIVE_SIZE,
-    Cancellable,
-    ServingPolicy,
-)
+from echod.backends.base import RECEIVE_SIZE, Cancellable
+from echod.backends.serving import ServingCore
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
-from echod.logs import RateLimitedLog
-from echod.net.listeners import describe
-
-log = logging.getLogger("echod")
-
-# How long the end of serve() waits for shut-down greenlets to report their last bytes.
-JOIN_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +57,7 @@ class GeventBackend:
     def serve(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        GreenServer(listeners, config, lifecycle).run(self.name)
+        GreenServer(listeners, config, lifecycle).serve(self.name)
 
 
 GEVENT = GeventBackend()
@@ -133,66 +121,73 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
 
 
-class GreenServer(ServingPolicy):
-    """Accepts in one greenlet per listener and spawns one greenlet per connection."""
+class GreenServer(ServingCore[Connection]):
+    """The serving core on gevent's hub: a greenlet per listener and per connection."""
 
     def __init__(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        self.listeners = list(listeners)
-        self.config = config
-        self.lifecycle = lifecycle
-        self.stats = lifecycle.stats
-        self.limit = config.max_connections
+        super().__init__(listeners, config, lifecycle)
         self.buffer = bytearray(RECEIVE_SIZE)
         self.view = memoryview(self.buffer)
-        self.connections: set[Connection] = set()
-        self.room = gevent.event.Event()  # set while below the cap
-        self.room.set()
         self.all_closed = gevent.event.Event()
         self.finished = gevent.event.Event()
         self.failure: BaseException | None = None
         self.acceptors: list[Any] = []
         self.timers: list[Any] = []
-        self._warn = RateLimitedLog(log, interval=10.0)
+        self.signal_handlers: list[Any] = []
 
-    # Running ---------------------------------------------------------------------------
-    def run(self, label: str) -> None:
-        handlers = [
+    # What the serving core asks of a backend --------------------------------------------
+    def handle_signals(self) -> None:
+        self.signal_handlers = [
             gevent.signal_handler(signum, self.on_signal, signum) for signum in HANDLED_SIGNALS
         ]
-        try:
-            for listener in self.listeners:
-                acceptor = gevent.spawn(self._accept_forever, listener)
-                acceptor.link_exception(self._fail)
-                self.acceptors.append(acceptor)
-            self._every(self.lifecycle.heartbeat_interval, self.lifecycle.heartbeat)
-            self.start_idle_sweeps()
-            self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
-            self.finished.wait()
-            if self.failure is not None:
-                raise self.failure
-        finally:
-            for handler in handlers:
-                handler.cancel()
-            gevent.killall(self.timers)
-            self.close_listeners()
-            for conn in list(self.connections):
-                conn.close()
-            if self.connections:
-                self.all_closed.wait(JOIN_TIMEOUT)
-            self.lifecycle.stopped()
+
+    def wait(self) -> None:
+        self.finished.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    def finish(self) -> None:
+        self.finished.set()
+
+    def begin(self, sock: socket.socket) -> Connection:
+        # Naming family, type and proto spares the three getsockopt calls of detection.
+        green = gevent.socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        conn = Connection(green, self)
+        self.all_closed.clear()
+        gevent.spawn(conn.run)
+        return conn
+
+    def watch_listeners(self) -> None:
+        for listener in self.listeners:
+            acceptor = gevent.spawn(self._accept_while_watched, listener)
+            acceptor.link_exception(self._fail)
+            self.acceptors.append(acceptor)
+
+    def unwatch_listeners(self) -> None:
+        current = gevent.getcurrent()
+        # Killed and waited for before a listener may be closed under their watchers;
+        # the current one ends by itself once its batch returns.
+        others = [acceptor for acceptor in self.acceptors if acceptor is not current]
+        self.acceptors = []
+        gevent.killall(others)
+
+    def _accept_while_watched(self, listener: socket.socket) -> None:
+        """Wait for clients on one (non-blocking, stdlib) listener; the core accepts.
+
+        The core checks the cap and calls accept() without switching in between, so
+        several listeners never take more than the cap between them.
+        """
+        fileno = listener.fileno()
+        me = gevent.getcurrent()
+        while me in self.acceptors:
+            gevent.socket.wait_read(fileno)
+            self.accept_from(listener)
 
     def _fail(self, greenlet: Any) -> None:
         """An acceptor died of an unexpected error: let serve() raise it."""
         self.failure = greenlet.exception
-        self.finished.set()
-
-    # Primitives of the serving policy --------------------------------------------------
-    def live_connections(self) -> list[Connection]:
-        return list(self.connections)
-
-    def finish(self) -> None:
         self.finished.set()
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable:
@@ -201,11 +196,6 @@ class GreenServer(ServingPolicy):
         return timer
 
     def call_every(self, interval: float, callback: Callable[[], object]) -> Cancellable:
-        return Greenlet(self._every(interval, callback))
-
-    def _every(self, interval: float, callback: Callable[[], object]) -> Any:
-        """A greenlet calling ``callback`` every ``interval`` seconds until killed."""
-
         def repeat() -> None:
             while True:
                 gevent.sleep(interval)
@@ -213,85 +203,28 @@ class GreenServer(ServingPolicy):
 
         timer = gevent.spawn(repeat)
         self.timers.append(timer)
-        return timer
+        return Greenlet(timer)
 
-    # Accepting -------------------------------------------------------------------------
-    def _accept_forever(self, listener: socket.socket) -> None:
-        """Accept on one (non-blocking, stdlib) listener until killed.
+    def settle(self, timeout: float) -> None:
+        self.all_closed.wait(timeout)
 
-        The cap is checked, then accept() is called without switching in between, so
-        several listeners never take more than the cap between them; past it, clients
-        wait in the kernel's backlog as on the reactor.
-        """
-        tcp = listener.family != socket.AF_UNIX
-        fileno = listener.fileno()
-        limit = self.limit
-        accepted = 0
-        while True:
-            if limit and len(self.connections) >= limit:
-                self.room.clear()
-                self.room.wait()
-                continue
-            if accepted >= ACCEPT_BATCH:
-                accepted = 0
-                gevent.sleep(0)  # a connection storm must not starve established clients
-                continue
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                accepted = 0
-                gevent.socket.wait_read(fileno)
-                continue
-            except OSError as exc:
-                if exc.errno in EXHAUSTED:
-                    self._warn.warning(
-                        "exhausted",
-                        "accept failed (%s): not accepting for %gs; %d connection(s) open",
-                        os.strerror(exc.errno or 0),
-                        ACCEPT_BACKOFF,
-                        self.stats.connections_open,
-                    )
-                    gevent.sleep(ACCEPT_BACKOFF)  # clients wait in the backlog meanwhile
-                    continue
-                if exc.errno in PEER_GONE:
-                    continue
-                raise
-            accepted += 1
-            if tcp:
-                # Echo replies are small and immediate: Nagle would hold each for an ACK.
-                with contextlib.suppress(OSError):  # EINVAL on macOS after a reset
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Naming family, type and proto spares the three getsockopt calls of detection.
-            green = gevent.socket.socket(sock.family, sock.type, sock.proto, sock.detach())
-            conn = Connection(green, self)
-            self.connections.add(conn)
-            self.stats.opened()
-            self.all_closed.clear()
-            gevent.spawn(conn.run)
-
-    def close_listeners(self) -> None:
-        gevent.killall(self.acceptors)
-        self.acceptors = []
-        for listener in self.listeners:
-            listener.close()
+    def close_loop(self) -> None:
+        for handler in self.signal_handlers:
+            handler.cancel()
+        gevent.killall(self.timers)
 
     # Closing ---------------------------------------------------------------------------
     def closed(self, conn: Connection) -> None:
         """Called by a connection's greenlet as its last act."""
-        self.connections.discard(conn)
-        self.stats.connections_open -= 1
         conn.sock.close()
+        self.release(conn)
         if not self.connections:
             self.all_closed.set()
-            if self.lifecycle.draining:
-                self.finished.set()
-        if self.limit and len(self.connections) < self.limit:
-            self.room.set()
 
 
 @dataclass(frozen=True)
 class Greenlet:
-    """A timer greenlet seen as something to cancel, as the serving policy expects."""
+    """A timer greenlet seen as something to cancel, as the serving core expects."""
 
     greenlet: Any
 

@@ -1,71 +1,151 @@
-"""echod's own event loop on the stdlib ``selectors`` module.
+"""echod's own event loop: readiness callbacks, timers, signals and cross-thread calls.
 
-The loop knows nothing of echo: each registered file object carries its callback in
-``SelectorKey.data`` and is called with the ready mask. Which selector it runs on
-(select, poll, epoll, kqueue, devpoll) is the only thing that differs between the
-reactor backends, and it is handed in, so this module has no platform code.
+The loop knows nothing of echo: each registered descriptor carries its callback, called
+with the ready mask. How it waits is an IO manager handed in, one class per mechanism
+(as trio keeps ``_io_epoll.py`` apart from ``_io_kqueue.py``):
 
-Dispatch skips ``selectors``' own ``select()`` where it can. For the poll family (epoll,
-poll, /dev/poll) that method rebuilds a list of ``(key, mask)`` tuples in Python on every
-call; waiting on the kernel object the selector keeps and looking the key up directly
-measured 6,810 instead of 9,250 interpreter instructions per echoed 1 KiB message
-(callgrind, epoll backend). Registration still goes through the selector, so its
-bookkeeping stays the one source of truth. Callbacks therefore receive the raw event bits
-of whichever path ran and must not depend on them (echod's do not).
+* :class:`PollFamilyIO` owns its kernel object (``select.epoll``, ``select.poll`` or
+  ``select.devpoll``) and its own descriptor → callback map, so a ready descriptor costs
+  one dict lookup and one call. ``selectors``' ``select()`` instead rebuilds a list of
+  ``(key, mask)`` tuples in Python on every wait; the owned object measured fewer
+  interpreter instructions per echoed message (callgrind, see the commit that added it).
+* :class:`SelectorIO` goes through the public ``selectors`` API, for ``select(2)``,
+  ``kqueue`` and whatever ``selectors.DefaultSelector`` is; ``SelectorKey.data`` holds
+  the callback.
 
-Signals wake the loop through ``signal.set_wakeup_fd`` on a socket pair: Python runs
-the handler, the write to the pair makes ``select()`` return, and the loop then runs the
-queued signal callbacks outside the handler. No timeout polling is needed to notice a
-signal.
+Which one runs is logged when serving starts (:meth:`Reactor.describe`). Callbacks get
+the raw event bits of the mechanism and must not depend on them (echod's do not).
+
+Signals wake the loop through :class:`~echod.wakeup.WakeupSocketpair`: Python runs the
+handler, the byte it writes makes the wait return, and the loop then runs the queued
+signal callbacks outside the handler. Other threads hand the loop work the same way
+(:meth:`Reactor.call_soon_threadsafe`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import math
+import select
 import selectors
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
+
+from echod.wakeup import WakeupSocketpair
 
 Callback = Callable[[int], None]
-Wait = Callable[[float | None], list[tuple[int, int]]]
 
+# Wants as the reactor's callers speak them (equal to selectors.EVENT_READ / EVENT_WRITE).
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
 # Most events taken from the kernel per wait: enough to amortise the syscall, few enough
 # that timers and signals are never starved.
 MAX_EVENTS = 1024
 
 
-def kernel_wait(selector: selectors.BaseSelector) -> Wait | None:
-    """The poll family's own wait call, in the units each takes; None for the others."""
-    poller = getattr(selector, "_selector", None)
-    if isinstance(selector, selectors.EpollSelector) and poller is not None:
-        epoll_wait = poller.poll
+class IOManager(Protocol):
+    """How a reactor waits: register descriptors with callbacks, wait, call them."""
 
-        def wait_epoll(timeout: float | None) -> list[tuple[int, int]]:
-            return epoll_wait(-1 if timeout is None else timeout, MAX_EVENTS)  # type: ignore[no-any-return]
+    def register(self, fd: int, events: int, callback: Callback) -> None: ...
+    def modify(self, fd: int, events: int, callback: Callback) -> None: ...
+    def unregister(self, fd: int) -> None: ...
+    def run(self, reactor: Reactor) -> None:
+        """Wait and dispatch while ``reactor.running``, running its timers between waits."""
 
-        return wait_epoll
-    poll_like = tuple(
-        getattr(selectors, name)
-        for name in ("PollSelector", "DevpollSelector")
-        if hasattr(selectors, name)
-    )
-    if isinstance(selector, poll_like) and poller is not None:
-        poll_wait = poller.poll
+    def describe(self) -> str: ...
+    def close(self) -> None: ...
 
-        def wait_poll(timeout: float | None) -> list[tuple[int, int]]:
+
+class PollFamilyIO:
+    """epoll, poll or /dev/poll, owned directly: no ``selectors`` layer in between."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.callbacks: dict[int, Callback] = {}
+        if kind == "epoll":
+            self._kernel: Any = select.epoll()
+            # READ|WRITE as the kernel spells them; index = wants.
+            self._masks = (0, select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT)
+        else:
+            self._kernel = select.poll() if kind == "poll" else select.devpoll()  # type: ignore[attr-defined,unused-ignore]
+            self._masks = (0, select.POLLIN, select.POLLOUT, select.POLLIN | select.POLLOUT)
+
+    def register(self, fd: int, events: int, callback: Callback) -> None:
+        self._kernel.register(fd, self._masks[events])
+        self.callbacks[fd] = callback
+
+    def modify(self, fd: int, events: int, callback: Callback) -> None:
+        self._kernel.modify(fd, self._masks[events])
+        self.callbacks[fd] = callback
+
+    def unregister(self, fd: int) -> None:
+        del self.callbacks[fd]
+        self._kernel.unregister(fd)
+
+    def run(self, reactor: Reactor) -> None:
+        # The per-message path: one kernel call, one dict lookup and one call per ready
+        # descriptor, with no Python frame between them (an extra method here measured
+        # about 2,000 more interpreter instructions per echoed message under callgrind).
+        poll = self._kernel.poll
+        get = self.callbacks.get
+        run_timers = reactor.run_timers
+        if self.kind == "epoll":
+            while reactor.running:
+                timeout = run_timers()
+                for fd, events in poll(-1 if timeout is None else timeout, MAX_EVENTS):
+                    callback = get(fd)
+                    if callback is not None:  # unregistered by an earlier callback
+                        callback(events)
+            return
+        while reactor.running:
+            timeout = run_timers()
             # poll(2) and /dev/poll take milliseconds; round up so a timer is never early.
-            return poll_wait(None if timeout is None else math.ceil(timeout * 1e3))  # type: ignore[no-any-return]
+            for fd, events in poll(None if timeout is None else math.ceil(timeout * 1e3)):
+                callback = get(fd)
+                if callback is not None:
+                    callback(events)
 
-        return wait_poll
-    return None
+    def describe(self) -> str:
+        return f"{self.kind} (select.{self.kind} owned by the reactor)"
+
+    def close(self) -> None:
+        if self.kind != "poll":  # a poll object holds no descriptor of its own
+            self._kernel.close()
+        self.callbacks.clear()
+
+
+class SelectorIO:
+    """The public ``selectors`` API; each key's ``data`` is its callback."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+
+    def register(self, fd: int, events: int, callback: Callback) -> None:
+        self.selector.register(fd, events, callback)
+
+    def modify(self, fd: int, events: int, callback: Callback) -> None:
+        self.selector.modify(fd, events, callback)
+
+    def unregister(self, fd: int) -> None:
+        self.selector.unregister(fd)
+
+    def run(self, reactor: Reactor) -> None:
+        select = self.selector.select
+        run_timers = reactor.run_timers
+        while reactor.running:
+            for key, mask in select(run_timers()):
+                key.data(mask)
+
+    def describe(self) -> str:
+        return f"selectors.{type(self.selector).__name__} (public selectors API)"
+
+    def close(self) -> None:
+        self.selector.close()
 
 
 class Timer:
@@ -86,14 +166,14 @@ class Listening:
     """Listening sockets on a reactor, watched or not as one group.
 
     Accepting pauses (a connection cap, out of descriptors) and ends (drain) by turning
-    the group off; the sockets stay open until :meth:`close`.
+    the group off; the sockets stay open until their owner closes them.
     """
 
     def __init__(
         self,
         reactor: Reactor,
-        sockets: Iterable[socket.socket],
-        on_acceptable: Callable[[socket.socket], object],
+        sockets: Iterable[Any],
+        on_acceptable: Callable[[Any], object],
     ) -> None:
         self.reactor = reactor
         self.sockets = list(sockets)
@@ -105,21 +185,16 @@ class Listening:
             return
         self.active = True
         for sock in self.sockets:
-            self.reactor.add(sock, selectors.EVENT_READ, self._callback(sock))
+            self.reactor.add(sock.fileno(), READ, self._callback(sock))
 
     def stop(self) -> None:
         if not self.active:
             return
         self.active = False
         for sock in self.sockets:
-            self.reactor.remove(sock)
+            self.reactor.remove(sock.fileno())
 
-    def close(self) -> None:
-        self.stop()
-        for sock in self.sockets:
-            sock.close()
-
-    def _callback(self, sock: socket.socket) -> Callback:
+    def _callback(self, sock: Any) -> Callback:
         def on_ready(mask: int) -> None:
             self.on_acceptable(sock)
 
@@ -127,30 +202,34 @@ class Listening:
 
 
 class Reactor:
-    """A single-threaded loop: readiness callbacks, timers and signals."""
+    """A single-threaded loop: readiness callbacks, timers, signals, cross-thread calls."""
 
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self.selector = selector
+    def __init__(self, io: IOManager) -> None:
+        self.io = io
         self._timers: list[tuple[float, int, Timer]] = []
         self._sequence = itertools.count()
-        self._running = False
+        self.running = False
         self._signals: deque[int] = deque()
         self._signal_callback: Callable[[int], None] | None = None
         self._previous_handlers: dict[int, Any] = {}
-        self._wakeup_r, self._wakeup_w = socket.socketpair()
-        self._wakeup_r.setblocking(False)
-        self._wakeup_w.setblocking(False)
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
+        self._calls: deque[Callable[[], object]] = deque()
+        self._wakeup_pending = False
+        self.wakeup = WakeupSocketpair()
+        self.io.register(self.wakeup.fileno(), READ, self._on_wakeup)
+
+    def describe(self) -> str:
+        """Which IO path this reactor waits on (logged at start)."""
+        return self.io.describe()
 
     # Registration ----------------------------------------------------------------------
-    def add(self, fileobj: Any, events: int, callback: Callback) -> None:
-        self.selector.register(fileobj, events, callback)
+    def add(self, fd: int, events: int, callback: Callback) -> None:
+        self.io.register(fd, events, callback)
 
-    def change(self, fileobj: Any, events: int, callback: Callback) -> None:
-        self.selector.modify(fileobj, events, callback)
+    def change(self, fd: int, events: int, callback: Callback) -> None:
+        self.io.modify(fd, events, callback)
 
-    def remove(self, fileobj: Any) -> None:
-        self.selector.unregister(fileobj)
+    def remove(self, fd: int) -> None:
+        self.io.unregister(fd)
 
     # Timers ----------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
@@ -171,7 +250,7 @@ class Reactor:
         handle.when = self.call_later(interval, tick).when
         return handle
 
-    def _run_timers(self) -> float | None:
+    def run_timers(self) -> float | None:
         """Run due timers; return seconds until the next one (None: no timers)."""
         timers = self._timers
         now = time.monotonic()
@@ -187,58 +266,67 @@ class Reactor:
             now = time.monotonic()
         return None
 
+    # Other threads ---------------------------------------------------------------------
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` in the loop's thread; callable from any thread."""
+        self._calls.append(callback)  # deque.append is atomic
+        # One wakeup for a burst of calls: when thousands of threads end at once, each
+        # write would be one more system call that hands the GIL round.
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            self.wakeup.wakeup()
+
+    def run_pending_calls(self) -> None:
+        """Run what other threads handed over (also used after the loop has stopped)."""
+        self._wakeup_pending = False  # before taking calls: a later one wakes us again
+        calls = self._calls
+        while calls:
+            calls.popleft()()
+
     # Signals ---------------------------------------------------------------------------
     def handle_signals(self, signums: Iterable[int], callback: Callable[[int], None]) -> None:
         """Call ``callback(signum)`` from the loop (not the handler) for each signal."""
         self._signal_callback = callback
-        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        self.wakeup.wakeup_on_signals()
         for signum in signums:
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
 
-    def _drain_wakeup(self, mask: int) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while self._wakeup_r.recv(4096):
-                pass
+    def _on_wakeup(self, mask: int) -> None:
+        self.wakeup.drain()
+        self.run_pending_calls()
         while self._signals and self._signal_callback:
             self._signal_callback(self._signals.popleft())
 
     # Running ---------------------------------------------------------------------------
     def run(self) -> None:
-        """Dispatch until :meth:`stop`; each key's data is its callback."""
-        self._running = True
-        run_timers = self._run_timers
-        wait = kernel_wait(self.selector)
-        keys: dict[int, selectors.SelectorKey] | None = getattr(self.selector, "_fd_to_key", None)
-        if wait is None or keys is None:
-            select = self.selector.select
-            while self._running:
-                timeout = run_timers()
-                for key, mask in select(timeout):
-                    key.data(mask)
-            return
-        get_key = keys.get
-        while self._running:
-            timeout = run_timers()
-            try:
-                ready = wait(timeout)
-            except InterruptedError:
-                continue
-            for fd, events in ready:
-                ready_key = get_key(fd)
-                if ready_key is not None:  # unregistered by an earlier callback of this batch
-                    ready_key.data(events)
+        """Dispatch until :meth:`stop`."""
+        self.running = True
+        self.io.run(self)
 
     def stop(self) -> None:
-        self._running = False
+        self.running = False
+        # Called from a timer, the loop would otherwise go on to wait, perhaps forever.
+        self.wakeup.wakeup()
 
     def close(self) -> None:
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-        self.selector.close()
-        self._wakeup_r.close()
-        self._wakeup_w.close()
+        self._previous_handlers.clear()
+        self.io.unregister(self.wakeup.fileno())
+        self.io.close()
+        self.wakeup.close()
+
+
+def io_manager(kind: str) -> IOManager:
+    """The IO manager for a reactor backend: an owned kernel object or a selector class.
+
+    ``kind`` is ``epoll``, ``poll`` or ``devpoll`` for the poll family, otherwise the
+    name of a ``selectors`` class.
+    """
+    if kind in ("epoll", "poll", "devpoll"):
+        return PollFamilyIO(kind)
+    selector: selectors.BaseSelector = getattr(selectors, kind)()
+    return SelectorIO(selector)

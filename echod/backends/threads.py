@@ -11,12 +11,16 @@ than through an :class:`~echod.session.EchoSession`:
   a connection holds one ``RECEIVE_SIZE`` buffer however much its client sends;
 * on end of input everything read has already been sent, so half-close is just close.
 
-The main thread never touches a client socket (as gunicorn's arbiter never does): it
-runs echod's :class:`~echod.backends.reactor.Reactor` over the listeners, signals and
-timers, accepting connections, sending heartbeats (so a stuck main thread stops the
-watchdog) and running the shared idle and drain sweeps. Other threads are stopped only
-with ``shutdown(SHUT_RDWR)``, which wakes one blocked in ``recv`` or ``sendall``; each
-thread closes its own socket, so a descriptor is never closed under a blocked call.
+The main thread never reads or writes a client socket (as gunicorn's arbiter never
+does): it runs the serving core (:mod:`echod.backends.serving`) on echod's
+:class:`~echod.backends.reactor.Reactor` over the listeners, signals and timers,
+accepting connections, sending heartbeats (so a stuck main thread stops the watchdog)
+and running the shared idle and drain sweeps. A connection's thread closes its own
+socket, so a descriptor is never closed under a blocked call, then hands the release
+to the main thread (``call_soon_threadsafe``): the set of connections and the
+counters are the main thread's alone, and a freed descriptor wakes the accept loop at
+once. Other threads are stopped only with ``shutdown(SHUT_RDWR)``, which wakes one
+blocked in ``recv`` or ``sendall``.
 
 The trade-offs, honestly:
 
@@ -30,34 +34,26 @@ The trade-offs, honestly:
 * the cap: unbounded threads run out of memory or of the pid limit long before anything
   tells the operator, so ``--max-connections 0`` here means ``DEFAULT_MAX_CONNECTIONS``
   (10,000 threads: 320 MiB resident, 2.5 GiB of stacks reserved). It is not taken from
-  the open-file limit: running out of descriptors is handled apart (accepting backs
-  off), and a low limit must not shrink the cap below what the descriptors allow.
+  the open-file limit: running out of descriptors (or threads) is the serving core's
+  shedding, and a low limit must not shrink the cap below what the descriptors allow.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
-import os
-import selectors
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from echod.backends.base import (
-    ACCEPT_BACKOFF,
-    ACCEPT_BATCH,
-    EXHAUSTED,
-    PEER_GONE,
-    ServingPolicy,
-)
-from echod.backends.reactor import Listening, Reactor, Timer
+from echod.backends.reactor import Listening, Reactor, Timer, io_manager
+from echod.backends.serving import CannotStart, ServingCore
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
-from echod.logs import RateLimitedLog
-from echod.net.listeners import describe
-from echod.session import WANT_READ
 
 log = logging.getLogger("echod")
 
@@ -72,8 +68,6 @@ STACK_SIZE = 256 * 1024
 # recv/send pairs per megabyte.
 RECEIVE_SIZE = 16 * 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
-# How long the end of serve() waits for shut-down threads to report their last bytes.
-JOIN_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,12 @@ class ThreadBackend:
     def serve(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        ThreadServer(listeners, config, lifecycle).run(self.name)
+        server = ThreadServer(listeners, config, lifecycle)
+        previous_stack = threading.stack_size(STACK_SIZE)
+        try:
+            server.serve(self.name)
+        finally:
+            threading.stack_size(previous_stack)
 
 
 THREADS = ThreadBackend()
@@ -99,17 +98,19 @@ def connection_cap(max_connections: int) -> int:
 class Connection:
     """One client socket and the thread echoing on it.
 
-    The thread writes only ``received`` and ``sent``; the main thread reads them for the
-    counters and the sweeps, and keeps the idle count itself (see ``idle_ticks``).
+    The thread writes only ``received``, ``sent`` and (under the server's lock)
+    ``open``; the main thread reads them for the counters and the sweeps, and keeps the
+    idle count itself (see ``idle_ticks``).
     """
 
-    __slots__ = ("_seen", "_ticks", "received", "sent", "server", "sock")
+    __slots__ = ("_seen", "_ticks", "open", "received", "sent", "server", "sock")
 
     def __init__(self, sock: socket.socket, server: ThreadServer) -> None:
         self.sock = sock
         self.server = server
         self.received = 0
         self.sent = 0
+        self.open = True
         self._seen = 0
         self._ticks = 0
 
@@ -157,92 +158,61 @@ class Connection:
 
     def close(self) -> None:
         """Wake the thread, wherever it blocks; it closes the socket itself."""
-        self.server.shut_down(self)
+        with self.server.lock:
+            if self.open:  # else its thread closed it, and the number may be reused
+                with contextlib.suppress(OSError):  # ENOTCONN: the peer reset it already
+                    self.sock.shutdown(socket.SHUT_RDWR)
 
 
-class ThreadServer(ServingPolicy):
-    """Accepts in the main thread and starts one echo thread per connection."""
+class ThreadServer(ServingCore[Connection]):
+    """The serving core on a reactor in the main thread, one echo thread per connection."""
 
     def __init__(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        self.reactor = Reactor(selectors.DefaultSelector())
-        self.listeners = list(listeners)
-        self.config = config
-        self.lifecycle = lifecycle
-        self.stats = lifecycle.stats
-        self.limit = connection_cap(config.max_connections)
-        # Guards ``connections``, the connection counters in ``stats``, the bytes of
-        # closed connections and the two flags below; never held across blocking IO.
+        super().__init__(listeners, config, lifecycle, limit=connection_cap(config.max_connections))
+        self.reactor = Reactor(io_manager("DefaultSelector"))
+        self.listening = Listening(self.reactor, self.listeners, self.accept_from)
+        # Orders a thread's close of its socket against the main thread's shutdown of it;
+        # never held across blocking IO.
         self.lock = threading.Lock()
-        self.all_closed = threading.Condition(self.lock)
-        self.connections: set[Connection] = set()
+        # Bytes of connections already released; live ones count in their Connection.
         self.closed_received = 0
         self.closed_sent = 0
-        self.wake_on_close = False  # the main thread waits for room or for the last close
-        self.finished = False  # the wakeup pair is closed: threads must not write to it
-        self.listening = Listening(self.reactor, self.listeners, self._accept)
-        self.backing_off = False
-        # Threads wake the main thread's selector through this pair.
-        self._wakeup_r, self._wakeup_w = socket.socketpair()
-        self._wakeup_r.setblocking(False)
-        self._wakeup_w.setblocking(False)
-        self._warn = RateLimitedLog(log, interval=10.0)
 
-    # Running ---------------------------------------------------------------------------
-    def run(self, label: str) -> None:
-        reactor = self.reactor
-        previous_stack = threading.stack_size(STACK_SIZE)
+    # What the serving core asks of a backend --------------------------------------------
+    def start(self, label: str) -> None:
         if not self.config.max_connections:
             log.info("threads backend: at most %d connections at once", self.limit)
-        try:
-            reactor.handle_signals(HANDLED_SIGNALS, self.on_signal)
-            reactor.add(self._wakeup_r, WANT_READ, self._on_wakeup)
-            self._start_accepting()
-            reactor.call_every(self.lifecycle.heartbeat_interval, self._heartbeat)
-            self.start_idle_sweeps()
-            self._count_bytes()
-            self.lifecycle.ready([describe(sock) for sock in self.listeners], label)
-            reactor.run()
-        finally:
-            self.close_listeners()
-            with self.lock:
-                for conn in self.connections:
-                    _shutdown(conn.sock)
-                self.all_closed.wait_for(lambda: not self.connections, JOIN_TIMEOUT)
-                self.finished = True
-            reactor.close()
-            self._wakeup_r.close()
-            self._wakeup_w.close()
-            threading.stack_size(previous_stack)
-            self._count_bytes()
-            self.lifecycle.stopped()
+        super().start(label)
 
-    def _heartbeat(self) -> None:
-        self._count_bytes()
-        self.lifecycle.heartbeat()
+    def handle_signals(self) -> None:
+        self.reactor.handle_signals(HANDLED_SIGNALS, self.on_signal)
 
-    def _count_bytes(self) -> None:
-        """Bring ``stats`` up to date; the threads count only into their connection."""
-        with self.lock:
-            live = list(self.connections)
-            received, sent = self.closed_received, self.closed_sent
-        self.stats.bytes_in = received + sum(conn.received for conn in live)
-        self.stats.bytes_out = sent + sum(conn.sent for conn in live)
-
-    # Primitives of the serving policy --------------------------------------------------
-    def live_connections(self) -> list[Connection]:
-        return self._snapshot()
-
-    def refresh_stats(self) -> None:
-        self._count_bytes()
-
-    def on_draining(self) -> None:
-        with self.lock:
-            self.wake_on_close = True
+    def wait(self) -> None:
+        self.reactor.run()
 
     def finish(self) -> None:
         self.reactor.stop()
+
+    def begin(self, sock: socket.socket) -> Connection:
+        sock.setblocking(True)
+        conn = Connection(sock, self)
+        try:
+            # Not threading.Thread: its start() waits for the new thread to run, and its
+            # end takes a module-wide lock, both hand-overs of the GIL. When thousands
+            # of connections end at once (clients holding every descriptor leave), those
+            # hand-overs are what keeps the main thread from accepting the next client.
+            _thread.start_new_thread(conn.run, ())
+        except RuntimeError as exc:  # "can't start new thread": out of memory or pids
+            raise CannotStart(str(exc)) from exc
+        return conn
+
+    def watch_listeners(self) -> None:
+        self.listening.start()
+
+    def unwatch_listeners(self) -> None:
+        self.listening.stop()
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         return self.reactor.call_later(delay, callback)
@@ -250,137 +220,42 @@ class ThreadServer(ServingPolicy):
     def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
         return self.reactor.call_every(interval, callback)
 
-    def _snapshot(self) -> list[Connection]:
-        with self.lock:
-            return list(self.connections)
+    def io_description(self) -> str:
+        return self.reactor.describe()
 
-    # Accepting -------------------------------------------------------------------------
-    def _start_accepting(self) -> None:
-        if self.listening.active or self.backing_off or self.lifecycle.draining:
-            return
-        with self.lock:
-            if len(self.connections) >= self.limit:
-                self.wake_on_close = True
-                return
-            self.wake_on_close = False
-        self.listening.start()
+    def refresh_stats(self) -> None:
+        """Bring ``stats`` up to date; the threads count only into their connection."""
+        live = list(self.connections)
+        self.stats.bytes_in = self.closed_received + sum(conn.received for conn in live)
+        self.stats.bytes_out = self.closed_sent + sum(conn.sent for conn in live)
 
-    def _stop_accepting(self) -> None:
-        self.listening.stop()
+    def settle(self, timeout: float) -> None:
+        """The loop has stopped: take the threads' last releases straight off the pair."""
+        deadline = time.monotonic() + timeout
+        reactor = self.reactor
+        reactor.run_pending_calls()
+        while self.connections:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            select.select([reactor.wakeup], [], [], remaining)
+            reactor.wakeup.drain()
+            reactor.run_pending_calls()
 
-    def close_listeners(self) -> None:
-        self.listening.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        tcp = listener.family != socket.AF_UNIX
-        for _ in range(ACCEPT_BATCH):
-            with self.lock:
-                full = len(self.connections) >= self.limit
-                if full:
-                    self.wake_on_close = True
-            if full:
-                # Past the cap new clients wait in the kernel's backlog, as on the reactor.
-                self._stop_accepting()
-                return
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in EXHAUSTED:
-                    self._back_off(os.strerror(exc.errno or 0))
-                    return
-                if exc.errno in PEER_GONE:
-                    continue
-                raise
-            sock.setblocking(True)
-            if tcp:
-                _no_delay(sock)
-            if not self._start(Connection(sock, self)):
-                return
-
-    def _start(self, conn: Connection) -> bool:
-        """Count the connection and start its thread; False when no thread can start."""
-        with self.lock:
-            self.connections.add(conn)
-            self.stats.opened()
-        try:
-            threading.Thread(target=conn.run, name="echod-connection", daemon=True).start()
-        except RuntimeError as exc:  # "can't start new thread": out of memory or pids
-            with self.lock:
-                self.connections.discard(conn)
-                self.stats.connections_open -= 1
-                self.stats.connections_total -= 1
-                self.stats.connections_dropped += 1
-            conn.sock.close()
-            self._back_off(str(exc))
-            return False
-        return True
-
-    def _back_off(self, reason: str) -> None:
-        """Out of descriptors or threads: let clients wait in the backlog for a while.
-
-        A level-triggered listener stays readable while its backlog is full, so simply
-        returning would spin on the same failing accept.
-        """
-        self._warn.warning(
-            "exhausted",
-            "cannot take a new connection (%s): not accepting for %gs; %d connection(s) open",
-            reason,
-            ACCEPT_BACKOFF,
-            self.stats.connections_open,
-        )
-        self._stop_accepting()
-        self.backing_off = True
-        with self.lock:
-            self.wake_on_close = True  # a freed descriptor ends the back-off early
-        self.reactor.call_later(ACCEPT_BACKOFF, self._end_back_off)
-
-    def _end_back_off(self) -> None:
-        self.backing_off = False
-        self._start_accepting()
+    def close_loop(self) -> None:
+        self.reactor.close()
 
     # Closing ---------------------------------------------------------------------------
     def closed(self, conn: Connection) -> None:
         """Called by a connection's thread as its last act."""
         with self.lock:
-            self.connections.discard(conn)
-            self.closed_received += conn.received
-            self.closed_sent += conn.sent
-            self.stats.connections_open -= 1
-            if self.wake_on_close and not self.finished:
-                with contextlib.suppress(OSError):  # full: a wakeup is pending anyway
-                    self._wakeup_w.send(b"\0")
-            if not self.connections:
-                self.all_closed.notify_all()
-        conn.sock.close()
+            conn.open = False
+            conn.sock.close()
+        # Released in the main thread, which owns the set and the counters; the
+        # wakeup makes it accept again at once if it had run out of descriptors.
+        self.reactor.call_soon_threadsafe(lambda: self._release(conn))
 
-    def shut_down(self, conn: Connection) -> None:
-        with self.lock:
-            # Still in the set means its thread has not closed the socket yet.
-            if conn in self.connections:
-                _shutdown(conn.sock)
-
-    def _on_wakeup(self, mask: int) -> None:
-        with contextlib.suppress(OSError):
-            while self._wakeup_r.recv(4096):
-                pass
-        if self.lifecycle.draining:
-            with self.lock:
-                empty = not self.connections
-            if empty:
-                self.reactor.stop()
-        else:
-            self.backing_off = False  # a connection closed: its descriptor is free again
-            self._start_accepting()
-
-
-def _no_delay(sock: socket.socket) -> None:
-    # Echo replies are small and immediate: Nagle would hold each one for the peer's ACK.
-    with contextlib.suppress(OSError):  # EINVAL on macOS when the peer has reset already
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # ENOTCONN: the peer reset it already
-        sock.shutdown(socket.SHUT_RDWR)
+    def _release(self, conn: Connection) -> None:
+        self.closed_received += conn.received
+        self.closed_sent += conn.sent
+        self.release(conn)

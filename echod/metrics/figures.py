@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from echod import __version__
 from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
+from echod.udp.guard import UdpCounters
 
 if TYPE_CHECKING:
     from echod.service.arbiter import Supervisor
@@ -32,6 +33,18 @@ class SlotFigures:
     received: int
     sent: int
     restarts: int
+    udp: UdpCounters | None = None  # None: no UDP listener
+
+
+def _udp_of(past: UdpCounters | None, live: UdpCounters | None) -> UdpCounters | None:
+    if past is None and live is None:
+        return None
+    total = UdpCounters()
+    for part in (past, live):
+        if part is not None:
+            total.add(part)
+    total.sources = live.sources if live is not None else 0  # a gauge: the current worker's
+    return total
 
 
 def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
@@ -51,6 +64,7 @@ def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
                 received=past.bytes_in + (live.bytes_in if live else 0),
                 sent=past.bytes_out + (live.bytes_out if live else 0),
                 restarts=max(slot.starts - 1, 0),
+                udp=_udp_of(past.udp, live.udp if live is not None else None),
             )
         )
     return figures
@@ -118,9 +132,44 @@ def families(
             {s.slot: int(s.pid is not None) for s in slots},
         ),
     ]
+    result += _udp([s.udp for s in slots if s.udp is not None])
     result += _worker_process(workers)
     result += _process(own)
     return result
+
+
+def _udp(parts: Sequence[UdpCounters]) -> list[Family]:
+    """UDP echo's series, present only when there are UDP listeners."""
+    if not parts:
+        return []
+    udp = UdpCounters()
+    for part in parts:
+        udp.add(part)
+    refused = tuple(
+        Sample(count, (("reason", reason.value),)) for reason, count in udp.refused.items()
+    )
+    return [
+        _total("echod_udp_received_datagrams", "datagrams read", udp.received),
+        _total("echod_udp_echoed_datagrams", "datagrams answered", udp.echoed),
+        _total("echod_udp_sent_bytes", "payload bytes answered", udp.bytes_echoed, "bytes"),
+        _total(
+            "echod_udp_dropped_datagrams",
+            "answers the kernel would not take (EAGAIN, ENOBUFS, EMSGSIZE): dropped, never queued",
+            udp.dropped,
+        ),
+        Family(
+            "echod_udp_refused_datagrams",
+            "counter",
+            "datagrams not answered, by guard (--udp-refuse-ports, --udp-rate, --udp-budget, ...)",
+            samples=refused,
+        ),
+        Family(
+            "echod_udp_rate_table_sources",
+            "gauge",
+            "sources in the per-source rate table (bounded by --udp-sources)",
+            samples=(Sample(udp.sources),),
+        ),
+    ]
 
 
 def _worker_process(workers: Mapping[int, process.ProcessFigures]) -> list[Family]:

@@ -33,7 +33,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from echod.metrics.figures import scrape
 from echod.net.listener_set import Listeners
 from echod.service.notify import Notifier
 from echod.service.worker_process import Handoff, run_worker
+from echod.wakeup import WakeupSocketpair
 
 log = logging.getLogger("echod")
 
@@ -133,21 +133,19 @@ class Supervisor:
         self.next_tick = 0.0
         self.report_due: float | None = None
         self.report_waiting: set[int] = set()
-        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self.wakeup = WakeupSocketpair()
         self.pid = os.getpid()
         self.metrics: MetricsEndpoint | None = None  # --metrics: served from this loop
 
     # Running ---------------------------------------------------------------------------
     def run(self) -> int:
-        for sock in (self._wakeup_r, self._wakeup_w):
-            sock.setblocking(False)
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._read_signals)
+        self.selector.register(self.wakeup.fileno(), selectors.EVENT_READ, self._read_signals)
         if self.listeners.metrics is not None:
             self.metrics = MetricsEndpoint(self.listeners.metrics, self._render_metrics)
             self.selector.register(
                 self.metrics.fileno(), selectors.EVENT_READ, self.metrics.on_ready
             )
-        old_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        self.wakeup.wakeup_on_signals()
         old_handlers = {signum: signal.signal(signum, _queued) for signum in SIGNALS}
         log.info(
             "supervisor %d: starting %d workers (backend %s, listen mode %s)",
@@ -163,12 +161,10 @@ class Supervisor:
                 self._wait()
                 self._tick(time.monotonic())
         finally:
-            signal.set_wakeup_fd(old_wakeup)
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
             self.selector.close()
-            self._wakeup_r.close()
-            self._wakeup_w.close()
+            self.wakeup.close()
             if self.metrics is not None:
                 self.metrics.close()
         log.info("stopped: %s", self.summary())
@@ -255,8 +251,8 @@ class Supervisor:
                 signals=SIGNALS,
                 inherited_fds=[
                     self.selector.fileno(),
-                    self._wakeup_r.fileno(),
-                    self._wakeup_w.fileno(),
+                    self.wakeup.wakeup_sock.fileno(),
+                    self.wakeup.write_sock.fileno(),
                     *(w.reports for w in self.workers.values()),
                     *(self.metrics.fds() if self.metrics is not None else ()),
                 ],
@@ -364,11 +360,7 @@ class Supervisor:
 
     # Signals ---------------------------------------------------------------------------
     def _read_signals(self) -> None:
-        try:
-            data = self._wakeup_r.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        for signum in data:
+        for signum in self.wakeup.drain():
             name = signal.Signals(signum).name
             handler: Callable[[], None] = getattr(self, f"handle_{name[3:].lower()}")
             handler()

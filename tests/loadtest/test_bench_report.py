@@ -353,3 +353,30 @@ def test_a_run_of_only_the_ceiling_cell_renders(tmp_path: Path) -> None:
     assert "## Generator ceiling" in text and "## Summary" not in text
     assert "| 55,000 (55,000..55,000) | 100,000 (100,000..100,000) | 0.55 |" in text
     assert paths == [tmp_path / "only.md"]
+
+
+def test_c100k_ladder_shows_growth_and_says_not_run_instead_of_a_figure() -> None:
+    data = results()
+    ladder = [("c100k-1k", 1_000), ("c100k-10k", 10_000), ("c100k-100k", 100_000)]
+    data["cells"] += [
+        {"name": n, "label": f"{c} conns", "args": ["--active", "100"], "connections": c,
+         "role": "c100k"}
+        for n, c in ladder
+    ]  # fmt: skip
+    for server in data["servers"]:
+        for name, count in ladder:
+            record: dict[str, Any] = {"server": server, "cell": name, "round": 1}
+            if name == "c100k-100k" or (server == "select" and count > 1000):
+                record["error"] = "not run: the hard limit"
+            else:
+                record["figures"] = figures(50_000, 1_000 * count // 1000, count / 1000, 500)
+            data["runs"].append(record)
+    res = query.Results(data)
+    rows = {line.split(" | ")[0].strip("| *"): line for line in tables.ladder_table(res)}
+    epoll = [c.strip() for c in rows["epoll"].strip("|").split("|")]
+    # CPU/req at 1k, 10k, 100k; then p99 at each; then RSS/conn at each.
+    assert epoll[1:4] == ["1.00", "10.00", "not run"]
+    assert epoll[4:7] == ["1,000", "10,000", "not run"]
+    select = [c.strip() for c in rows["select"].strip("|").split("|")]
+    assert select[1:4] == ["1.00", "not run", "not run"]
+    assert any(s.key == "c100k" for s in report.sections(res))

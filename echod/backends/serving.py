@@ -1,0 +1,387 @@
+"""The serving core: the life of the listeners and of every connection, for every backend.
+
+As h11 keeps everything that moves its state machine in one file, everything that moves
+a server's state lives here once, so a fix is made once for every IO model:
+
+* **admit** a connection: the cap, select's descriptor ceiling, ``TCP_NODELAY``, count
+  it, track it;
+* **release** it: untrack, count, finish a drain when it was the last, accept again when
+  there is room (or a descriptor was just freed);
+* what an **accept error** means: the client left (skip), out of descriptors or memory
+  (shed), interrupted or nothing waiting (retry later), anything else (stop: raise);
+* **out of descriptors** (or of threads): shed the waiting clients with a spare
+  descriptor, as libuv and Twisted do, and accept again as soon as a connection is
+  released. Only if the spare itself cannot be taken back does accepting stop, for
+  ``ACCEPT_BACKOFF`` or until a connection is released, whichever is first;
+* the named **phases**, run in :meth:`ServingCore.serve`: ``start`` (signals, listeners,
+  heartbeats, idle sweeps, READY), serve (the backend's ``wait``), ``drain`` (on
+  SIGTERM/SIGINT: stop accepting, let connections finish, close quiet ones, end at the
+  graceful timeout) and ``stop`` (close what is left, report).
+
+A backend supplies only what differs: how it waits (:meth:`~ServingCore.wait`,
+:meth:`~ServingCore.finish`, timers, signals), how it starts serving an accepted socket
+(:meth:`~ServingCore.begin`: a reactor callback, a thread, a greenlet, a protocol), and
+how it watches its listeners (:meth:`~ServingCore.watch_listeners` and ``unwatch``).
+It reports a closed connection with :meth:`~ServingCore.release`, from its loop's thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+from echod.backends.base import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    DRAIN_QUIET,
+    EXHAUSTED,
+    IDLE_SWEEPS,
+    PEER_GONE,
+    Cancellable,
+    Sweepable,
+    sweep,
+)
+from echod.config import Config
+from echod.lifecycle import Command, Lifecycle
+from echod.logs import RateLimitedLog
+from echod.net.listeners import describe
+from echod.udp.serving import DatagramService
+
+log = logging.getLogger("echod")
+
+Conn = TypeVar("Conn", bound=Sweepable)
+
+
+class CannotStart(Exception):
+    """A backend could not start serving an accepted socket (no thread, no memory)."""
+
+
+class SpareDescriptor:
+    """One descriptor held back, to refuse clients when the process runs out of them.
+
+    Out of descriptors, a level-triggered listener stays readable while clients wait, so
+    a loop that only retries accept() spins. As libuv and Twisted do: give the spare
+    back, accept and close what waits, and take the spare again.
+    """
+
+    def __init__(self) -> None:
+        self.fd: int | None = self._open()
+
+    @staticmethod
+    def _open() -> int | None:
+        try:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    def shed(self, listeners: Iterable[socket.socket]) -> int:
+        """Refuse every client waiting on ``listeners``; returns how many were refused.
+
+        Afterwards ``fd`` is None if the spare could not be taken back.
+        """
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        refused = 0
+        for listener in listeners:
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except OSError:
+                    break
+                sock.close()
+                refused += 1
+        self.fd = self._open()
+        return refused
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def set_no_delay(sock: socket.socket) -> None:
+    # Echo replies are small and immediate: Nagle would hold each one for the peer's ACK.
+    with contextlib.suppress(OSError):  # EINVAL on macOS when the peer has reset already
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ServingCore(abc.ABC, Generic[Conn]):
+    """Listeners, connections, signals and phases of one serving process."""
+
+    # How long ``stop`` lets closed connections report back (threads, greenlets).
+    settle_timeout = 1.0
+
+    def __init__(
+        self,
+        listeners: Sequence[socket.socket],
+        config: Config,
+        lifecycle: Lifecycle,
+        *,
+        limit: int | None = None,
+        fd_limit: int | None = None,
+    ) -> None:
+        # UDP listeners have no connections: the datagram service answers them on the
+        # backend's loop (reactor and asyncio family only; cli refuses the others).
+        self.listeners, self.udp = DatagramService.take(listeners, config, lifecycle.stats)
+        self.config = config
+        self.lifecycle = lifecycle
+        self.stats = lifecycle.stats
+        self.limit = config.max_connections if limit is None else limit
+        # select(2) cannot watch descriptors at or above FD_SETSIZE: such connections are
+        # refused, or the whole loop would die on the next select() call.
+        self.fd_limit = fd_limit
+        self.connections: set[Conn] = set()
+        self.accepting = False  # the listeners are watched
+        self.listeners_closed = False
+        self.backing_off = False  # out of descriptors with no spare to shed with
+        self._spare = SpareDescriptor()
+        self._sweeper: Cancellable | None = None
+        self._warn = RateLimitedLog(log, interval=10.0)
+
+    # What a backend supplies -----------------------------------------------------------
+    @abc.abstractmethod
+    def handle_signals(self) -> None:
+        """Have the loop call :meth:`on_signal` for each of ``HANDLED_SIGNALS``."""
+
+    @abc.abstractmethod
+    def wait(self) -> None:
+        """Serve until :meth:`finish` is called."""
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """End :meth:`wait` now; ``stop`` then closes what is left."""
+
+    @abc.abstractmethod
+    def begin(self, sock: socket.socket) -> Conn:
+        """Start serving an accepted socket; raise :class:`CannotStart` if it cannot."""
+
+    @abc.abstractmethod
+    def watch_listeners(self) -> None:
+        """Call :meth:`accept_from` whenever a listener has clients waiting."""
+
+    @abc.abstractmethod
+    def unwatch_listeners(self) -> None: ...
+
+    @abc.abstractmethod
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable: ...
+
+    @abc.abstractmethod
+    def call_every(self, interval: float, callback: Callable[[], object]) -> Cancellable: ...
+
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` whenever ``sock`` is readable (for datagram listeners)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve datagrams")
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not serve datagrams")
+
+    def io_description(self) -> str | None:
+        """What the loop waits on, logged at start when there is a choice."""
+        return None
+
+    def refresh_stats(self) -> None:  # optional hook
+        """Bring ``lifecycle.stats`` up to date before it is reported (if kept elsewhere)."""
+
+    def settle(self, timeout: float) -> None:  # optional hook
+        """After ``stop`` closed every connection: wait up to ``timeout`` for releases."""
+
+    def close_loop(self) -> None:  # optional hook
+        """Last act of ``stop``: give back what the loop holds."""
+
+    # Phases ----------------------------------------------------------------------------
+    def serve(self, label: str) -> None:
+        """start → serve → (drain, on a signal) → stop, the same for every backend."""
+        try:
+            self.start(label)
+            self.wait()
+        finally:
+            self.stop()
+
+    def start(self, label: str) -> None:
+        self.handle_signals()
+        self.resume_accepting()
+        self.call_every(self.lifecycle.heartbeat_interval, self.heartbeat)
+        self.start_idle_sweeps()
+        self.udp.start(self.watch_readable, self.unwatch_readable)
+        addresses = [describe(sock) for sock in self.listeners] + self.udp.addresses
+        self.lifecycle.ready(addresses, label)
+        io = self.io_description()
+        if io is not None:
+            log.info("backend %s waits on %s", label, io)
+
+    def drain(self) -> None:
+        graceful = self.config.graceful_timeout
+        self.refresh_stats()
+        self.lifecycle.start_draining(graceful)
+        self.close_listeners()
+        if not self.connections:
+            self.finish()
+            return
+        self.call_later(graceful, self._graceful_timeout)
+        self.sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
+
+    def stop(self) -> None:
+        self.close_listeners()
+        for conn in list(self.connections):
+            conn.close()
+        if self.connections:
+            self.settle(self.settle_timeout)
+        self._spare.close()
+        self.close_loop()
+        self.refresh_stats()
+        self.lifecycle.stopped()
+
+    def heartbeat(self) -> None:
+        self.refresh_stats()
+        self.lifecycle.heartbeat()
+
+    def on_signal(self, signum: int) -> None:
+        command = self.lifecycle.command(signum)
+        if command is Command.REPORT:
+            self.refresh_stats()
+            self.lifecycle.report()
+        elif command is Command.EXIT_NOW:
+            log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
+            self.finish()
+        elif not self.lifecycle.draining:
+            self.drain()
+
+    def _graceful_timeout(self) -> None:
+        log.warning("graceful timeout: closing %d connection(s)", len(self.connections))
+        self.finish()
+
+    # Idle and drain sweeps -------------------------------------------------------------
+    def start_idle_sweeps(self) -> None:
+        if self.config.idle_timeout > 0:
+            self.sweep_every(self.config.idle_timeout / IDLE_SWEEPS, IDLE_SWEEPS, False)
+
+    def sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in self.connections:
+            conn.idle_ticks = 0
+        self._sweeper = self.call_every(
+            max(interval, 0.01), lambda: sweep(list(self.connections), ticks, only_drained)
+        )
+
+    # Listeners -------------------------------------------------------------------------
+    def full(self) -> bool:
+        return bool(self.limit) and len(self.connections) >= self.limit
+
+    def resume_accepting(self) -> None:
+        if self.accepting or self.listeners_closed or self.lifecycle.draining:
+            return
+        if self.backing_off or self.full():
+            return
+        self.accepting = True
+        self.watch_listeners()
+
+    def pause_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.unwatch_listeners()
+
+    def close_listeners(self) -> None:
+        self.pause_accepting()
+        if not self.listeners_closed:
+            self.listeners_closed = True
+            for sock in self.listeners:
+                sock.close()
+            self.udp.close()  # a graceful stop has no datagram to finish
+
+    # Admit -----------------------------------------------------------------------------
+    def accept_from(self, listener: socket.socket) -> None:
+        """Accept a bounded batch, so a connection storm cannot starve served clients."""
+        tcp = listener.family != socket.AF_UNIX
+        for _ in range(ACCEPT_BATCH):
+            if not self.accepting:
+                return  # paused or draining by an earlier admit of this batch
+            if self.full():
+                # Past the cap new clients wait in the kernel's backlog, as HAProxy's
+                # maxconn does, instead of being accepted only to be dropped.
+                self.pause_accepting()
+                return
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # nothing waits any more: the backend waits for readiness again
+            except OSError as exc:
+                if exc.errno in PEER_GONE:
+                    continue  # the client left before we got to it, or a firewall said no
+                if exc.errno in EXHAUSTED:
+                    self.out_of_resources(os.strerror(exc.errno or 0))
+                    return
+                raise  # a listener gone bad is a bug to report, not a state to serve in
+            self.admit(sock, tcp)
+
+    def admit(self, sock: socket.socket, tcp: bool) -> Conn | None:
+        """Start serving an accepted socket, counted and tracked; None if refused."""
+        if self.fd_limit is not None and sock.fileno() >= self.fd_limit:
+            self._warn.warning(
+                "fd-limit",
+                "select backend cannot watch descriptor %d (FD_SETSIZE %d): connection refused; "
+                "use the poll or epoll backend for more connections",
+                sock.fileno(),
+                self.fd_limit,
+            )
+            sock.close()
+            self.stats.connections_dropped += 1
+            return None
+        if tcp:
+            set_no_delay(sock)
+        try:
+            conn = self.begin(sock)
+        except CannotStart as exc:
+            sock.close()
+            self.stats.connections_dropped += 1
+            self.out_of_resources(str(exc))
+            return None
+        self.connections.add(conn)
+        self.stats.opened()
+        return conn
+
+    def out_of_resources(self, reason: str) -> None:
+        """Refuse the waiting clients instead of spinning on them; accept again on release.
+
+        The listeners stay watched: each client that arrives meanwhile is refused the
+        same way, which empties the backlog, so a level-triggered loop cannot spin.
+        """
+        self._warn.warning(
+            "exhausted",
+            "cannot take a new connection (%s): refusing clients until one closes; "
+            "%d connection(s) open",
+            reason,
+            len(self.connections),
+        )
+        self.stats.connections_dropped += self._spare.shed(self.listeners)
+        if self._spare.fd is None:
+            # Not even the spare is free to shed with: stop until a connection is
+            # released, or ACCEPT_BACKOFF passes.
+            self.pause_accepting()
+            self.backing_off = True
+            self.call_later(ACCEPT_BACKOFF, self._end_back_off)
+
+    def _end_back_off(self) -> None:
+        if self.backing_off:
+            self.backing_off = False
+            self.resume_accepting()
+
+    # Release ---------------------------------------------------------------------------
+    def release(self, conn: Conn) -> None:
+        """A connection closed (its descriptor is free): count it, then act on it."""
+        if conn not in self.connections:
+            return
+        self.connections.remove(conn)
+        self.stats.closed()
+        if self.lifecycle.draining:
+            if not self.connections:
+                self.finish()
+        elif not self.accepting:
+            self.backing_off = False  # the descriptor just freed ends any back-off
+            self.resume_accepting()
