@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.pattern import Pattern
-from loadtest.pollers import RRPoller, rrloop
+from loadtest.pollers import LOOP_ENV, RRPoller, rrloop
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tests/ is a directory of the repository, not installed
@@ -29,6 +29,12 @@ from tests.support import missing  # noqa: E402
 MISMATCH, CLOSED = -1, 0
 PATTERN = Pattern().data
 BASE = 7  # where the attached connection starts in the pattern
+
+
+@pytest.fixture(autouse=True)
+def _c_loop_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the extension: ECHOD_BENCH_LOOP=python must not skip them."""
+    monkeypatch.delenv(LOOP_ENV, raising=False)
 
 
 @pytest.fixture
