@@ -259,17 +259,19 @@ static int fail(Loop *self, Entry *e, int code) {
     return 0;
 }
 
+/* Returns 0 while the connection is fine, 1 once it failed and Python was told
+ * (the callback may have grown the table: `e` is stale then), -1 on an exception. */
 static int on_attached(Loop *self, Entry *e, uint32_t events) {
     Conn *c = e->conn;
     int code = 0;
     if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
         if (!receive(self, c, &code))
-            return fail(self, e, code);
+            return fail(self, e, code) < 0 ? -1 : 1;
     }
     if ((events & EPOLLOUT) && (c->events & EPOLLOUT)) {
         int err = flush(self, c);
         if (err)
-            return fail(self, e, err);
+            return fail(self, e, err) < 0 ? -1 : 1;
     }
     return 0;
 }
@@ -437,10 +439,10 @@ static PyObject *Loop_poll(Loop *self, PyObject *arg) {
             if (e == NULL)
                 continue;
             if (e->kind == ATTACHED) {
-                if (on_attached(self, e, events[i].events) < 0)
+                int status = on_attached(self, e, events[i].events);
+                if (status < 0)
                     return NULL;
-                if (e->kind != ATTACHED) /* it failed: Python was called */
-                    called = 1;
+                called |= status; /* it failed: Python was called */
             } else if (e->kind == PYTHON) {
                 PyObject *callback = e->callback;
                 Py_INCREF(callback); /* the callback may unregister itself */
