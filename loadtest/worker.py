@@ -78,7 +78,7 @@ class Worker:
     def __init__(self, params: Params, plan: WorkerPlan, poller: Poller | None = None) -> None:
         self.params = params
         self.plan = plan
-        self.poller = poller or best_poller()
+        self.poller = poller or best_poller(params.workload)
         self.tally = Tally()
         self.stopping = False
         self.pending_connects = 0
@@ -218,6 +218,8 @@ class Worker:
         issued = 0
         next_due = start if open_loop else end
         poll = self.poller.poll
+        # The C loop counts on its own; folded in before every figure is read.
+        collect = self.poller.collect
         timers = self.timers
         wake = now
         while True:
@@ -250,6 +252,7 @@ class Worker:
             if not measuring:
                 if now >= warm_end:
                     measuring = True
+                    collect(tally)
                     carried = tally.messages
                     tally.reset(connects=params.workload == "churn")
                     window_start = now
@@ -258,12 +261,14 @@ class Worker:
                     times = me.cpu_times()
                     cpu_start = times.user + times.system
             elif now >= next_second:
+                collect(tally)
                 queue.put(("interval", self.plan.index, tally.cut(second)))
                 second += 1
                 next_second += 1.0
             if now >= next_tick:
                 next_tick = now + TICK_INTERVAL
                 if params.progress:
+                    collect(tally)
                     queue.put(
                         (
                             "tick",
@@ -279,6 +284,7 @@ class Worker:
                 wake = timers[0][0]
 
         now = monotonic()
+        collect(tally)
         window_end_wall = time.time()
         times = me.cpu_times()
         cpu_s = times.user + times.system - cpu_start
@@ -322,6 +328,7 @@ class Worker:
         """
         tally = self.tally
         self.link.phase = DRAINING
+        self.poller.stop_issuing()
         self.stopping = True
         self.waiting.clear()
         self.timers.clear()
@@ -341,6 +348,7 @@ class Worker:
             if now >= deadline:
                 break
             self.poller.poll(max(0.0, min(next_scan, deadline) - now))
+        self.poller.collect(tally)
         for conn in self.connections:
             if conn.state == UP and conn.awaiting():
                 tally.error(LOST)

@@ -30,7 +30,7 @@ from time import monotonic
 from typing import Any
 
 from loadtest.pattern import CHUNK, PERIOD, Pattern
-from loadtest.pollers import Poller
+from loadtest.pollers import Poller, RRPoller
 from loadtest.sources import BIND_ADDRESS_NO_PORT
 from loadtest.stats import (
     CLOSED,
@@ -252,6 +252,7 @@ class EchoConnection(Connection):
     """
 
     __slots__ = (
+        "attached",
         "buffer",
         "data",
         "depth",
@@ -282,6 +283,9 @@ class EchoConnection(Connection):
         self.tally = link.tally
         self.dues: deque[float] = deque()
         self.sent_at: deque[float] = deque()
+        # Whether the poller runs this connection in C (RRPoller.attach): its
+        # counters then live there, and the ones here stay at zero.
+        self.attached = False
         self._restart()
 
     def _restart(self) -> None:
@@ -298,7 +302,27 @@ class EchoConnection(Connection):
         self.recv_into = sock.recv_into
         poller = self.link.poller
         poller.modify(sock.fileno(), poller.READ, self.on_read)
+        if type(self) is EchoConnection and isinstance(poller, RRPoller):
+            # The same rule as on_read and flush below, run in C (_rrloop.c).
+            self.attached = True
+            settings = self.link.settings
+            poller.attach(
+                sock.fileno(),
+                self.data,
+                self.base,
+                settings.size,
+                settings.depth,
+                now,
+                self.on_c_failed,
+            )
+            return
         self.start(now)
+
+    def on_c_failed(self, code: int, done: int) -> None:
+        """The C loop gave this connection up: fail it here as on_read would have."""
+        if done:
+            self.failures = 0
+        self.fail(CLOSED if code == 0 else MISMATCH if code < 0 else error_kind(code))
 
     def start(self, now: float) -> None:
         """Release the first messages: a full pipeline (none in the drain)."""
@@ -310,10 +334,21 @@ class EchoConnection(Connection):
             self.flush()
 
     def awaiting(self) -> bool:
+        if self.attached:
+            received, target = self._progress()
+            return target > received
         return self.target > self.received_bytes
 
     def received(self) -> int:
+        if self.attached:
+            return self._progress()[0]
         return self.received_bytes
+
+    def _progress(self) -> tuple[int, int]:
+        """Bytes (received, released) of an attached connection, from C."""
+        poller = self.link.poller
+        assert isinstance(poller, RRPoller) and self.sock is not None
+        return poller.progress(self.sock.fileno())
 
     def backlog(self) -> int:
         return len(self.dues) - (self.released - self.done)
@@ -458,6 +493,10 @@ class EchoConnection(Connection):
                 poller.modify(self.sock.fileno(), poller.READ | poller.WRITE, self.on_read_write)
             else:
                 poller.modify(self.sock.fileno(), poller.READ, self.on_read)
+
+    def close(self) -> None:
+        self.attached = False  # unregister (in close) frees the C side
+        super().close()
 
     def fail(self, kind: str) -> None:
         # Messages in flight died with the connection (counted by ``kind``); an

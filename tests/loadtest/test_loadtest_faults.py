@@ -1,7 +1,8 @@
 """Every kind of broken echo is caught, by a run of 2 s or less, under its own name.
 
 Each server below is wrong in exactly one way (see ``loadtest_servers``); the
-generator must report exactly that error kind and the matching exit status.
+generator must report exactly that error kind and the matching exit status, on
+the C loop and on the pure-Python one alike (the ``loop`` fixture).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from loadtest_servers import EchoServer, run_bench
+
+pytestmark = pytest.mark.usefixtures("loop")
 
 RUN = (
     "--connections", "4", "--size", "100", "--duration", "1", "--warmup", "0.2",
@@ -30,13 +33,14 @@ RUN = (
     ],
 )
 def test_each_fault_is_reported_by_its_kind(
-    tmp_path: Path, fault: str, errors: dict[str, int], status: int
+    tmp_path: Path, fault: str, errors: dict[str, int], status: int, loop: str
 ) -> None:
     server = EchoServer(fault=fault, after=1000)
     try:
         run = run_bench(tmp_path, "--port", str(server.port), *RUN)
     finally:
         server.close()
+    assert run.figures["loop"] == loop
     assert run.figures["errors"] == errors, run.stdout
     assert run.status == status
     assert run.figures["messages"] > 0

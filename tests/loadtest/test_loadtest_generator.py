@@ -28,13 +28,16 @@ SHORT = ("--duration", "1", "--warmup", "0.2", "--processes", "1")
     ids=["rr", "pipelined", "stream", "churn", "rate"],
 )
 def test_correct_server_gives_a_clean_run(
-    echo_server: EchoServer, tmp_path: Path, workload: tuple[str, ...]
+    echo_server: EchoServer, tmp_path: Path, workload: tuple[str, ...], loop: str
 ) -> None:
     run = run_bench(
         tmp_path, "--port", str(echo_server.port), "--connections", "8", *SHORT, *workload
     )
     assert run.status == 0, run.stderr
     figures = run.figures
+    # Only closed-loop rr runs in C; every other workload stays on the Python loop.
+    rr = "--workload" not in workload and "--churn" not in workload and "--rate" not in workload
+    assert figures["loop"] == (loop if rr else "epoll")
     assert figures["errors"] == {}
     assert figures["messages"] > 0
     assert figures["bytes_echoed"] >= figures["messages"] * figures["parameters"]["size"]
@@ -49,6 +52,7 @@ def test_correct_server_gives_a_clean_run(
     assert figures["connect_us"]["count"] > 0
 
 
+@pytest.mark.usefixtures("loop")
 def test_idle_connections_are_held_and_watched(echo_server: EchoServer, tmp_path: Path) -> None:
     run = run_bench(
         tmp_path, "--port", str(echo_server.port), "--connections", "30", "--active", "3", *SHORT
@@ -58,6 +62,7 @@ def test_idle_connections_are_held_and_watched(echo_server: EchoServer, tmp_path
     assert run.figures["messages"] > 0
 
 
+@pytest.mark.usefixtures("loop")
 def test_two_processes_merge_their_histograms(echo_server: EchoServer, tmp_path: Path) -> None:
     run = run_bench(
         tmp_path,
@@ -78,6 +83,7 @@ def test_two_processes_merge_their_histograms(echo_server: EchoServer, tmp_path:
 
 
 @pytest.mark.parametrize("faulty_server", ["corrupt"], indirect=True)
+@pytest.mark.usefixtures("loop")
 def test_corrupted_byte_is_a_mismatch_and_exit_3(faulty_server: EchoServer, tmp_path: Path) -> None:
     run = run_bench(
         tmp_path, "--port", str(faulty_server.port), "--connections", "4", "--size", "100", *SHORT
@@ -88,6 +94,7 @@ def test_corrupted_byte_is_a_mismatch_and_exit_3(faulty_server: EchoServer, tmp_
 
 
 @pytest.mark.parametrize("faulty_server", ["drop"], indirect=True)
+@pytest.mark.usefixtures("loop")
 def test_dropped_connection_is_counted_and_exit_1(
     faulty_server: EchoServer, tmp_path: Path
 ) -> None:
@@ -100,6 +107,7 @@ def test_dropped_connection_is_counted_and_exit_1(
 
 
 @pytest.mark.parametrize("faulty_server", ["stall"], indirect=True)
+@pytest.mark.usefixtures("loop")
 def test_stalled_server_shows_timeouts_and_the_run_ends_on_time(
     faulty_server: EchoServer, tmp_path: Path
 ) -> None:
