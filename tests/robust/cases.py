@@ -106,7 +106,6 @@ KNOWN_LIMITS: dict[tuple[str, str], str] = {
 # Failures of echod found by this suite and reported, not yet fixed: the table shows them
 # as failures with this note; pytest marks them xfail (not strict) until the fix lands.
 OPEN_BUGS: dict[tuple[str, str], str] = {
-    ("fd-exhaustion", "gevent"): "out of descriptors the gevent backend sleeps ACCEPT_BACKOFF (1 s), blind to freed descriptors: 0.82 s at the short scale, 0.52 s in the last full run; the 1.0 s bound hid it (issue 10: one out-of-descriptors mechanism)",
 }  # fmt: skip
 
 # What the suite caught before it was fixed (case, backend, measured, fix): the record
@@ -115,6 +114,7 @@ FIXED_BUGS: tuple[tuple[str, str, str, str], ...] = (
     ("graceful-stop", "threads, uvloop", "232-872 of 1,000 connections reset mid-drain (threads, 5 of 7 runs); 4 of 100 (uvloop)", "a drain sweep no longer closes a connection whose input waits unread in the kernel (FIONREAD): closing it sent RST"),
     ("fd-exhaustion", "asyncio", "accepted again only 2.6-3.5 s after clients left: the stdlib retries EMFILE after 1 s without shedding", "the loop's exception handler sheds waiting clients with a spare descriptor, as the reactor does, and restarts accepting at once"),
     ("fd-exhaustion", "threads", "0.56-1.26 s: the 1 s back-off ignored freed descriptors", "a closing connection ends the back-off"),
+    ("fd-exhaustion", "gevent", "0.80-0.82 s once the bound was 0.5 s: out of descriptors it slept 1 s, blind to freed descriptors", "the serving core's one mechanism on every backend: shed with the spare descriptor, accept again at the next release (1.5 ms in the full run)"),
 )  # fmt: skip
 
 
