@@ -134,6 +134,6 @@ class Timing:
 
 # 9 servers x 7 cells + 4 workers runs + 2 x 2 ceiling runs = 71 runs a round, each
 # with ~1.3 s of start, connect and stop around its warmup and measurement: 3 rounds
-# of 1 + 3.5 s take about 21 minutes (3 x 4 s took 13 minutes for 7 servers and 6 cells).
+# of 1 + 3.5 s took 24 minutes for 9 servers with the ceiling and C100k cells.
 FULL_TIMING = Timing(rounds=3, duration=3.5, warmup=1.0)
 QUICK_TIMING = Timing(rounds=1, duration=0.5, warmup=0.2)
