@@ -26,7 +26,7 @@ def test_udp_datagrams_echoed_and_refused_by_reason_are_counted() -> None:
                 sock.sendto(b"refused", refusing.udp[0])
             assert wait_until(
                 lambda: (
-                    value(scrape(where), "echod_udp_refused_datagrams_total", reason="listed-port")
+                    latest(where, "echod_udp_refused_datagrams_total", reason="listed-port")
                     == DATAGRAMS
                 ),
                 timeout=TIMEOUT,
