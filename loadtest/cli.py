@@ -22,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from loadtest.limits import ensure_open_files
-from loadtest.monitor import NoSuchServer, TreeSampler
+from loadtest.monitor import NoSuchServer, start_sampler
 from loadtest.params import Params, default_processes, parse
 from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table
 from loadtest.results import stream_line, write
@@ -150,13 +150,10 @@ def run(params: Params) -> tuple[dict[str, Any], int]:
     problem = ensure_open_files(math.ceil(params.connections / processes) + SPARE_FILES)
     if problem:
         raise Abort(f"--connections {params.connections}: {problem}")
-    sampler = None
-    if params.server_pid is not None:
-        try:
-            sampler = TreeSampler(params.server_pid)
-        except NoSuchServer as exc:
-            raise Abort(str(exc)) from exc
-        sampler.start()
+    try:
+        sampler = start_sampler(params.server_pid)
+    except NoSuchServer as exc:
+        raise Abort(str(exc)) from exc
 
     progress = Progress(params.progress and sys.stderr.isatty(), processes)
     params = replace(params, progress=progress.enabled)

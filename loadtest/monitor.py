@@ -127,3 +127,15 @@ class TreeSampler:
             rss_start=self.samples[0].rss,
             rss_peak=max(s.rss for s in self.samples),
         )
+
+
+def start_sampler(pid: int | None) -> TreeSampler | None:
+    """Sample ``pid``'s process tree from now on (``--server-pid``); None without one.
+
+    Raises NoSuchServer, which each caller turns into its own one-line error.
+    """
+    if pid is None:
+        return None
+    sampler = TreeSampler(pid)
+    sampler.start()
+    return sampler

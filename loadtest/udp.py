@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from loadtest.monitor import NoSuchServer, TreeSampler
+from loadtest.monitor import NoSuchServer, start_sampler
 from loadtest.params import Params, default_processes
 from loadtest.pattern import PERIOD, Pattern
 from loadtest.report import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_MISMATCH, environment
@@ -307,13 +307,10 @@ def run(params: Params) -> tuple[dict[str, Any], int]:
             raise UdpAbort(f"{flag} applies to TCP workloads, not --udp")
     family, address = resolve(params)
     processes = min(params.processes or default_processes(), params.connections)
-    sampler = None
-    if params.server_pid is not None:
-        try:
-            sampler = TreeSampler(params.server_pid)
-        except NoSuchServer as exc:
-            raise UdpAbort(str(exc)) from exc
-        sampler.start()
+    try:
+        sampler = start_sampler(params.server_pid)
+    except NoSuchServer as exc:
+        raise UdpAbort(str(exc)) from exc
     context = multiprocessing.get_context()
     out: Any = context.Queue()
     go = context.Event()
