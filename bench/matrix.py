@@ -22,8 +22,8 @@ class Cell:
     backends: tuple[str, ...] = ()
     # "few" and "many": the two sides of the "Which IO model?" comparison (issue 6).
     role: str = ""
-    # A generator-ceiling cell (issue 9) names the cell whose shape it repeats: it runs
-    # only the C reference, driven by echod-bench and by the C client in turn.
+    # A generator-ceiling cell (issue 9) names the cell whose shape it repeats: echod-bench
+    # and the C client drive the C reference in turn, and the C client every server.
     ceiling_for: str = ""
 
 

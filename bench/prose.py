@@ -31,7 +31,11 @@ CEILING_INTRO = (
     "The C reference server, driven by echod-bench and by a minimal C "
     "epoll client (`bench/reference/echo_client.c`, every byte checked too), same pinning, "
     "same rounds. What the C client reaches is the most this machine lets a generator show; "
-    "echod-bench's share of it is how much of a server's speed echod-bench can show at all."
+    "echod-bench's share of it is how much of a server's speed echod-bench can show at all. "
+    "The C client also drives every echod backend (second table): where echod-bench's row "
+    "is near the C client's against the same server, echod-bench is not what limits it; "
+    "where the C client too reaches 90% of its own ceiling, no generator on one core of "
+    "this machine tells that server's req/s from the C reference's."
 )
 
 
@@ -75,8 +79,31 @@ def ceiling_findings(res: Results) -> list[str]:
             text += " No echod backend came within " + (
                 f"{1 - query.CEILING_SHARE:.0%} of it: those rows measure the servers."
             )
+        text += _against_c_client(res, judged, list(shares))
         out.append(text)
     return out
+
+
+def _against_c_client(res: Results, cell: str, ours: list[str]) -> str:
+    """echod-bench's rows against the C client's on the same servers, and which rows the
+    C client could not tell from the C reference either."""
+    ratios = {s: r for s in ours if (r := res.of_c_client(s, cell)) is not None}
+    if not ratios:
+        return ""
+    low = min(ratios, key=lambda s: ratios[s])
+    text = (
+        f" Against the same echod backends echod-bench reached {ratios[low]:.2f} ({low}) to "
+        f"{max(ratios.values()):.2f} of the C client's req/s."
+    )
+    shares = {s: res.c_client_share(s, cell) for s in ours}
+    alike = [s for s, v in shares.items() if v is not None and v >= query.CEILING_SHARE]
+    if alike:
+        text += (
+            f" The C client itself drove {', '.join(alike)} at {query.CEILING_SHARE:.0%} or "
+            "more of what it drives the C reference at: those rows are the generator's core, "
+            "not echod-bench's code; compare them by CPU µs/msg."
+        )
+    return text
 
 
 def _fmt_rate(value: float) -> str:

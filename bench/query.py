@@ -149,6 +149,24 @@ class Results:
         mine = self.median(server, cell, rate)
         return mine / ceiling if ceiling and mine is not None else None
 
+    def c_client_rate(self, server: str, cell: str) -> float | None:
+        """What the C client drove ``server`` at, in the ceiling cell for ``cell``."""
+        found = self.ceiling_cell(cell)
+        return None if found is None else self.median(server, found["name"], rate, C_CLIENT)
+
+    def of_c_client(self, server: str, cell: str) -> float | None:
+        """echod-bench's req/s for a row over the C client's against the same server:
+        near 1, echod-bench shows all that the least a generator can do would show."""
+        mine, theirs = self.median(server, cell, rate), self.c_client_rate(server, cell)
+        return mine / theirs if mine and theirs else None
+
+    def c_client_share(self, server: str, cell: str) -> float | None:
+        """The C client's own share of its ceiling for ``server``: at or above
+        ``CEILING_SHARE``, even the least a generator can do does not tell this server's
+        req/s from the C reference's on this machine."""
+        mine, ceiling = self.c_client_rate(server, cell), self.ceiling(cell, C_CLIENT)
+        return mine / ceiling if mine and ceiling else None
+
     def generator_cpu(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> Spread:
         """The busiest generator worker's CPU %, over the rounds."""
         busiest = (

@@ -69,7 +69,7 @@ def sections(res: Results) -> list[Section]:
                 "ceiling",
                 "Generator ceiling",
                 prose.CEILING_INTRO,
-                tables.ceiling_table(res),
+                [*tables.ceiling_table(res), "", *tables.c_client_table(res)],
                 findings=prose.ceiling_findings(res),
             )
         )

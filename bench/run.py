@@ -305,10 +305,27 @@ def line_up(
 ) -> list[tuple[ServerSpec, str]]:
     """Who runs in a cell, each with its generator, in the round's first order."""
     if cell.ceiling_for:
+        # echod-bench drives only the C reference (its other rows are the judged cell's);
+        # the C client drives every server, so each row can be set beside the least a
+        # generator can do against that same server.
         assert reference is not None  # runnable() drops ceiling cells without it
-        return [(reference, generator) for generator in GENERATORS]
+        others = [(spec, C_CLIENT) for spec in servers if spec is not reference]
+        return [(reference, generator) for generator in GENERATORS] + others
     group = worker_specs(cell.backends, cell.workers) if cell.workers else servers
     return [(spec, ECHOD_BENCH) for spec in group]
+
+
+def in_round_order(
+    cell: Cell, group: list[tuple[ServerSpec, str]], round_index: int
+) -> list[tuple[ServerSpec, str]]:
+    """Each round starts one further along the group, so no server always runs first.
+    A ceiling cell's two generators against the C reference stay side by side, taking
+    turns to go first: their ratio is the figure, and minutes apart on a shared machine
+    it would measure the machine's drift."""
+    pair = 2 if cell.ceiling_for else 0
+    head, rest = group[:pair], group[pair:]
+    shift = round_index % len(rest) if rest else 0
+    return (head[::-1] if round_index % 2 else head) + rest[shift:] + rest[:shift]
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -400,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(timing.rounds):
         for cell in cells:
             pinned = not cell.workers
-            group = line_up(cell, servers, reference)
-            shift = round_index % len(group)
-            for spec, generator in group[shift:] + group[:shift]:
+            for spec, generator in in_round_order(
+                cell, line_up(cell, servers, reference), round_index
+            ):
                 record = run_cell(
                     spec,
                     cell,

@@ -126,6 +126,32 @@ def ceiling_table(res: Results) -> list[str]:
     return table(header, rows)
 
 
+def c_client_table(res: Results) -> list[str]:
+    """Every server driven by the C client, beside echod-bench's row in the same shape."""
+    header = ["backend"]
+    for cell in res.ceiling_cells:
+        shape = cell["label"].removeprefix("generator ceiling, ")
+        header += [
+            f"C client req/s, {shape}",
+            "echod-bench / C client",
+            "C client: of its ceiling",
+        ]
+    rows = []
+    for server in res.servers:
+        line = [_name(res, server)]
+        for cell in res.ceiling_cells:
+            judged = cell["ceiling_for"]
+            ratio, share = res.of_c_client(server, judged), res.c_client_share(server, judged)
+            line += [
+                res.spread(server, cell["name"], query.rate, C_CLIENT).show(spread=False)
+                + (" ✗" if res.faults(server, cell["name"], C_CLIENT) else ""),
+                "-" if ratio is None else f"{ratio:.2f}",
+                "-" if share is None else f"{share:.2f}",
+            ]
+        rows.append(line)
+    return table(header, rows)
+
+
 def iomodel_table(res: Results) -> list[str]:
     assert res.few is not None and res.many is not None
     few, many = res.few["name"], res.many["name"]

@@ -102,15 +102,21 @@ def test_bad_usage_is_one_line_and_status_2(client: Path) -> None:
 
 
 def test_the_ceiling_cell_runs_both_generators(client: Path, reference: servers.ServerSpec) -> None:
-    """The runner's own path: one round of the quick ceiling cell, then the report's query."""
+    """The runner's own path: one round of the quick ceiling cell, then the report's query.
+    Both generators drive the C reference; the C client drives echod too."""
     cell = named("rr-1k-10")
     ceiling = next(c for c in QUICK if c.ceiling_for == cell.name)
     timing = Timing(rounds=1, duration=0.5, warmup=0.2)
+    (epoll,) = servers.specs(["epoll"], with_reference=False)
     records = [
         {**run.measure(spec, ceiling, timing, None, None, generator), "round": 1}
-        for spec, generator in run.line_up(ceiling, [reference], reference)
+        for spec, generator in run.line_up(ceiling, [epoll, reference], reference)
     ]
-    assert [r["generator"] for r in records] == [ECHOD_BENCH, C_CLIENT]
+    assert [(r["server"], r["generator"]) for r in records] == [
+        (reference.name, ECHOD_BENCH),
+        (reference.name, C_CLIENT),
+        ("epoll", C_CLIENT),
+    ]
     for record in records:
         assert "error" not in record, record
         assert record["generator_status"] == 0 and record["server_exit"] == 0
@@ -129,6 +135,8 @@ def test_the_ceiling_cell_runs_both_generators(client: Path, reference: servers.
     res = Results(data)
     ours, theirs = res.ceiling(cell.name), res.ceiling(cell.name, C_CLIENT)
     assert ours and theirs and res.ceiling_ratio(cell.name) == ours / theirs
+    driven = res.c_client_rate("epoll", cell.name)
+    assert driven and res.c_client_share("epoll", cell.name) == driven / theirs
 
 
 IGNORES_SIGTERM = (
@@ -162,3 +170,19 @@ def test_ceiling_cells_are_dropped_with_a_note_without_the_c_programs() -> None:
     kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], ceiling=False)
     assert [c.name for c in kept] == [c.name for c in QUICK if not c.ceiling_for]
     assert notes == ["ceiling-1k-10 skipped: needs the C reference and the C client"]
+
+
+def test_rounds_rotate_but_keep_the_ceiling_pair_side_by_side() -> None:
+    cell = named("rr-1k-10")
+    ceiling = next(c for c in QUICK if c.ceiling_for == cell.name)
+    specs = servers.specs(["epoll", "poll"], with_reference=True)
+    ref = specs[-1]
+    group = run.line_up(ceiling, specs, ref)
+    who = [[(s.name, g) for s, g in run.in_round_order(ceiling, group, i)] for i in range(3)]
+    pair = [(ref.name, ECHOD_BENCH), (ref.name, C_CLIENT)]
+    assert who[0] == [*pair, ("epoll", C_CLIENT), ("poll", C_CLIENT)]
+    assert who[1] == [*pair[::-1], ("poll", C_CLIENT), ("epoll", C_CLIENT)]
+    assert who[2][:2] == pair
+    # An ordinary cell just starts one further along each round.
+    plain = run.line_up(cell, specs, ref)
+    assert [s.name for s, _ in run.in_round_order(cell, plain, 1)] == ["poll", ref.name, "epoll"]
