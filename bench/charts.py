@@ -109,7 +109,7 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
         fig.tight_layout()
         drawn[name] = fig
 
-    if not cells:  # only the workers or ceiling cells ran: they have tables, no charts
+    if not cells:  # only the workers cell ran: it has a table, no charts
         return drawn
     grouped("throughput", cells, str, lambda s, c: res.median(s, c, query.rate), True,
             "messages/s (connections/s for churn)",

@@ -1,5 +1,5 @@
 """The generators a cell is driven by: echod-bench, and the minimal C client the
-generator-ceiling cells measure it against. Each yields the same figures dict.
+cells marked ``c_client`` measure it against. Each yields the same figures dict.
 
 The C client prints five counts, not echod-bench's full figures; it is normalised
 here to the keys the report reads (``requests_per_s``, ``errors``, ``workers``) so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -22,9 +23,10 @@ class Cell:
     backends: tuple[str, ...] = ()
     # "few" and "many": the two sides of the "Which IO model?" comparison (issue 6).
     role: str = ""
-    # A generator-ceiling cell (issue 9) names the cell whose shape it repeats: echod-bench
-    # and the C client drive the C reference in turn, and the C client every server.
-    ceiling_for: str = ""
+    # The C client (issue 9) drives every server too, right after echod-bench in the same
+    # round: the generator ceiling (both against the C reference) and each row's
+    # echod-bench / C client are ratios of runs side by side, not minutes apart.
+    c_client: bool = False
 
 
 # C100k (issue 9): how server CPU per request, p99 and RSS per connection grow from
@@ -50,8 +52,16 @@ C100K = (c100k(1_000, "c100k-1k"), c100k(10_000, "c100k-10k"), c100k(100_000, "c
 C100K_SMALL = c100k(3_000, "c100k-3k", "127.0.0.2-127.0.0.3")
 
 FULL = (
-    Cell("rr-64", "64 B rr, 100 conns", ("--size", "64", "--connections", "100"), 100),
-    Cell("rr-1k", "1 KiB rr, 100 conns", ("--size", "1024", "--connections", "100"), 100),
+    Cell(
+        "rr-64", "64 B rr, 100 conns", ("--size", "64", "--connections", "100"), 100, c_client=True
+    ),
+    Cell(
+        "rr-1k",
+        "1 KiB rr, 100 conns",
+        ("--size", "1024", "--connections", "100"),
+        100,
+        c_client=True,
+    ),
     Cell("rr-16k", "16 KiB rr, 100 conns", ("--size", "16384", "--connections", "100"), 100),
     Cell(
         "pipe16-1k",
@@ -73,21 +83,6 @@ FULL = (
         10_000,
         role="many",
     ),
-    # Same shapes as rr-64 and rr-1k: their rows are judged against these.
-    Cell(
-        "ceiling-64",
-        "generator ceiling, 64 B rr, 100 conns",
-        ("--size", "64", "--connections", "100"),
-        100,
-        ceiling_for="rr-64",
-    ),
-    Cell(
-        "ceiling-1k",
-        "generator ceiling, 1 KiB rr, 100 conns",
-        ("--size", "1024", "--connections", "100"),
-        100,
-        ceiling_for="rr-1k",
-    ),
     Cell(
         "workers-1k",
         "1 KiB rr, 100 conns, 1 vs 2 workers, unpinned",
@@ -106,7 +101,7 @@ def named(name: str) -> Cell:
 
 # A smoke test of every code path, the report's sections included, in under a minute.
 QUICK = (
-    named("rr-1k-10"),
+    dataclasses.replace(named("rr-1k-10"), c_client=True),
     Cell(
         "idle-2k",
         "2k conns, 100 active, 1 KiB",
@@ -115,13 +110,6 @@ QUICK = (
         role="many",
     ),
     named("workers-1k"),
-    Cell(
-        "ceiling-1k-10",
-        "generator ceiling, 1 KiB rr, 10 conns",
-        ("--size", "1024", "--connections", "10"),
-        10,
-        ceiling_for="rr-1k-10",
-    ),
 )
 
 
@@ -132,8 +120,8 @@ class Timing:
     warmup: float
 
 
-# 9 servers x 7 cells + 4 workers runs + 2 x 2 ceiling runs = 71 runs a round, each
-# with ~1.3 s of start, connect and stop around its warmup and measurement: 3 rounds
-# of 1 + 3.5 s took 24 minutes for 9 servers with the ceiling and C100k cells.
+# 9 servers x 7 cells + 4 workers runs + 9 servers x 2 C-client runs = 85 runs a round,
+# each with ~1.3 s of start, connect and stop around its warmup and measurement: 3
+# rounds of 1 + 3.5 s took 27 minutes for 9 servers with the C100k cells.
 FULL_TIMING = Timing(rounds=3, duration=3.5, warmup=1.0)
 QUICK_TIMING = Timing(rounds=1, duration=0.5, warmup=0.2)

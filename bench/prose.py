@@ -28,14 +28,15 @@ WORKERS_CAVEAT = (
 )
 
 CEILING_INTRO = (
-    "The C reference server, driven by echod-bench and by a minimal C "
-    "epoll client (`bench/reference/echo_client.c`, every byte checked too), same pinning, "
-    "same rounds. What the C client reaches is the most this machine lets a generator show; "
-    "echod-bench's share of it is how much of a server's speed echod-bench can show at all. "
-    "The C client also drives every echod backend (second table): where echod-bench's row "
-    "is near the C client's against the same server, echod-bench is not what limits it; "
-    "where the C client too reaches 90% of its own ceiling, no generator on one core of "
-    "this machine tells that server's req/s from the C reference's."
+    "Each server of these cells was driven by echod-bench and, right after it in the same "
+    "round, by a minimal C epoll client (`bench/reference/echo_client.c`, every byte "
+    "checked too), pinned the same way. What the C client drives the C reference at is "
+    "the most this machine lets a generator show; echod-bench's share of it is how much of "
+    "a server's speed echod-bench can show at all. Ratios are medians of each round's "
+    "pair, so a drift of the machine between rounds cancels out. Second table: where "
+    "echod-bench's row is near the C client's against the same server, echod-bench is not "
+    "what limits it; where the C client too reaches 90% of its own ceiling, no generator "
+    "on one core of this machine tells that server's req/s from the C reference's."
 )
 
 
@@ -55,10 +56,10 @@ def _pair(res: Results) -> tuple[str, str, int, int]:
 
 
 def ceiling_findings(res: Results) -> list[str]:
-    """Per ceiling cell: the ratio, and which echod rows reached the ceiling."""
+    """Per compared cell: the ratio, and which echod rows reached the ceiling."""
     out = []
-    for cell in res.ceiling_cells:
-        judged = cell["ceiling_for"]
+    for cell in res.compared:
+        judged = cell["name"]
         ours, theirs = res.ceiling(judged), res.ceiling(judged, query.C_CLIENT)
         ratio = res.ceiling_ratio(judged)
         if not ours or not theirs or ratio is None:
@@ -67,7 +68,8 @@ def ceiling_findings(res: Results) -> list[str]:
         bound = [s for s, v in shares.items() if v is not None and v >= query.CEILING_SHARE]
         text = (
             f"**{cell['label']}:** echod-bench drove the C reference at {_fmt_rate(ours)}, "
-            f"the C client at {_fmt_rate(theirs)}: {ratio:.2f} of the ceiling."
+            f"the C client at {_fmt_rate(theirs)}: {ratio:.2f} of the ceiling (median of "
+            "the rounds' ratios)."
         )
         if bound:
             text += (

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-# The generators a run record can name; records from before the ceiling cell name none.
+# The generators a run record can name; records from before the C client name none.
 ECHOD_BENCH = "echod-bench"
 C_CLIENT = "c-client"
 # A row at or above this share of echod-bench's own ceiling (against the C server, same
@@ -72,12 +72,11 @@ class Results:
         self.data = data
         self.servers: list[str] = data["servers"]
         self.all_cells: list[dict[str, Any]] = data["cells"]
-        # The workers and ceiling cells run other servers or generators: own sections.
-        self.cells = [
-            c for c in self.all_cells if not c.get("workers") and not c.get("ceiling_for")
-        ]
+        # The workers cell runs other servers: its own section.
+        self.cells = [c for c in self.all_cells if not c.get("workers")]
         self.workers_cell = next((c for c in self.all_cells if c.get("workers")), None)
-        self.ceiling_cells = [c for c in self.all_cells if c.get("ceiling_for")]
+        # Cells where the C client drove every server too: the generator ceiling's.
+        self.compared = [c for c in self.cells if c.get("c_client")]
         self.reference: str | None = data.get("reference")
         # The "Which IO model?" pair: the same load over few and over many connections.
         self.few = next((c for c in self.cells if c.get("role") == "few"), None)
@@ -127,21 +126,38 @@ class Results:
         return f"{mine / ref:.2f}" if mine and ref else "-"
 
     # The generator ceiling ---------------------------------------------------------------
-    def ceiling_cell(self, cell: str) -> dict[str, Any] | None:
-        """The ceiling cell measuring the generators in ``cell``'s shape, if one ran."""
-        return next((c for c in self.ceiling_cells if c["ceiling_for"] == cell), None)
+    def is_compared(self, cell: str) -> bool:
+        """Whether the C client drove the servers of ``cell`` too."""
+        return any(c["name"] == cell for c in self.compared)
+
+    def paired(self, server: str, cell: str) -> float | None:
+        """echod-bench's req/s over the C client's against ``server``, as the median of
+        each round's ratio: the two ran side by side, so the machine's drift between
+        rounds (which moves both) cancels out."""
+
+        def by_round(generator: str) -> dict[Any, float]:
+            found = ((r.get("round"), r.get("figures")) for r in self.runs(server, cell, generator))
+            return {k: v for k, f in found if f and (v := rate(f))}
+
+        ours, theirs = by_round(ECHOD_BENCH), by_round(C_CLIENT)
+        ratios = [ours[k] / theirs[k] for k in ours.keys() & theirs.keys()]
+        return statistics.median(ratios) if ratios else None
+
+    def has_ceiling(self, cell: str) -> bool:
+        """Whether both generators drove the C reference in ``cell``."""
+        return self.reference is not None and self.is_compared(cell)
 
     def ceiling(self, cell: str, generator: str = ECHOD_BENCH) -> float | None:
-        """What ``generator`` drove the C reference at, in the ceiling cell for ``cell``."""
-        found = self.ceiling_cell(cell)
-        if found is None or self.reference is None:
+        """What ``generator`` drove the C reference at in ``cell``."""
+        if self.reference is None or not self.is_compared(cell):
             return None
-        return self.median(self.reference, found["name"], rate, generator)
+        return self.median(self.reference, cell, rate, generator)
 
     def ceiling_ratio(self, cell: str) -> float | None:
         """echod-bench's req/s over the C client's, both against the C reference."""
-        ours, theirs = self.ceiling(cell), self.ceiling(cell, C_CLIENT)
-        return ours / theirs if ours and theirs else None
+        if self.reference is None or not self.is_compared(cell):
+            return None
+        return self.paired(self.reference, cell)
 
     def share_of_ceiling(self, server: str, cell: str) -> float | None:
         """A row's req/s as a share of what echod-bench can drive at all."""
@@ -150,15 +166,13 @@ class Results:
         return mine / ceiling if ceiling and mine is not None else None
 
     def c_client_rate(self, server: str, cell: str) -> float | None:
-        """What the C client drove ``server`` at, in the ceiling cell for ``cell``."""
-        found = self.ceiling_cell(cell)
-        return None if found is None else self.median(server, found["name"], rate, C_CLIENT)
+        """What the C client drove ``server`` at in ``cell``."""
+        return self.median(server, cell, rate, C_CLIENT)
 
     def of_c_client(self, server: str, cell: str) -> float | None:
         """echod-bench's req/s for a row over the C client's against the same server:
         near 1, echod-bench shows all that the least a generator can do would show."""
-        mine, theirs = self.median(server, cell, rate), self.c_client_rate(server, cell)
-        return mine / theirs if mine and theirs else None
+        return self.paired(server, cell)
 
     def c_client_share(self, server: str, cell: str) -> float | None:
         """The C client's own share of its ceiling for ``server``: at or above

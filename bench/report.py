@@ -50,7 +50,7 @@ class Section:
 def sections(res: Results) -> list[Section]:
     """Every section a run supports, in report order."""
     out = []
-    if res.cells:  # a run of only the workers or ceiling cells has no summary
+    if res.cells:  # a run of only the workers cell has no summary
         out.append(
             Section(
                 "summary",
@@ -63,7 +63,7 @@ def sections(res: Results) -> list[Section]:
                 ],
             )
         )
-    if res.ceiling_cells and res.reference:
+    if res.compared and res.reference:
         out.append(
             Section(
                 "ceiling",

@@ -5,8 +5,9 @@ start), pinned to CPU 0 while the generator runs pinned to the other CPUs.
 Servers take turns cell by cell, and their order rotates every round, so a slow
 drift of the machine spreads over all of them instead of landing on one.
 The workers cell is the exception: its servers and the generator run unpinned.
-A generator-ceiling cell runs only the C reference, driven in turn by echod-bench
-and by the minimal C client, pinned like the others.
+In the cells marked ``c_client`` the minimal C client drives each server right after
+echod-bench does, pinned the same way: the pair is what the generator ceiling and
+each row's echod-bench / C client are computed from.
 """
 
 from __future__ import annotations
@@ -68,16 +69,46 @@ def foreign_load() -> set[str]:
     return found
 
 
+# A virtual machine's CPU taken by the hypervisor for others ("steal" in /proc/stat):
+# under load this machine shows about 2%; a run that lost more measured its neighbours.
+STEAL_BAR = 0.05
+
+
+def steal_ticks() -> dict[str, int]:
+    """Each CPU's stolen time so far, in clock ticks (/proc/stat's eighth field)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = (line.split() for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return {f[0]: int(f[8]) for f in fields if len(f) > 8}
+
+
+def stolen(before: dict[str, int], after: dict[str, int], elapsed: float) -> set[str]:
+    """The CPUs that lost more than ``STEAL_BAR`` of ``elapsed`` to the hypervisor."""
+    per_second = os.sysconf("SC_CLK_TCK") * elapsed
+    shares = {cpu: (now - before.get(cpu, now)) / per_second for cpu, now in after.items()}
+    return {
+        f"hypervisor steal {share:.0%} on {cpu}"
+        for cpu, share in shares.items()
+        if per_second > 0 and share > STEAL_BAR
+    }
+
+
 class LoadWatch:
-    """Samples ``foreign_load`` twice a second while a cell runs."""
+    """Samples ``foreign_load`` twice a second while a cell runs, and reads the CPUs'
+    stolen time at both ends."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.seen: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+        self._steal: dict[str, int] = {}
+        self._started = 0.0
 
     def __enter__(self) -> LoadWatch:
         self.seen |= foreign_load()
+        self._steal, self._started = steal_ticks(), time.monotonic()
         self._thread.start()
         return self
 
@@ -85,6 +116,7 @@ class LoadWatch:
         self._stop.set()
         self._thread.join()
         self.seen |= foreign_load()
+        self.seen |= stolen(self._steal, steal_ticks(), time.monotonic() - self._started)
 
     def _loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -279,15 +311,15 @@ def source_version() -> str:
 
 
 def runnable(
-    cells: list[Cell], backends: list[str], ceiling: bool = True
+    cells: list[Cell], backends: list[str], c_client: bool = True
 ) -> tuple[list[Cell], list[str]]:
-    """Cells whose backends exist here; a workers cell keeps the ones that do; ceiling
-    cells need the C reference and the C client (``ceiling``)."""
+    """Cells whose backends exist here; a workers cell keeps the ones that do; the C
+    client's runs need the C reference and the C client (``c_client``)."""
     kept, notes = [], []
     for cell in cells:
-        if cell.ceiling_for and not ceiling:
-            notes.append(f"{cell.name} skipped: needs the C reference and the C client")
-            continue
+        if cell.c_client and not c_client:
+            notes.append(f"{cell.name}: echod-bench only, the C client needs the C programs")
+            cell = dataclasses.replace(cell, c_client=False)
         if cell.workers:
             present = tuple(b for b in cell.backends if b in backends)
             if not present:
@@ -300,32 +332,25 @@ def runnable(
     return kept, notes
 
 
-def line_up(
-    cell: Cell, servers: list[ServerSpec], reference: ServerSpec | None
-) -> list[tuple[ServerSpec, str]]:
+def line_up(cell: Cell, servers: list[ServerSpec]) -> list[tuple[ServerSpec, str]]:
     """Who runs in a cell, each with its generator, in the round's first order."""
-    if cell.ceiling_for:
-        # echod-bench drives only the C reference (its other rows are the judged cell's);
-        # the C client drives every server, so each row can be set beside the least a
-        # generator can do against that same server.
-        assert reference is not None  # runnable() drops ceiling cells without it
-        others = [(spec, C_CLIENT) for spec in servers if spec is not reference]
-        return [(reference, generator) for generator in GENERATORS] + others
     group = worker_specs(cell.backends, cell.workers) if cell.workers else servers
-    return [(spec, ECHOD_BENCH) for spec in group]
+    generators = GENERATORS if cell.c_client else (ECHOD_BENCH,)
+    return [(spec, generator) for spec in group for generator in generators]
 
 
 def in_round_order(
     cell: Cell, group: list[tuple[ServerSpec, str]], round_index: int
 ) -> list[tuple[ServerSpec, str]]:
-    """Each round starts one further along the group, so no server always runs first.
-    A ceiling cell's two generators against the C reference stay side by side, taking
-    turns to go first: their ratio is the figure, and minutes apart on a shared machine
-    it would measure the machine's drift."""
-    pair = 2 if cell.ceiling_for else 0
-    head, rest = group[:pair], group[pair:]
-    shift = round_index % len(rest) if rest else 0
-    return (head[::-1] if round_index % 2 else head) + rest[shift:] + rest[:shift]
+    """Each round starts one server further along, so no server always runs first.
+    A server's runs with the two generators stay side by side, taking turns to go
+    first: their ratio is the figure, and minutes apart on a shared machine it would
+    measure the machine's drift."""
+    size = len(GENERATORS) if cell.c_client else 1
+    units = [group[i : i + size] for i in range(0, len(group), size)]
+    shift = round_index % len(units) if units else 0
+    turn = -1 if round_index % 2 else 1
+    return [run for unit in units[shift:] + units[:shift] for run in unit[::turn]]
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -407,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server_cpus, generator_cpus, pinning = split_cpus()
     notes.append(pinning)
-    reference = next((s for s in servers if s.name == REFERENCE), None)
-    cells, skipped = runnable(cells, backends, reference is not None and not client_problem)
+    has_reference = any(s.name == REFERENCE for s in servers)
+    cells, skipped = runnable(cells, backends, has_reference and not client_problem)
     notes += skipped
     for note in notes:
         print(f"bench: {note}")
@@ -417,9 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(timing.rounds):
         for cell in cells:
             pinned = not cell.workers
-            for spec, generator in in_round_order(
-                cell, line_up(cell, servers, reference), round_index
-            ):
+            for spec, generator in in_round_order(cell, line_up(cell, servers), round_index):
                 record = run_cell(
                     spec,
                     cell,
@@ -464,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": list(c.workers),
                 "backends": list(c.backends),
                 "role": c.role,
-                "ceiling_for": c.ceiling_for,
+                "c_client": c.c_client,
             }
             for c in cells
         ],

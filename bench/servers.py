@@ -86,9 +86,9 @@ def build_reference() -> str | None:
 
 
 def build_client() -> str | None:
-    """Build the C client of the generator-ceiling cells; returns a note when it cannot."""
+    """Build the C client the generator ceiling is measured with; a note when it cannot."""
     problem = build(CLIENT_SOURCE, CLIENT_BINARY)
-    return None if problem is None else f"{problem}: the generator-ceiling cells are skipped"
+    return None if problem is None else f"{problem}: the C client's runs are skipped"
 
 
 def specs(

@@ -42,7 +42,7 @@ def summary_table(res: Results) -> list[str]:
     first = res.cells[0]
     name = first["name"]
     big = next((c for c in res.cells if c["connections"] >= 1000), None)
-    ceiling = res.ceiling_cell(name) is not None
+    ceiling = res.has_ceiling(name)
     header = [
         "backend",
         f"req/s ({first['label']})",
@@ -80,22 +80,20 @@ def summary_table(res: Results) -> list[str]:
 
 def ceiling_line(res: Results, cell: str, width: int) -> list[str]:
     """The summary's "generator ceiling" row: echod-bench against the C client."""
-    found = res.ceiling_cell(cell)
-    assert found is not None and res.reference is not None
-    ref, ceiling = res.reference, found["name"]
-    ratio = res.ceiling_ratio(cell)
+    assert res.reference is not None
+    ref, ratio = res.reference, res.ceiling_ratio(cell)
     text = (
-        res.spread(ref, ceiling, query.rate).show(spread=False)
-        + res.marks(ref, ceiling)
-        + f" of C client's {res.spread(ref, ceiling, query.rate, C_CLIENT).show(spread=False)}"
-        + res.marks(ref, ceiling, C_CLIENT)
+        res.spread(ref, cell, query.rate).show(spread=False)
+        + res.marks(ref, cell)
+        + f" of C client's {res.spread(ref, cell, query.rate, C_CLIENT).show(spread=False)}"
+        + res.marks(ref, cell, C_CLIENT)
     )
     line = ["generator ceiling", text, "-" if ratio is None else f"{ratio:.2f} of C client"]
     return line + ["-"] * (width - len(line))
 
 
 def ceiling_table(res: Results) -> list[str]:
-    """Each ceiling cell: echod-bench and the C client against the C reference."""
+    """Each compared cell: echod-bench and the C client against the C reference."""
     if res.reference is None:
         return []
     ref = res.reference
@@ -109,9 +107,9 @@ def ceiling_table(res: Results) -> list[str]:
         "C server CPU µs/msg",
     ]
     rows = []
-    for cell in res.ceiling_cells:
+    for cell in res.compared:
         name = cell["name"]
-        ratio = res.ceiling_ratio(cell["ceiling_for"])
+        ratio = res.ceiling_ratio(name)
         rows.append(
             [
                 cell["label"],
@@ -129,22 +127,21 @@ def ceiling_table(res: Results) -> list[str]:
 def c_client_table(res: Results) -> list[str]:
     """Every server driven by the C client, beside echod-bench's row in the same shape."""
     header = ["backend"]
-    for cell in res.ceiling_cells:
-        shape = cell["label"].removeprefix("generator ceiling, ")
+    for cell in res.compared:
         header += [
-            f"C client req/s, {shape}",
+            f"C client req/s, {cell['label']}",
             "echod-bench / C client",
             "C client: of its ceiling",
         ]
     rows = []
     for server in res.servers:
         line = [_name(res, server)]
-        for cell in res.ceiling_cells:
-            judged = cell["ceiling_for"]
-            ratio, share = res.of_c_client(server, judged), res.c_client_share(server, judged)
+        for cell in res.compared:
+            name = cell["name"]
+            ratio, share = res.of_c_client(server, name), res.c_client_share(server, name)
             line += [
-                res.spread(server, cell["name"], query.rate, C_CLIENT).show(spread=False)
-                + (" ✗" if res.faults(server, cell["name"], C_CLIENT) else ""),
+                res.spread(server, name, query.rate, C_CLIENT).show(spread=False)
+                + (" ✗" if res.faults(server, name, C_CLIENT) else ""),
                 "-" if ratio is None else f"{ratio:.2f}",
                 "-" if share is None else f"{share:.2f}",
             ]
@@ -258,7 +255,7 @@ def workers_table(res: Results) -> list[str]:
 def cell_table(res: Results, cell: dict[str, Any]) -> list[str]:
     """Every figure of one cell, with spreads, one row per server."""
     name = cell["name"]
-    ceiling = res.ceiling_cell(name) is not None
+    ceiling = res.has_ceiling(name)
     header = ["backend", "conn/s" if "--churn" in cell["args"] else "req/s", "vs C"]
     header += ["of generator ceiling"] if ceiling else []
     header += [

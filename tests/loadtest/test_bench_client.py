@@ -101,34 +101,35 @@ def test_bad_usage_is_one_line_and_status_2(client: Path) -> None:
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("echo-client: ")
 
 
-def test_the_ceiling_cell_runs_both_generators(client: Path, reference: servers.ServerSpec) -> None:
-    """The runner's own path: one round of the quick ceiling cell, then the report's query.
-    Both generators drive the C reference; the C client drives echod too."""
-    cell = named("rr-1k-10")
-    ceiling = next(c for c in QUICK if c.ceiling_for == cell.name)
+def test_a_compared_cell_runs_both_generators_against_every_server(
+    client: Path, reference: servers.ServerSpec
+) -> None:
+    """The runner's own path: one round of the quick compared cell, then the report's
+    query. Each server is driven by echod-bench, then at once by the C client."""
+    cell = next(c for c in QUICK if c.c_client)
     timing = Timing(rounds=1, duration=0.5, warmup=0.2)
     (epoll,) = servers.specs(["epoll"], with_reference=False)
     records = [
-        {**run.measure(spec, ceiling, timing, None, None, generator), "round": 1}
-        for spec, generator in run.line_up(ceiling, [epoll, reference], reference)
+        {**run.measure(spec, cell, timing, None, None, generator), "round": 1}
+        for spec, generator in run.line_up(cell, [epoll, reference])
     ]
     assert [(r["server"], r["generator"]) for r in records] == [
+        ("epoll", ECHOD_BENCH),
+        ("epoll", C_CLIENT),
         (reference.name, ECHOD_BENCH),
         (reference.name, C_CLIENT),
-        ("epoll", C_CLIENT),
     ]
     for record in records:
         assert "error" not in record, record
         assert record["generator_status"] == 0 and record["server_exit"] == 0
-    mine = records[1]["figures"]
+    mine = records[3]["figures"]
     assert mine["requests_per_s"] > 0 and mine["errors"] == {}
     assert 0 <= mine["workers"][0]["cpu_pct"] <= 150
     data = {
-        "servers": [reference.name],
+        "servers": ["epoll", reference.name],
         "reference": reference.name,
         "cells": [
-            {"name": cell.name, "args": list(cell.args), "connections": cell.connections},
-            {"name": ceiling.name, "args": [], "connections": 10, "ceiling_for": cell.name},
+            {"name": cell.name, "args": list(cell.args), "connections": 10, "c_client": True}
         ],
         "runs": records,
     }
@@ -166,23 +167,53 @@ def test_c_client_counts_become_error_kinds() -> None:
     assert figures["workers"] == [{"index": 0, "cpu_pct": 95.0, "saturated": True}]
 
 
-def test_ceiling_cells_are_dropped_with_a_note_without_the_c_programs() -> None:
-    kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], ceiling=False)
-    assert [c.name for c in kept] == [c.name for c in QUICK if not c.ceiling_for]
-    assert notes == ["ceiling-1k-10 skipped: needs the C reference and the C client"]
+def test_without_the_c_programs_only_echod_bench_runs() -> None:
+    kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], c_client=False)
+    assert [c.name for c in kept] == [c.name for c in QUICK]
+    assert not any(c.c_client for c in kept)
+    assert notes == ["rr-1k-10: echod-bench only, the C client needs the C programs"]
 
 
-def test_rounds_rotate_but_keep_the_ceiling_pair_side_by_side() -> None:
-    cell = named("rr-1k-10")
-    ceiling = next(c for c in QUICK if c.ceiling_for == cell.name)
+def test_rounds_rotate_but_keep_each_servers_pair_side_by_side() -> None:
+    cell = next(c for c in QUICK if c.c_client)
     specs = servers.specs(["epoll", "poll"], with_reference=True)
-    ref = specs[-1]
-    group = run.line_up(ceiling, specs, ref)
-    who = [[(s.name, g) for s, g in run.in_round_order(ceiling, group, i)] for i in range(3)]
-    pair = [(ref.name, ECHOD_BENCH), (ref.name, C_CLIENT)]
-    assert who[0] == [*pair, ("epoll", C_CLIENT), ("poll", C_CLIENT)]
-    assert who[1] == [*pair[::-1], ("poll", C_CLIENT), ("epoll", C_CLIENT)]
-    assert who[2][:2] == pair
-    # An ordinary cell just starts one further along each round.
-    plain = run.line_up(cell, specs, ref)
-    assert [s.name for s, _ in run.in_round_order(cell, plain, 1)] == ["poll", ref.name, "epoll"]
+    ref = specs[-1].name
+    group = run.line_up(cell, specs)
+    who = [[(s.name, g) for s, g in run.in_round_order(cell, group, i)] for i in range(3)]
+    eb, cc = ECHOD_BENCH, C_CLIENT
+    assert who[0] == [
+        ("epoll", eb),
+        ("epoll", cc),
+        ("poll", eb),
+        ("poll", cc),
+        (ref, eb),
+        (ref, cc),
+    ]
+    # One server further along, and the C client first this time.
+    assert who[1] == [
+        ("poll", cc),
+        ("poll", eb),
+        (ref, cc),
+        (ref, eb),
+        ("epoll", cc),
+        ("epoll", eb),
+    ]
+    assert who[2][:2] == [(ref, eb), (ref, cc)]
+    # A cell without the C client just starts one further along each round.
+    plain = run.line_up(named("rr-16k"), specs)
+    assert [s.name for s, _ in run.in_round_order(named("rr-16k"), plain, 1)] == [
+        "poll",
+        ref,
+        "epoll",
+    ]
+
+
+def test_a_run_that_lost_its_cpu_to_the_hypervisor_is_contended() -> None:
+    ticks = run.steal_ticks()  # this machine's own /proc/stat
+    assert ticks and all(cpu.startswith("cpu") and n >= 0 for cpu, n in ticks.items())
+    hz = os.sysconf("SC_CLK_TCK")
+    before = {"cpu0": 1000, "cpu1": 500}
+    # Over 4 s: CPU 0 lost 2% (this machine's usual), CPU 1 lost 25%.
+    after = {"cpu0": 1000 + int(0.08 * hz), "cpu1": 500 + int(1.0 * hz)}
+    assert run.stolen(before, after, 4.0) == {"hypervisor steal 25% on cpu1"}
+    assert run.stolen(before, before, 4.0) == set()
