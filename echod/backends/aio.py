@@ -1,4 +1,4 @@
-"""The echo server as an ``asyncio.Protocol``, on the stdlib loop or on uvloop.
+"""The echo server as an asyncio protocol, on the stdlib loop or on uvloop.
 
 The transport owns the outbound buffer here, so the protocol mirrors the session's
 rules instead of driving :class:`echod.session.EchoSession`: the transport's write
@@ -11,8 +11,9 @@ On the stdlib loop a ``BufferedProtocol`` reads into one shared buffer, because 
 bytes object is shrunk to what arrived (mremap), frees it below its dynamic mmap
 threshold, which therefore never rises: mmap, mremap and munmap on every message.
 strace -c shows it, and echod-bench measured 3x the CPU per message in processes whose
-start-up happened not to raise the threshold (figures in the commit that added this). What ``write`` is given is a copy of the bytes read, since a transport
-keeps a reference to what it could not send (3.12's selector transport keeps a view).
+start-up happened not to raise the threshold (figures in the commit that added this).
+What ``write`` is given is a copy of the bytes read, since a transport keeps a reference
+to what it could not send (3.12's selector transport keeps a view).
 
 The life of the listeners and of every connection is the serving core's
 (:mod:`echod.backends.serving`): the loop watches each listener with ``add_reader``,

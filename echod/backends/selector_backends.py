@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from echod.backends.base import RECEIVE_SIZE
-from echod.backends.reactor import Listening, Reactor, Timer, io_manager
-from echod.backends.serving import ServingCore
+from echod.backends.on_reactor import ReactorServingCore
+from echod.backends.reactor import Reactor, io_manager
 from echod.config import Config
-from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
+from echod.lifecycle import Lifecycle
 from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
 
 assert (selectors.EVENT_READ, selectors.EVENT_WRITE) == (WANT_READ, WANT_WRITE)
@@ -153,7 +153,7 @@ class Connection(EchoSession):
         self.server.forget(self)
 
 
-class ReactorServer(ServingCore[Connection]):
+class ReactorServer(ReactorServingCore[Connection]):
     """The serving core on a reactor: callbacks on readiness, one shared buffer."""
 
     def __init__(
@@ -164,52 +164,23 @@ class ReactorServer(ServingCore[Connection]):
         lifecycle: Lifecycle,
         fd_limit: int | None,
     ) -> None:
-        super().__init__(listeners, config, lifecycle, fd_limit=fd_limit)
-        self.reactor = reactor
+        super().__init__(reactor, listeners, config, lifecycle, fd_limit=fd_limit)
         self.marks = config.marks
         self.buffer = bytearray(RECEIVE_SIZE)
         self.view = memoryview(self.buffer)
-        self.listening = Listening(reactor, self.listeners, self.accept_from)
 
     # What the serving core asks of a backend --------------------------------------------
-    def handle_signals(self) -> None:
-        self.reactor.handle_signals(HANDLED_SIGNALS, self.on_signal)
-
-    def wait(self) -> None:
-        self.reactor.run()
-
-    def finish(self) -> None:
-        self.reactor.stop()
-
     def begin(self, sock: socket.socket) -> Connection:
         sock.setblocking(False)
         conn = Connection(sock, self)
         self.reactor.add(conn.fd, WANT_READ, conn.on_readable)
         return conn
 
-    def watch_listeners(self) -> None:
-        self.listening.start()
-
-    def unwatch_listeners(self) -> None:
-        self.listening.stop()
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
-        return self.reactor.call_later(delay, callback)
-
-    def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
-        return self.reactor.call_every(interval, callback)
-
     def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         self.reactor.add(sock.fileno(), WANT_READ, callback)
 
     def unwatch_readable(self, sock: socket.socket) -> None:
         self.reactor.remove(sock.fileno())
-
-    def io_description(self) -> str:
-        return self.reactor.describe()
-
-    def close_loop(self) -> None:
-        self.reactor.close()
 
     def forget(self, conn: Connection) -> None:
         self.reactor.remove(conn.fd)

@@ -47,13 +47,14 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from echod.backends.reactor import Listening, Reactor, Timer, io_manager
-from echod.backends.serving import CannotStart, ServingCore
+from echod.backends.on_reactor import ReactorServingCore
+from echod.backends.reactor import Reactor, io_manager
+from echod.backends.serving import CannotStart
 from echod.config import Config
-from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
+from echod.lifecycle import Lifecycle
 
 log = logging.getLogger("echod")
 
@@ -164,15 +165,19 @@ class Connection:
                     self.sock.shutdown(socket.SHUT_RDWR)
 
 
-class ThreadServer(ServingCore[Connection]):
+class ThreadServer(ReactorServingCore[Connection]):
     """The serving core on a reactor in the main thread, one echo thread per connection."""
 
     def __init__(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        super().__init__(listeners, config, lifecycle, limit=connection_cap(config.max_connections))
-        self.reactor = Reactor(io_manager("DefaultSelector"))
-        self.listening = Listening(self.reactor, self.listeners, self.accept_from)
+        super().__init__(
+            Reactor(io_manager("DefaultSelector")),
+            listeners,
+            config,
+            lifecycle,
+            limit=connection_cap(config.max_connections),
+        )
         # Orders a thread's close of its socket against the main thread's shutdown of it;
         # never held across blocking IO.
         self.lock = threading.Lock()
@@ -186,15 +191,6 @@ class ThreadServer(ServingCore[Connection]):
             log.info("threads backend: at most %d connections at once", self.limit)
         super().start(label)
 
-    def handle_signals(self) -> None:
-        self.reactor.handle_signals(HANDLED_SIGNALS, self.on_signal)
-
-    def wait(self) -> None:
-        self.reactor.run()
-
-    def finish(self) -> None:
-        self.reactor.stop()
-
     def begin(self, sock: socket.socket) -> Connection:
         sock.setblocking(True)
         conn = Connection(sock, self)
@@ -207,21 +203,6 @@ class ThreadServer(ServingCore[Connection]):
         except RuntimeError as exc:  # "can't start new thread": out of memory or pids
             raise CannotStart(str(exc)) from exc
         return conn
-
-    def watch_listeners(self) -> None:
-        self.listening.start()
-
-    def unwatch_listeners(self) -> None:
-        self.listening.stop()
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
-        return self.reactor.call_later(delay, callback)
-
-    def call_every(self, interval: float, callback: Callable[[], object]) -> Timer:
-        return self.reactor.call_every(interval, callback)
-
-    def io_description(self) -> str:
-        return self.reactor.describe()
 
     def refresh_stats(self) -> None:
         """Bring ``stats`` up to date; the threads count only into their connection."""
@@ -241,9 +222,6 @@ class ThreadServer(ServingCore[Connection]):
             select.select([reactor.wakeup], [], [], remaining)
             reactor.wakeup.drain()
             reactor.run_pending_calls()
-
-    def close_loop(self) -> None:
-        self.reactor.close()
 
     # Closing ---------------------------------------------------------------------------
     def closed(self, conn: Connection) -> None:
