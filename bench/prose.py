@@ -12,10 +12,11 @@ from bench import query
 from bench.query import Metric, Results
 
 LEGEND = (
-    "† the figure shows the generator's limit, not the server's: a generator worker used "
-    "over 90% of its CPU in at least one round, or the row reached "
-    f"{query.CEILING_SHARE:.0%} of what echod-bench drives the C reference at in the same "
-    'shape ("of generator ceiling"); compare servers there by CPU µs/msg. '
+    "† the figure shows the generator's limit, not the server's: where the cell measured "
+    f"the generator ceiling, the row reached {query.CEILING_SHARE:.0%} of what echod-bench "
+    'drives the C reference at there (req/s "vs C"); elsewhere a generator '
+    "worker used over 90% of its CPU in at least one round. Compare servers there by CPU "
+    "µs/msg. "
     "✗ the generator saw errors, the run failed, or the server had to be killed after "
     "SIGTERM, in at least one round: see Notes. "
     "‡ the figure includes rounds that overlapped other load on the machine (see Notes)."

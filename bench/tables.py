@@ -29,14 +29,6 @@ def _name(res: Results, server: str) -> str:
     return f"**{server}**" if server == res.reference else server
 
 
-def _share(res: Results, server: str, cell: str) -> str:
-    """A row's req/s against echod-bench's ceiling for the cell; † at or above the bar."""
-    share = res.share_of_ceiling(server, cell)
-    if share is None:
-        return "-"
-    return f"{share:.2f}" + (" †" if share >= query.CEILING_SHARE else "")
-
-
 def summary_table(res: Results) -> list[str]:
     """One row per server over the first cell, and a last row for the generator ceiling."""
     first = res.cells[0]
@@ -52,8 +44,6 @@ def summary_table(res: Results) -> list[str]:
         "CPU/msg vs C",
         "RSS peak",
     ]
-    if ceiling:
-        header.insert(2, "of generator ceiling")
     if big:
         header.append(f"RSS/conn at {big['connections']:,}")
     rows = []
@@ -67,8 +57,6 @@ def summary_table(res: Results) -> list[str]:
             res.ratio(server, name, query.cpu),
             mib(res.median(server, name, query.rss)),
         ]
-        if ceiling:
-            line.insert(2, _share(res, server, name))
         if big:
             faulty = " ✗" if res.faults(server, big["name"]) else ""
             line.append(kib(res.median(server, big["name"], query.rss_per_conn)) + faulty)
@@ -255,9 +243,7 @@ def workers_table(res: Results) -> list[str]:
 def cell_table(res: Results, cell: dict[str, Any]) -> list[str]:
     """Every figure of one cell, with spreads, one row per server."""
     name = cell["name"]
-    ceiling = res.has_ceiling(name)
     header = ["backend", "conn/s" if "--churn" in cell["args"] else "req/s", "vs C"]
-    header += ["of generator ceiling"] if ceiling else []
     header += [
         "p50 µs",
         "p99 µs",
@@ -275,7 +261,6 @@ def cell_table(res: Results, cell: dict[str, Any]) -> list[str]:
             res.spread(server, name, query.rate).show() + res.marks(server, name),
             res.ratio(server, name, query.rate),
         ]
-        line += [_share(res, server, name)] if ceiling else []
         line += [
             res.spread(server, name, query.latency("p50")).show(spread=False),
             res.spread(server, name, query.p99).show(),

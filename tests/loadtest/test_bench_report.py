@@ -260,8 +260,8 @@ def test_rows_are_generator_bound_judged_against_the_ceiling() -> None:
     assert not res.generator_bound("epoll", "idle-10k")
     assert res.ceiling_ratio("rr-1k-10") == 0.55
     summary = tables.summary_table(res)
-    assert _row(summary, "epoll").startswith("| epoll | 50,000 † | 0.91 † |")
-    assert _row(summary, "poll").startswith("| poll | 48,000 | 0.87 |")
+    assert _row(summary, "epoll").startswith("| epoll | 50,000 † | 400 | 6.00 | 0.91 |")
+    assert _row(summary, "poll").startswith("| poll | 48,000 | 450 | 6.50 | 0.87 |")
     assert _row(summary, "generator ceiling").startswith(
         "| generator ceiling | 55,000 † of C client's 100,000 | 0.55 of C client |"
     )
@@ -430,3 +430,17 @@ def test_echod_bench_against_the_c_client_is_paired_by_round() -> None:
     assert query.Results(data).of_c_client("poll", "rr-1k-10") == 48_000 * 0.5 * 3.0 / (
         60_000 * 0.5
     )
+
+
+def test_where_the_ceiling_was_measured_it_decides_not_the_workers_cpu() -> None:
+    data = results()
+    for r in data["runs"]:
+        if r["server"] == "poll" and r.get("generator") != "c-client":
+            r["figures"] = {**r["figures"], "workers": [{"cpu_pct": 95.0, "saturated": True}]}
+    res = query.Results(data)
+    # poll's worker was saturated, but poll reached 0.87 of the ceiling measured beside it.
+    assert res.saturated("poll", "rr-1k-10") and not res.generator_bound("poll", "rr-1k-10")
+    # With no ceiling in the cell, the saturated worker is the only evidence.
+    assert res.saturated("poll", "idle-10k") and res.generator_bound("poll", "idle-10k")
+    # The C client's own rows have no ceiling of theirs: saturation decides.
+    assert not res.generator_bound("poll", "rr-1k-10", query.C_CLIENT)

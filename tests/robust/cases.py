@@ -106,7 +106,7 @@ KNOWN_LIMITS: dict[tuple[str, str], str] = {
 # Failures of echod found by this suite and reported, not yet fixed: the table shows them
 # as failures with this note; pytest marks them xfail (not strict) until the fix lands.
 OPEN_BUGS: dict[tuple[str, str], str] = {
-    ("churn", "threads"): "RSS +23.5 to +34 MiB after 50,000 connect/echo/close cycles (bound 3.9 MiB; +0.5 MiB before the serving core): threads now start with _thread.start_new_thread and release through the main thread, so more are alive at once; suspected glibc's cache of exited thread stacks (40 MiB at most) and per-thread malloc arenas, not yet shown to be bounded",
+    ("churn", "threads"): "RSS +23.5 to +34 MiB after 50,000 connect/echo/close cycles (bound 3.9 MiB): with 32 clients at once, 5,000-7,500 connection threads are alive (RSS +250 MiB while it runs), each done with its client but waiting for the GIL to close and end; glibc keeps part of their stacks and arenas afterwards. Reusing threads (a pool) was measured and changed nothing: the pile-up is threads finishing, not starting",
 }  # fmt: skip
 
 # What the suite caught before it was fixed (case, backend, measured, fix): the record
