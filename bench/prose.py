@@ -36,8 +36,8 @@ CEILING_INTRO = (
     "a server's speed echod-bench can show at all. Ratios are medians of each round's "
     "pair, so a drift of the machine between rounds cancels out. Second table: where "
     "echod-bench's row is near the C client's against the same server, echod-bench is not "
-    "what limits it; where the C client too reaches 90% of its own ceiling, no generator "
-    "on one core of this machine tells that server's req/s from the C reference's."
+    "what limits it; the C client's share of its own ceiling asks of the C client what "
+    '"vs C" asks of echod-bench.'
 )
 
 
@@ -102,9 +102,10 @@ def _against_c_client(res: Results, cell: str, ours: list[str]) -> str:
     alike = [s for s, v in shares.items() if v is not None and v >= query.CEILING_SHARE]
     if alike:
         text += (
-            f" The C client itself drove {', '.join(alike)} at {query.CEILING_SHARE:.0%} or "
-            "more of what it drives the C reference at: those rows are the generator's core, "
-            "not echod-bench's code; compare them by CPU µs/msg."
+            f" By the C client's own medians, {', '.join(alike)} came within "
+            f"{1 - query.CEILING_SHARE:.0%} of what it drove the C reference at: where the two "
+            "generators disagree on a row, runs minutes apart differed by more than the "
+            "servers do; compare those rows by CPU µs/msg."
         )
     return text
 
