@@ -118,22 +118,50 @@ class Results:
     ) -> float | None:
         return self.spread(server, cell, metric, generator).median
 
+    def relative(
+        self, server: str, cell: str, metric: Metric, generator: str = ECHOD_BENCH
+    ) -> float | None:
+        """A row's median over the C reference's, both with ``generator``."""
+        if self.reference is None:
+            return None
+        mine = self.median(server, cell, metric, generator)
+        ref = self.median(self.reference, cell, metric, generator)
+        return mine / ref if mine and ref else None
+
     def ratio(self, server: str, cell: str, metric: Metric) -> str:
-        if self.reference is None or server == self.reference:
-            return "-"
-        mine = self.median(server, cell, metric)
-        ref = self.median(self.reference, cell, metric)
-        return f"{mine / ref:.2f}" if mine and ref else "-"
+        found = None if server == self.reference else self.relative(server, cell, metric)
+        return "-" if found is None else f"{found:.2f}"
 
     # The generator ceiling ---------------------------------------------------------------
-    def is_compared(self, cell: str) -> bool:
-        """Whether the C client drove the servers of ``cell`` too."""
-        return any(c["name"] == cell for c in self.compared)
+    def has_ceiling(self, cell: str) -> bool:
+        """Whether both generators drove the C reference in ``cell`` (and every server)."""
+        return self.reference is not None and any(c["name"] == cell for c in self.compared)
 
-    def paired(self, server: str, cell: str) -> float | None:
-        """echod-bench's req/s over the C client's against ``server``, as the median of
-        each round's ratio: the two ran side by side, so the machine's drift between
-        rounds (which moves both) cancels out."""
+    def ceiling(self, cell: str, generator: str = ECHOD_BENCH) -> float | None:
+        """What ``generator`` drove the C reference at in ``cell``."""
+        if self.reference is None or not self.has_ceiling(cell):
+            return None
+        return self.median(self.reference, cell, rate, generator)
+
+    def ceiling_ratio(self, cell: str) -> float | None:
+        """echod-bench's req/s over the C client's, both against the C reference."""
+        if self.reference is None or not self.has_ceiling(cell):
+            return None
+        return self.of_c_client(self.reference, cell)
+
+    def share_of_ceiling(self, server: str, cell: str) -> float | None:
+        """A row's req/s as a share of what echod-bench can drive at all."""
+        return self.relative(server, cell, rate) if self.has_ceiling(cell) else None
+
+    def c_client_rate(self, server: str, cell: str) -> float | None:
+        """What the C client drove ``server`` at in ``cell``."""
+        return self.median(server, cell, rate, C_CLIENT)
+
+    def of_c_client(self, server: str, cell: str) -> float | None:
+        """echod-bench's req/s for a row over the C client's against the same server, as
+        the median of each round's ratio: the two ran side by side, so the machine's drift
+        between rounds (which moves both) cancels out. Near 1, echod-bench shows all that
+        the least a generator can do would show."""
 
         def by_round(generator: str) -> dict[Any, float]:
             found = ((r.get("round"), r.get("figures")) for r in self.runs(server, cell, generator))
@@ -143,43 +171,12 @@ class Results:
         ratios = [ours[k] / theirs[k] for k in ours.keys() & theirs.keys()]
         return statistics.median(ratios) if ratios else None
 
-    def has_ceiling(self, cell: str) -> bool:
-        """Whether both generators drove the C reference in ``cell``."""
-        return self.reference is not None and self.is_compared(cell)
-
-    def ceiling(self, cell: str, generator: str = ECHOD_BENCH) -> float | None:
-        """What ``generator`` drove the C reference at in ``cell``."""
-        if self.reference is None or not self.is_compared(cell):
-            return None
-        return self.median(self.reference, cell, rate, generator)
-
-    def ceiling_ratio(self, cell: str) -> float | None:
-        """echod-bench's req/s over the C client's, both against the C reference."""
-        if self.reference is None or not self.is_compared(cell):
-            return None
-        return self.paired(self.reference, cell)
-
-    def share_of_ceiling(self, server: str, cell: str) -> float | None:
-        """A row's req/s as a share of what echod-bench can drive at all."""
-        ceiling = self.ceiling(cell)
-        mine = self.median(server, cell, rate)
-        return mine / ceiling if ceiling and mine is not None else None
-
-    def c_client_rate(self, server: str, cell: str) -> float | None:
-        """What the C client drove ``server`` at in ``cell``."""
-        return self.median(server, cell, rate, C_CLIENT)
-
-    def of_c_client(self, server: str, cell: str) -> float | None:
-        """echod-bench's req/s for a row over the C client's against the same server:
-        near 1, echod-bench shows all that the least a generator can do would show."""
-        return self.paired(server, cell)
-
     def c_client_share(self, server: str, cell: str) -> float | None:
-        """The C client's own share of its ceiling for ``server``: at or above
-        ``CEILING_SHARE``, even the least a generator can do does not tell this server's
-        req/s from the C reference's on this machine."""
-        mine, ceiling = self.c_client_rate(server, cell), self.ceiling(cell, C_CLIENT)
-        return mine / ceiling if mine and ceiling else None
+        """The C client's own share of its ceiling for ``server``: what "vs C" is for
+        echod-bench's rows."""
+        if not self.has_ceiling(cell):
+            return None
+        return self.relative(server, cell, rate, C_CLIENT)
 
     def generator_cpu(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> Spread:
         """The busiest generator worker's CPU %, over the rounds."""
@@ -205,9 +202,7 @@ class Results:
         same rounds), that measurement decides: a row within reach of it cannot be told from
         the C reference. Elsewhere a saturated worker is the only sign. The ceiling is the
         better one on this machine: a generator's CPU share rises as it waits on a slower
-        server (fewer ready sockets per epoll_wait, more sleeps and wake-ups): in the bench
-        run of 2026-12-02 a worker at 83-93% of its CPU against epoll (64 B) drove the C
-        reference 1.5x as fast at 95-97%."""
+        server (loadtest/README.md, "Its own ceiling", has the figures)."""
         if generator == ECHOD_BENCH and self.has_ceiling(cell):
             share = self.share_of_ceiling(server, cell)
             return share is not None and share >= CEILING_SHARE

@@ -86,13 +86,11 @@ def steal_ticks() -> dict[str, int]:
 
 def stolen(before: dict[str, int], after: dict[str, int], elapsed: float) -> set[str]:
     """The CPUs that lost more than ``STEAL_BAR`` of ``elapsed`` to the hypervisor."""
-    per_second = os.sysconf("SC_CLK_TCK") * elapsed
-    shares = {cpu: (now - before.get(cpu, now)) / per_second for cpu, now in after.items()}
-    return {
-        f"hypervisor steal {share:.0%} on {cpu}"
-        for cpu, share in shares.items()
-        if per_second > 0 and share > STEAL_BAR
-    }
+    ticks = os.sysconf("SC_CLK_TCK") * elapsed
+    if ticks <= 0:
+        return set()
+    shares = {cpu: (now - before.get(cpu, now)) / ticks for cpu, now in after.items()}
+    return {f"hypervisor steal {v:.0%} on {cpu}" for cpu, v in shares.items() if v > STEAL_BAR}
 
 
 class LoadWatch:

@@ -144,12 +144,8 @@ class BufferedEchoProtocol(EchoProtocol, asyncio.BufferedProtocol):
         return self.server.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.idle_ticks = 0
-        stats = self.server.stats
-        stats.bytes_in += nbytes
-        stats.bytes_out += nbytes  # handed to the transport, which sends or buffers it
         # A copy: the shared buffer is the next read's (see the module docstring).
-        self.transport.write(self.server.view[:nbytes].tobytes())  # type: ignore[union-attr]
+        self.data_received(self.server.view[:nbytes].tobytes())
 
 
 class AsyncServer(ServingCore[EchoProtocol]):
