@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from echod.udp.guard import Refusal
+
 from tests.udp.udp_support import UDP_BACKENDS, client, receive_all, udp_echod
 
 SOURCES = 3000
@@ -57,7 +59,12 @@ def test_flood_from_many_sources_stays_within_rates_and_table(backend: str) -> N
         # more than one bucket's worth per batch it sent in (its own or one taken over).
         assert answered == stats["echoed"] <= TABLE * 5 + TABLE * 5 * (elapsed + 1), elapsed
         assert most <= 10, most  # of the 20 each sent
-        assert stats["rate"] == stats["in"] - stats["echoed"] > 0
+        # Every datagram read is accounted for once. Rate refusals are most of them, but not
+        # always all: a client's ephemeral port may equal the server's (on another address),
+        # and those are refused as echo loops; a reply the kernel would not take is dropped.
+        refused = sum(stats[reason.value] for reason in Refusal)
+        assert stats["in"] == stats["echoed"] + stats["dropped"] + refused, stats
+        assert stats["rate"] > stats["in"] // 2, stats
         # The table never grew past its size, and memory with it.
         assert stats["sources"] <= TABLE, stats
         assert srv.rss() - rss_before < 4 << 20, (srv.rss() - rss_before, elapsed)

@@ -147,10 +147,13 @@ def test_a_failing_address_closes_the_ones_opened_before_it() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         # A socket dropped without close() is closed by the garbage collector with a
-        # ResourceWarning: that warning is the leak.
+        # ResourceWarning: that warning is the leak. Garbage left by earlier tests (a
+        # subprocess's pipe, say) is collected first so that its warnings are not counted.
+        gc.collect()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             with pytest.raises(ListenerError, match="address already in use"):
                 open_listeners(["127.0.0.1:0", f"127.0.0.1:{port}"], 16, per_worker=False)
             gc.collect()
-        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+        leaked = [str(w.message) for w in caught if w.category is ResourceWarning]
+        assert [message for message in leaked if "socket" in message] == []
