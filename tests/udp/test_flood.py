@@ -7,7 +7,6 @@ import time
 import pytest
 
 from echod.udp.guard import Refusal
-
 from tests.udp.udp_support import UDP_BACKENDS, client, receive_all, udp_echod
 
 SOURCES = 3000
