@@ -83,8 +83,11 @@ def _owes_echo(conn: Sweepable) -> bool:
     """
     if conn.has_pending():
         return True
+    fd = conn.fileno()
+    if fd < 0:
+        return False  # closed already (a threads connection, its release on the way)
     try:
-        return unread_bytes(conn.fileno()) > 0
+        return unread_bytes(fd) > 0
     except OSError:
         return False  # already closed or reset: nothing more can be echoed
 

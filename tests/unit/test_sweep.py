@@ -79,3 +79,17 @@ def test_drain_sweep_spares_a_connection_whose_input_waits_unread(
     server.recv(100)  # the server caught up: now it has nothing left to owe
     sweep([conn], ticks=2, only_drained=True)
     assert conn.closed
+
+
+def test_drain_sweep_passes_over_a_socket_its_thread_already_closed(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A threads connection closes its own socket, then hands its release to the main
+    thread: a drain sweep in between sees ``fileno() == -1`` and must not raise (it did:
+    echod exited 1 with a traceback on SIGTERM after 10,000 clients left at once)."""
+    server, _ = pair
+    server.close()
+    conn = Quiet(server)
+    for _ in range(2):
+        sweep([conn], ticks=2, only_drained=True)
+    assert conn.closed
