@@ -27,8 +27,8 @@ run: $(VENV)/.run-installed
 	exec $(BIN)/echod --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND))
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check echod loadtest tests bench
-	$(BIN)/ruff format --check echod loadtest tests bench
+	$(BIN)/ruff check echod loadtest tests bench docs/examples
+	$(BIN)/ruff format --check echod loadtest tests bench docs/examples
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy

@@ -133,9 +133,10 @@ class Command(enum.Enum):
     DRAIN = "drain"  # stop accepting, let connections finish, exit 0
     EXIT_NOW = "exit-now"  # close everything at once
     REPORT = "report"  # log the counters
+    REFRESH = "refresh"  # pass fresh counters on without logging (a metrics scrape)
 
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Lifecycle:
@@ -169,6 +170,8 @@ class Lifecycle:
         """Map a signal to what the loop must do; a second SIGINT forces the exit."""
         if signum == signal.SIGUSR1:
             return Command.REPORT
+        if signum == signal.SIGUSR2:
+            return Command.REFRESH
         if signum == signal.SIGINT:
             self._interrupts += 1
             if self._interrupts > 1:
@@ -180,6 +183,12 @@ class Lifecycle:
         if self.notifier:
             # Fresh counters for whoever listens: systemd's STATUS=, or the supervisor
             # that adds up its workers' counters on the same SIGUSR1.
+            self.notifier.status(self.stats.summary())
+
+    def refresh(self) -> None:
+        """Fresh counters to whoever listens, without a log line: the supervisor asks for
+        them before it answers a metrics scrape, which may come every few seconds."""
+        if self.notifier:
             self.notifier.status(self.stats.summary())
 
     def start_draining(self, graceful_timeout: float) -> None:

@@ -83,7 +83,8 @@ def echod_page(version: str = __version__) -> str:
             "sends back every byte a client sends, in order and unchanged, as RFC 862 "
             "describes. It serves until SIGTERM or SIGINT, then stops accepting, lets open "
             "connections finish for up to --graceful-timeout seconds and exits 0; a second "
-            "SIGINT exits at once. SIGUSR1 logs the counters. With --workers a supervisor "
+            "SIGINT exits at once. SIGUSR1 logs the counters; SIGUSR2 refreshes them in "
+            "systemd's STATUS= without logging. With --workers a supervisor "
             "forks the workers, restarts one that dies and alone talks to systemd."
         ),
         ".SH OPTIONS",

@@ -246,6 +246,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if command is Command.REPORT:
             self.refresh_stats()
             self.lifecycle.report()
+        elif command is Command.REFRESH:
+            self.refresh_stats()
+            self.lifecycle.refresh()
         elif command is Command.EXIT_NOW:
             log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
             self.finish()

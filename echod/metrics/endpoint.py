@@ -8,6 +8,13 @@ reconnecting), a request head of at most ``HEAD_LIMIT`` bytes, ``DEADLINE`` seco
 connection, one request per connection (``Connection: close``), and at most one
 rendering per ``RENDER_GAP`` whatever the request rate.
 
+A scrape is answered with counters collected no earlier than ``RENDER_GAP`` before it
+came, not a heartbeat's worth stale: when the last collection is older, the endpoint
+holds the request and asks for fresh ones (``refresh``: the supervisor signals its
+workers and calls back once all have answered, or a second has passed). So collections
+start at most once per ``RENDER_GAP``, and a flood of scrapes costs each worker at most
+ten refreshes a second.
+
 The endpoint owns its own selector; the supervisor watches that selector's descriptor
 (an epoll or kqueue fd is itself pollable) and calls :meth:`MetricsEndpoint.on_ready`,
 and :meth:`~MetricsEndpoint.expire` from its timer.
@@ -21,6 +28,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE
 
@@ -32,16 +40,25 @@ ACCEPTS_PER_EVENT = 32
 log = logging.getLogger("echod")
 
 Render = Callable[[bool], str]  # openmetrics? -> the exposition
+Refresh = Callable[[Callable[[], None]], None]  # collect counters, then call back
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """A request the metrics answer, in the text format or in OpenMetrics."""
+
+    openmetrics: bool
 
 
 class _Scraper:
-    __slots__ = ("deadline", "head", "out", "sock")
+    __slots__ = ("deadline", "head", "out", "sock", "wants")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
         self.head = bytearray()
         self.out: memoryview | None = None
+        self.wants: Exposition | None = None  # read whole, held for fresh counters
 
 
 class MetricsEndpoint:
@@ -49,12 +66,18 @@ class MetricsEndpoint:
         self,
         listener: socket.socket,
         render: Render,
+        refresh: Refresh | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
         self.listener.setblocking(False)
         self.render = render
+        self.refresh = refresh
         self.clock = clock
+        # Held requests: those the collection under way will answer, and the next one's.
+        self.collecting: list[_Scraper] | None = None
+        self.queued: list[_Scraper] = []
+        self._collected_from = float("-inf")  # when the last collection started
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, None)
         self.scrapers: dict[int, _Scraper] = {}  # by fd, oldest first
@@ -125,10 +148,52 @@ class MetricsEndpoint:
         end = scraper.head.find(b"\r\n\r\n")
         if end < 0:
             end = scraper.head.find(b"\n\n")
-        if end >= 0:
-            self._respond(scraper, *answer(bytes(scraper.head[:end]), self._body))
-        elif len(scraper.head) > HEAD_LIMIT:
-            self._respond(scraper, "431 Request Header Fields Too Large", "text/plain", b"")
+        if end < 0:
+            if len(scraper.head) > HEAD_LIMIT:
+                self._respond(scraper, "431 Request Header Fields Too Large", "text/plain", b"")
+            return
+        reply = answer(bytes(scraper.head[:end]))
+        if isinstance(reply, Exposition):
+            self._scraped(scraper, reply)
+        else:
+            self._respond(scraper, *reply)
+
+    # Fresh counters ----------------------------------------------------------------
+    def _scraped(self, scraper: _Scraper, wants: Exposition) -> None:
+        recent = self.clock() - self._collected_from < RENDER_GAP
+        if self.refresh is None or (recent and self.collecting is None):
+            self._expose(scraper, wants)
+            return
+        # Held unwatched: a readable (or closed) socket must not wake the loop again.
+        scraper.wants = wants
+        self.selector.unregister(scraper.sock)
+        if self.collecting is None:
+            self._collect([scraper])
+        elif recent:
+            self.collecting.append(scraper)
+        else:
+            self.queued.append(scraper)
+
+    def _collect(self, held: list[_Scraper]) -> None:
+        assert self.refresh is not None
+        self.collecting = held
+        self._collected_from = self.clock()
+        self._cache.clear()
+        self.refresh(self._collected)
+
+    def _collected(self) -> None:
+        held, self.collecting = self.collecting or [], None
+        for scraper in held:
+            if scraper.sock.fileno() >= 0:  # not evicted or expired meanwhile
+                assert scraper.wants is not None
+                self._expose(scraper, scraper.wants)
+        if self.queued:
+            queued, self.queued = self.queued, []
+            self._collect(queued)
+
+    def _expose(self, scraper: _Scraper, wants: Exposition) -> None:
+        content_type = OPENMETRICS_TYPE if wants.openmetrics else TEXT_TYPE
+        self._respond(scraper, "200 OK", content_type, self._body(wants.openmetrics))
 
     def _respond(self, scraper: _Scraper, status: str, content_type: str, body: bytes) -> None:
         head = (
@@ -136,7 +201,10 @@ class MetricsEndpoint:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         scraper.out = memoryview(head + body)
-        self.selector.modify(scraper.sock, selectors.EVENT_WRITE, scraper)
+        if scraper.wants is None:
+            self.selector.modify(scraper.sock, selectors.EVENT_WRITE, scraper)
+        else:
+            self.selector.register(scraper.sock, selectors.EVENT_WRITE, scraper)
         self._write(scraper)
 
     def _write(self, scraper: _Scraper) -> None:
@@ -157,6 +225,8 @@ class MetricsEndpoint:
         if fd < 0:
             return
         self.scrapers.pop(fd, None)
+        if scraper in self.queued:
+            self.queued.remove(scraper)
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(scraper.sock)
         scraper.sock.close()
@@ -171,8 +241,9 @@ class MetricsEndpoint:
         return body
 
 
-def answer(head: bytes, body: Callable[[bool], bytes]) -> tuple[str, str, bytes]:
-    """Status, content type and body for one request head (no IO: tested alone)."""
+def answer(head: bytes) -> tuple[str, str, bytes] | Exposition:
+    """Status, content type and body for one request head, or the exposition it asks
+    for (rendered once counters are fresh). No IO: tested alone."""
     lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
     parts = lines[0].split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -188,9 +259,7 @@ def answer(head: bytes, body: Callable[[bool], bytes]) -> tuple[str, str, bytes]
         name, _, value = line.partition(":")
         if name.strip().lower() == "accept":
             accept += value.lower()
-    openmetrics = "application/openmetrics-text" in accept
-    content = body(openmetrics)
-    return "200 OK", OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, content
+    return Exposition("application/openmetrics-text" in accept)
 
 
 def where(listener: socket.socket) -> str:

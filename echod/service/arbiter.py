@@ -50,7 +50,7 @@ from echod.wakeup import WakeupSocketpair
 
 log = logging.getLogger("echod")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
 # Restart back-off after a worker dies: 0.1 s, doubling to at most 10 s; a worker that
 # has served this long since its start resets it.
 RESTART_FIRST = 0.1
@@ -65,7 +65,8 @@ START_TIMEOUT = 30.0
 # After graceful_timeout the workers close their connections themselves; this is the
 # slack before the supervisor SIGKILLs one that still has not exited.
 KILL_MARGIN = 5.0
-# SIGUSR1: how long to wait for every worker's fresh counters before logging the sum.
+# How long to wait for every worker's fresh counters (SIGUSR1's log line, a scrape)
+# before going on with those that came: a stuck worker delays neither by more.
 REPORT_WAIT = 1.0
 
 
@@ -85,6 +86,15 @@ class Worker:
     held: list[int] = field(default_factory=list)  # signals to send once it has
     counters: Stats = field(default_factory=Stats)
     partial: bytes = b""
+
+
+@dataclass(eq=False)
+class Round:
+    """One collection of fresh counters: the slots yet to answer, and what follows."""
+
+    waiting: set[int]
+    due: float
+    then: Callable[[], None]
 
 
 @dataclass
@@ -131,8 +141,7 @@ class Supervisor:
         self.exit_status = 0
         self.kill_at: float | None = None
         self.next_tick = 0.0
-        self.report_due: float | None = None
-        self.report_waiting: set[int] = set()
+        self.rounds: list[Round] = []  # collections of fresh counters under way
         self.wakeup = WakeupSocketpair()
         self.pid = os.getpid()
         self.metrics: MetricsEndpoint | None = None  # --metrics: served from this loop
@@ -141,7 +150,9 @@ class Supervisor:
     def run(self) -> int:
         self.selector.register(self.wakeup.fileno(), selectors.EVENT_READ, self._read_signals)
         if self.listeners.metrics is not None:
-            self.metrics = MetricsEndpoint(self.listeners.metrics, self._render_metrics)
+            self.metrics = MetricsEndpoint(
+                self.listeners.metrics, self._render_metrics, self.collect
+            )
             self.selector.register(
                 self.metrics.fileno(), selectors.EVENT_READ, self.metrics.on_ready
             )
@@ -172,8 +183,9 @@ class Supervisor:
 
     def _wait(self) -> None:
         now = time.monotonic()
-        deadlines = [self.next_tick, self.kill_at, self.report_due]
+        deadlines = [self.next_tick, self.kill_at]
         deadlines += [slot.restart_at for slot in self.slots.values()]
+        deadlines += [r.due for r in self.rounds]
         soonest = min(d for d in deadlines if d is not None)
         for key, _ in self.selector.select(max(0.0, soonest - now)):
             callback: Callable[[], None] = key.data
@@ -189,8 +201,7 @@ class Supervisor:
             if slot.restart_at is not None and now >= slot.restart_at:
                 slot.restart_at = None
                 self.spawn(number)
-        if self.report_due is not None and now >= self.report_due:
-            self._log_report()
+        self._end_rounds(now)
         if self.metrics is not None:
             self.metrics.expire(now)
         if now >= self.next_tick:
@@ -300,10 +311,7 @@ class Supervisor:
             except ValueError:
                 log.warning("worker %d sent a malformed report: %s", worker.slot, " ".join(words))
                 return
-            if worker.slot in self.report_waiting:
-                self.report_waiting.discard(worker.slot)
-                if not self.report_waiting:
-                    self._log_report()
+            self._answered(worker.slot)
         elif kind == "STOPPING":
             worker.draining = True
             for signum in worker.held:
@@ -342,7 +350,7 @@ class Supervisor:
                     self._on_report(worker, line.decode(errors="replace").split())
         os.close(worker.reports)
         self.slots[worker.slot].retired.add(worker.counters)
-        self.report_waiting.discard(worker.slot)
+        self._answered(worker.slot)
         how = describe_exit(status)
         if self.stopping:
             log.info("worker %d (pid %d) %s", worker.slot, worker.pid, how)
@@ -381,18 +389,41 @@ class Supervisor:
         self._stop(signal.SIGINT)
 
     def handle_usr1(self) -> None:
-        ready = [w for w in self.workers.values() if w.ready]
-        self.report_waiting = {w.slot for w in ready}
-        self.report_due = time.monotonic() + REPORT_WAIT
-        for worker in ready:  # one still starting has SIGUSR1's default action: death
-            _kill(worker.pid, signal.SIGUSR1)
-        if not ready:
-            self._log_report()
+        """Each worker logs its counters, then the supervisor logs their sum."""
+        self.collect(lambda: log.info("stats (all workers): %s", self.summary()), signal.SIGUSR1)
 
-    def _log_report(self) -> None:
-        self.report_due = None
-        self.report_waiting = set()
-        log.info("stats (all workers): %s", self.summary())
+    def handle_usr2(self) -> None:
+        """Fresh counters into systemd's STATUS=, without a log line."""
+        self.collect(self._tell_status)
+
+    def _tell_status(self) -> None:
+        if self.announced:
+            self.notifier.status(self.summary())
+
+    # Fresh counters --------------------------------------------------------------------
+    def collect(self, then: Callable[[], None], signum: int = signal.SIGUSR2) -> None:
+        """Ask every ready worker for fresh counters with ``signum``; call ``then`` once
+        all have answered or ``REPORT_WAIT`` has passed, whichever is first."""
+        ready = [w for w in self.workers.values() if w.ready]
+        if not ready:
+            then()
+            return
+        for worker in ready:  # a heartbeat's counters already in the pipe answer nothing
+            self._read_reports(worker)
+        self.rounds.append(Round({w.slot for w in ready}, time.monotonic() + REPORT_WAIT, then))
+        for worker in ready:  # one still starting has the signal's default action: death
+            _kill(worker.pid, signum)
+
+    def _answered(self, slot: int) -> None:
+        for round_ in self.rounds:
+            round_.waiting.discard(slot)
+        self._end_rounds(time.monotonic())
+
+    def _end_rounds(self, now: float) -> None:
+        ended = [r for r in self.rounds if not r.waiting or now >= r.due]
+        self.rounds = [r for r in self.rounds if r not in ended]
+        for round_ in ended:
+            round_.then()
 
     def _stop(self, signum: int = signal.SIGTERM) -> None:
         """Begin stopping (once) and pass ``signum`` on to every worker (each time)."""

@@ -145,6 +145,35 @@ def test_ready_status_watchdog_and_stopping(
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_sigusr2_brings_status_up_to_date_without_a_log_line(
+    notify: NotifySocket, backend: str, workers: str
+) -> None:
+    port = free_port()
+    server = Echod(
+        "--backend",
+        backend,
+        "--port",
+        str(port),
+        "--workers",
+        workers,
+        env={"NOTIFY_SOCKET": notify.path},
+        wait=False,
+    )
+    with server:
+        notify.wait_for("READY", "1")
+        assert echo_once("127.0.0.1", port, b"counted?") == b"counted?"
+        server.signal(signal.SIGUSR2)
+        # Well before the next heartbeat (every 5 s): the refresh brought the count.
+        deadline = time.monotonic() + 2.5
+        while not any("bytes in=8 " in m.get("STATUS", "") for _, m in notify.messages):
+            assert time.monotonic() < deadline, notify.messages
+            time.sleep(0.02)
+        server.signal(signal.SIGTERM)
+    assert "stats" not in server.log
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_socket_activation_with_one_socket(backend: str, workers: str) -> None:
     port = free_port()
     tool = socket_activate()

@@ -9,8 +9,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from echod.lifecycle import Stats
-from echod.metrics.endpoint import answer
-from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE, Family, Sample, render
+from echod.metrics.endpoint import Exposition, answer
+from echod.metrics.exposition import Family, Sample, render
 from echod.metrics.figures import SlotFigures, families
 from echod.metrics.process import read
 
@@ -80,27 +80,30 @@ def test_every_service_family_parses_in_both_formats() -> None:
         assert samples[("process_cpu_seconds_total", ())] > 0
 
 
-def body(openmetrics: bool) -> bytes:
-    return b"om" if openmetrics else b"text"
-
-
 @pytest.mark.parametrize(
-    ("head", "status", "content_type", "payload"),
+    ("head", "openmetrics"),
     [
-        (b"GET /metrics HTTP/1.1\r\nHost: x", "200 OK", TEXT_TYPE, b"text"),
-        (b"GET /metrics?x=1 HTTP/1.0", "200 OK", TEXT_TYPE, b"text"),
+        (b"GET /metrics HTTP/1.1\r\nHost: x", False),
+        (b"GET /metrics?x=1 HTTP/1.0", False),
         (
             b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,"
             b"text/plain;q=0.5",
-            "200 OK",
-            OPENMETRICS_TYPE,
-            b"om",
+            True,
         ),
-        (b"GET / HTTP/1.1", "404 Not Found", "text/plain", b"metrics are at /metrics\n"),
-        (b"POST /metrics HTTP/1.1", "405 Method Not Allowed", "text/plain", b"GET /metrics\n"),
-        (b"\x16\x03\x01 tls hello", "400 Bad Request", "text/plain", b"bad request\n"),
-        (b"GET /metrics", "400 Bad Request", "text/plain", b"bad request\n"),
     ],
 )
-def test_requests_are_answered(head: bytes, status: str, content_type: str, payload: bytes) -> None:
-    assert answer(head, body) == (status, content_type, payload)
+def test_a_scrape_asks_for_the_exposition_in_its_format(head: bytes, openmetrics: bool) -> None:
+    assert answer(head) == Exposition(openmetrics)
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "payload"),
+    [
+        (b"GET / HTTP/1.1", "404 Not Found", b"metrics are at /metrics\n"),
+        (b"POST /metrics HTTP/1.1", "405 Method Not Allowed", b"GET /metrics\n"),
+        (b"\x16\x03\x01 tls hello", "400 Bad Request", b"bad request\n"),
+        (b"GET /metrics", "400 Bad Request", b"bad request\n"),
+    ],
+)
+def test_other_requests_are_answered_at_once(head: bytes, status: str, payload: bytes) -> None:
+    assert answer(head) == (status, "text/plain", payload)
