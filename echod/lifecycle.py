@@ -136,7 +136,15 @@ class Command(enum.Enum):
     REFRESH = "refresh"  # pass fresh counters on without logging (a metrics scrape)
 
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+REPORT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, *REPORT_SIGNALS)
+
+
+def ignore_report_signals() -> None:
+    """Past its loop nobody answers SIGUSR1 or SIGUSR2, and their default action (death)
+    would cost the final tally and the exit status: ignored until the process exits."""
+    for signum in REPORT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class Lifecycle:

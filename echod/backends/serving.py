@@ -47,7 +47,7 @@ from echod.backends.base import (
     sweep,
 )
 from echod.config import Config
-from echod.lifecycle import Command, Lifecycle
+from echod.lifecycle import Command, Lifecycle, ignore_report_signals
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 from echod.udp.serving import DatagramService
@@ -234,6 +234,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.settle(self.settle_timeout)
         self._spare.close()
         self.close_loop()
+        ignore_report_signals()
         self.refresh_stats()
         self.lifecycle.stopped()
 

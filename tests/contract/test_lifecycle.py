@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -102,6 +103,22 @@ def test_sigusr1_counts_every_connection_and_byte_and_serving_goes_on(backend: s
         assert f"connections open=0 total=200 dropped=0 bytes in={total} out={total} " in line
         with server.connect() as sock:
             assert round_trip(sock, b"again") == b"again"
+
+
+def test_report_signals_during_the_stop_never_cost_the_exit_status(backend: str) -> None:
+    """SIGUSR1/SIGUSR2 may come at any moment (a supervisor asks before each scrape),
+    also after the loop has closed: their default action would kill the process before
+    its final tally."""
+    for _ in range(5):
+        server = Echod("--backend", backend, "--port", "0")
+        server.signal(signal.SIGTERM)
+        while server.proc.poll() is None:
+            for signum in (signal.SIGUSR1, signal.SIGUSR2):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, signum)
+            time.sleep(0.0005)
+        assert server.stop() == 0, server.log
+        assert "stopped:" in server.log
 
 
 def test_sigterm_closes_the_listener_at_once(backend: str) -> None:
