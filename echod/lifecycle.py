@@ -6,11 +6,12 @@ is told. They call into one :class:`Lifecycle`, so those rules live here once.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -141,10 +142,25 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, *REPORT_SIGNALS)
 
 
 def ignore_report_signals() -> None:
-    """Past its loop nobody answers SIGUSR1 or SIGUSR2, and their default action (death)
-    would cost the final tally and the exit status: ignored until the process exits."""
+    """SIGUSR1 and SIGUSR2 with no loop to answer them: ignored, since their default
+    action (death) would cost the final tally and the exit status."""
     for signum in REPORT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def report_signals_held() -> Iterator[None]:
+    """While a loop gives its signal handlers back (asyncio's, uvloop's and gevent's put
+    the default action back): report signals wait, blocked in this thread, and are
+    dropped once ignored. The reactor's loops restore what they found, which
+    ``ignore_report_signals`` before their start made "ignored"; the threads backend's
+    other threads never see the default action."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, REPORT_SIGNALS)
+    try:
+        yield
+    finally:
+        ignore_report_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, REPORT_SIGNALS)
 
 
 class Lifecycle:
@@ -188,14 +204,12 @@ class Lifecycle:
 
     def report(self) -> None:
         log.info("stats: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
-        if self.notifier:
-            # Fresh counters for whoever listens: systemd's STATUS=, or the supervisor
-            # that adds up its workers' counters on the same SIGUSR1.
-            self.notifier.status(self.stats.summary())
+        # The supervisor adds up its workers' counters on the same SIGUSR1.
+        self.refresh()
 
     def refresh(self) -> None:
-        """Fresh counters to whoever listens, without a log line: the supervisor asks for
-        them before it answers a metrics scrape, which may come every few seconds."""
+        """Fresh counters to whoever listens (systemd's STATUS=, or the supervisor, which
+        asks before it answers a metrics scrape), without a log line."""
         if self.notifier:
             self.notifier.status(self.stats.summary())
 

@@ -47,7 +47,7 @@ from echod.backends.base import (
     sweep,
 )
 from echod.config import Config
-from echod.lifecycle import Command, Lifecycle, ignore_report_signals
+from echod.lifecycle import Command, Lifecycle, ignore_report_signals, report_signals_held
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 from echod.udp.serving import DatagramService
@@ -204,6 +204,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.stop()
 
     def start(self, label: str) -> None:
+        # Ignored under the loop's handlers: a loop that restores what it found on
+        # closing leaves them ignored (see ``report_signals_held`` for the others).
+        ignore_report_signals()
         self.handle_signals()
         self.resume_accepting()
         self.call_every(self.lifecycle.heartbeat_interval, self.heartbeat)
@@ -233,8 +236,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if self.connections:
             self.settle(self.settle_timeout)
         self._spare.close()
-        self.close_loop()
-        ignore_report_signals()
+        with report_signals_held():
+            self.close_loop()
         self.refresh_stats()
         self.lifecycle.stopped()
 

@@ -6,7 +6,7 @@ supervisor bounded memory: at most ``MAX_SCRAPERS`` connections (a new one evict
 oldest, so a slowloris cannot lock Prometheus out for longer than it keeps
 reconnecting), a request head of at most ``HEAD_LIMIT`` bytes, ``DEADLINE`` seconds per
 connection, one request per connection (``Connection: close``), and at most one
-rendering per ``RENDER_GAP`` whatever the request rate.
+rendering per format per collection of counters whatever the request rate.
 
 A scrape is answered with counters collected no earlier than ``RENDER_GAP`` before it
 came, not a heartbeat's worth stale: when the last collection is older, the endpoint
@@ -66,7 +66,7 @@ class MetricsEndpoint:
         self,
         listener: socket.socket,
         render: Render,
-        refresh: Refresh | None = None,
+        refresh: Refresh,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
@@ -81,7 +81,7 @@ class MetricsEndpoint:
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, None)
         self.scrapers: dict[int, _Scraper] = {}  # by fd, oldest first
-        self._cache: dict[bool, tuple[float, bytes]] = {}
+        self._cache: dict[bool, bytes] = {}  # per format, for one collection
         log.info("metrics on %s", where(listener))
 
     def fileno(self) -> int:
@@ -161,7 +161,7 @@ class MetricsEndpoint:
     # Fresh counters ----------------------------------------------------------------
     def _scraped(self, scraper: _Scraper, wants: Exposition) -> None:
         recent = self.clock() - self._collected_from < RENDER_GAP
-        if self.refresh is None or (recent and self.collecting is None):
+        if recent and self.collecting is None:
             self._expose(scraper, wants)
             return
         # Held unwatched: a readable (or closed) socket must not wake the loop again.
@@ -175,7 +175,6 @@ class MetricsEndpoint:
             self.queued.append(scraper)
 
     def _collect(self, held: list[_Scraper]) -> None:
-        assert self.refresh is not None
         self.collecting = held
         self._collected_from = self.clock()
         self._cache.clear()
@@ -232,12 +231,9 @@ class MetricsEndpoint:
         scraper.sock.close()
 
     def _body(self, openmetrics: bool) -> bytes:
-        now = self.clock()
-        cached = self._cache.get(openmetrics)
-        if cached is not None and now - cached[0] < RENDER_GAP:
-            return cached[1]
-        body = self.render(openmetrics).encode()
-        self._cache[openmetrics] = (now, body)
+        body = self._cache.get(openmetrics)
+        if body is None:
+            body = self._cache[openmetrics] = self.render(openmetrics).encode()
         return body
 
 

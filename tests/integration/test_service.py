@@ -87,6 +87,20 @@ def free_port() -> int:
         return port
 
 
+def managed(notify: NotifySocket, backend: str, workers: str, port: int, **env: str) -> Echod:
+    """echod as a unit with Type=notify starts it: it talks to ``notify``."""
+    return Echod(
+        "--backend",
+        backend,
+        "--port",
+        str(port),
+        "--workers",
+        workers,
+        env={"NOTIFY_SOCKET": notify.path, **env},
+        wait=False,
+    )
+
+
 def socket_activate() -> str:
     return require_tool("systemd-socket-activate")
 
@@ -116,10 +130,7 @@ def test_ready_status_watchdog_and_stopping(
     notify: NotifySocket, backend: str, workers: str
 ) -> None:
     port = free_port()
-    env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-    server = Echod(
-        "--backend", backend, "--port", str(port), "--workers", workers, env=env, wait=False
-    )
+    server = managed(notify, backend, workers, port, WATCHDOG_USEC=str(WATCHDOG_USEC))
     with server:
         ready = notify.wait_for("READY", "1")
         # READY=1 means serving: the very next connection is echoed.
@@ -149,16 +160,7 @@ def test_sigusr2_brings_status_up_to_date_without_a_log_line(
     notify: NotifySocket, backend: str, workers: str
 ) -> None:
     port = free_port()
-    server = Echod(
-        "--backend",
-        backend,
-        "--port",
-        str(port),
-        "--workers",
-        workers,
-        env={"NOTIFY_SOCKET": notify.path},
-        wait=False,
-    )
+    server = managed(notify, backend, workers, port)
     with server:
         notify.wait_for("READY", "1")
         assert echo_once("127.0.0.1", port, b"counted?") == b"counted?"
