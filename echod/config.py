@@ -275,7 +275,7 @@ def _parse(option: Option, text: str) -> Any:
     """One value as the flag would take it, choices checked."""
     value = option.parse(text)
     if option.choices and value not in option.choices:
-        raise ConfigError(f"{text!r}: choose from {', '.join(option.choices)}")
+        raise ConfigError(f"choose from {', '.join(option.choices)}")
     return value
 
 

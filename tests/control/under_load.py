@@ -113,14 +113,14 @@ def run(
             for number in range(reloads):
                 mark = len(server.log)
                 os.kill(supervisor, signal.SIGHUP)
-                done = _wait(server, RELOAD_DONE, mark)
+                done = wait_after(server, RELOAD_DONE, mark)
                 outcome.ready_s.append(float(done.group(2)))
                 outcome.reloads += 1
                 assert int(done.group(1)) >= number + 2
             for _ in range(upgrades):
                 mark = len(server.log)
                 os.kill(supervisor, signal.SIGUSR2)
-                done = _wait(server, UPGRADE_DONE, mark)
+                done = wait_after(server, UPGRADE_DONE, mark)
                 supervisor = int(done.group(1))
                 outcome.ready_s.append(float(done.group(2)))
                 outcome.upgrades += 1
@@ -131,7 +131,7 @@ def run(
             outcome.rr = json.loads(rr_out.read_text())
             outcome.churn = json.loads(churn_out.read_text())
         finally:
-            _stop(supervisor)
+            stop_supervisor(supervisor)
             server.stop()
             outcome.log = server.log
     pids: dict[int, set[int]] = {}
@@ -142,7 +142,7 @@ def run(
     return outcome
 
 
-def _wait(server: Echod, pattern: re.Pattern[str], mark: int) -> re.Match[str]:
+def wait_after(server: Echod, pattern: re.Pattern[str], mark: int) -> re.Match[str]:
     deadline = time.monotonic() + SIGNAL_TIMEOUT
     while time.monotonic() < deadline:
         match = pattern.search(server.log, mark)
@@ -152,7 +152,7 @@ def _wait(server: Echod, pattern: re.Pattern[str], mark: int) -> re.Match[str]:
     raise AssertionError(f"no {pattern.pattern!r} after the signal; log:\n{server.log[mark:]}")
 
 
-def _stop(pid: int) -> None:
+def stop_supervisor(pid: int) -> None:
     """SIGTERM to a supervisor that may not be our child (an upgrade's), then wait."""
     try:
         os.kill(pid, signal.SIGTERM)
