@@ -9,7 +9,7 @@ PORT    ?= 5000
 BACKEND ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint typecheck bench bench-quick robust install-systemd clean
+.PHONY: run test test-fast lint typecheck bench bench-quick robust reload install-systemd clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,9 @@ bench-quick: $(VENV)/.dev-installed
 # `pytest -m robust` runs the same cases at a short scale.
 robust: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.robust
+
+# Reloads and upgrades under load (tests/control/): 20 SIGHUPs and 3 SIGUSR2s under
+# persistent and churning echod-bench load, on epoll, uvloop and threads in both listen
+# modes (about 3 minutes, loopback only); writes the table in docs/control.md.
+reload: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.control

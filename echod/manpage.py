@@ -83,9 +83,14 @@ def echod_page(version: str = __version__) -> str:
             "sends back every byte a client sends, in order and unchanged, as RFC 862 "
             "describes. It serves until SIGTERM or SIGINT, then stops accepting, lets open "
             "connections finish for up to --graceful-timeout seconds and exits 0; a second "
-            "SIGINT exits at once. SIGUSR1 logs the counters; SIGUSR2 refreshes them in "
-            "systemd's STATUS= without logging. With --workers a supervisor "
-            "forks the workers, restarts one that dies and alone talks to systemd."
+            "SIGINT exits at once. SIGUSR1 logs the counters. With --workers above 1, "
+            "--metrics or --config a supervisor forks the workers, restarts one that dies, "
+            "alone talks to systemd, reloads the configuration on SIGHUP and upgrades to "
+            "the code now installed on SIGUSR2, with nothing refused or lost; without one "
+            "SIGHUP and SIGUSR2 log a line and serving goes on. SIGUSR2 used to refresh "
+            "systemd's STATUS= line; it now means upgrade. Settings come from the command "
+            "line, then ECHOD_* variables, then the --config file (TOML whose keys are the "
+            "option names, such as high_water), then the defaults."
         ),
         ".SH OPTIONS",
         escape("Each option can also be set in the environment; a flag wins over its variable."),
@@ -114,18 +119,32 @@ def echod_page(version: str = __version__) -> str:
             [
                 ("0", "stopped by SIGTERM or SIGINT after the drain."),
                 ("1", "an address could not be used (does not resolve, in use, permission)."),
-                ("2", "a bad setting: an option, a variable or an unavailable backend."),
+                (
+                    "2",
+                    "a bad setting: an option, a variable, a --config file or an unavailable "
+                    "backend; --check-config exits 0 or 2 the same way.",
+                ),
             ]
         ),
         ".SH FILES",
         ".TP",
+        escape("/etc/echod/echod.toml"),
+        escape(
+            "the settings the systemd units give with --config; SIGHUP (systemctl reload) "
+            "re-reads it, after echod --check-config has accepted it."
+        ),
+        ".TP",
         escape("/etc/echod/echod.env"),
-        escape("ECHOD_* settings read by the systemd units, if it exists."),
+        escape(
+            "ECHOD_* settings read by the systemd units, if it exists; they override the "
+            "file, and a reload cannot change them."
+        ),
         ".SH EXAMPLES",
         ".nf",
         escape("echod --backend epoll --port 5000"),
         escape("echod --listen '[::]:7' --listen unix:/run/echod.sock"),
         escape("ECHOD_WORKERS=auto echod --port 7000"),
+        escape("echod --config /etc/echod/echod.toml --check-config && systemctl reload echod"),
         ".fi",
         ".SH SEE ALSO",
         "\\fBechod\\-bench\\fR(1), \\fBsystemd.socket\\fR(5), \\fBsd_notify\\fR(3), \\fBnc\\fR(1)",
