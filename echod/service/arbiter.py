@@ -527,6 +527,7 @@ class Supervisor:
             self.reload_again = True  # coalesced: one more once this one ends
             log.info("reload requested during a %s: it follows", self.change.kind)
             return
+        started = time.monotonic()
         try:
             served, unused, bound = self._prepare()
         except (ConfigError, backends.BackendUnavailable, ListenerError, ServiceError) as exc:
@@ -535,7 +536,7 @@ class Supervisor:
             self.notifier.status(f"reload refused: {exc}")
             return
         self.notifier.reloading()
-        self.change = Change("reload", time.monotonic(), self.served, unused, bound)
+        self.change = Change("reload", started, self.served, unused, bound)
         self.change.timer = self.reactor.call_later(
             START_TIMEOUT, lambda: self._reload_failed(f"not ready within {START_TIMEOUT:g}s")
         )
