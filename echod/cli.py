@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from echod import __version__, backends
 from echod.backends.base import Backend
-from echod.config import OPTIONS, Config, ConfigError, from_environment
+from echod.config import OPTIONS, Config, ConfigError, from_environment, unknown_variables
 from echod.lifecycle import Stats
 from echod.logs import configure_logging
 from echod.net.listener_set import open_listeners
@@ -56,7 +56,7 @@ def build_parser() -> Parser:
         "(ECHOD_PORT=5000, ECHOD_BACKEND=epoll); a flag wins over its variable.",
     )
     for option in OPTIONS:
-        default = f" (default: {option.default})" if option.default not in (None, ()) else ""
+        default = f" (default: {option.shown_default})" if option.default not in (None, ()) else ""
         parser.add_argument(
             option.flag,
             dest=option.name,
@@ -88,6 +88,9 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, list_only = load_config(argv, os.environ)
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            print(f"echod: warning: ignoring unknown {', '.join(unknown)}", file=sys.stderr)
         if list_only:
             for name in backends.available():
                 print(name)
