@@ -9,6 +9,7 @@ cell are marked in every table and chart, from small synthetic results files.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,12 +167,14 @@ def test_workers_findings_compare_medians() -> None:
 def test_update_readme_rewrites_only_between_markers(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     head = "# x\n\nintro\n"
-    tail = "## Dependencies\n\nnone\n"
+    tail = "## Documentation\n\nnone\n"
     readme.write_text(head + "\n" + tail)
     update_readme({"bench": "first", "iomodel": "io"}, readme)
     text = readme.read_text()
     assert text.startswith(head) and text.endswith(tail)
-    assert text.index("<!-- bench:start -->\nfirst\n<!-- bench:end -->") < text.index("## Depend")
+    assert text.index("<!-- bench:start -->\nfirst\n<!-- bench:end -->") < text.index(
+        "## Documentation"
+    )
     update_readme({"bench": "second"}, readme)
     again = readme.read_text()
     assert "first" not in again and "second" in again
@@ -299,17 +302,31 @@ def test_the_c_client_drives_every_server_beside_echod_bench() -> None:
     assert by_c[2] in section.split("## Generator ceiling")[1]
 
 
-def test_the_readme_carries_the_ceiling_line_and_section(tmp_path: Path) -> None:
+def test_the_published_report_and_readme_are_what_the_stored_results_render() -> None:
+    """docs/bench/latest.md and the README's bench block are generated: a change to the
+    rendering republishes them (`python -m bench --publish-only` renders latest.json)."""
+    data = json.loads((ROOT / "docs" / "bench" / "latest.json").read_text())
+    assert (ROOT / "docs" / "bench" / "latest.md").read_text() == report.markdown(data, "")
+    block = report.readme_sections(data)["bench"]
+    assert f"<!-- bench:start -->\n{block}\n<!-- bench:end -->" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_carries_the_headline_table_and_links_the_rest(tmp_path: Path) -> None:
     readme_file = tmp_path / "README.md"
-    readme_file.write_text("# x\n\n## Dependencies\n")
+    readme_file.write_text("# x\n\n## Documentation\n")
     blocks = report.readme_sections(results())
     update_readme(blocks, readme_file)
     text = readme_file.read_text()
     assert "| generator ceiling | 55,000 † of C client's 100,000 | 0.55 of C client |" in text
-    assert "### Generator ceiling" in text and "## Which IO model?" in text
-    # One assembly path: the README's tables are the report's, line for line.
+    # The front page holds the headline table; the other tables are the report's alone,
+    # named and linked, and the marks are explained once.
+    assert "[docs/bench/latest.md](docs/bench/latest.md)" in text
+    assert '"Generator ceiling", "Which IO model?"' in text
+    assert "### Generator ceiling" not in text and "## Which IO model?" not in text
+    assert text.count(prose.LEGEND) == 1
+    # One assembly path: the README's table is the report's, line for line.
     full = report.markdown(results(), "docs/bench/")
-    for line in tables.iomodel_table(query.Results(results())):
+    for line in tables.summary_table(query.Results(results())):
         assert line in full and line in text
 
 
