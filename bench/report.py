@@ -112,7 +112,8 @@ def sections(res: Results) -> list[Section]:
         Section(
             f"cell:{c['name']}",
             f"{c['label']} (`{' '.join(c['args'])}`)",
-            table=tables.cell_table(res, c),
+            table=tables.cell_table(res, c) if res.ran(c["name"]) else [],
+            intro="" if res.ran(c["name"]) else "∅ No server ran in this cell here: see Notes.",
         )
         for c in res.cells
     ]
