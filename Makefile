@@ -9,22 +9,28 @@ PORT    ?= 5000
 BACKEND ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint typecheck bench bench-quick robust reload install-systemd clean
+.PHONY: run test test-fast lint typecheck bench bench-quick robust reload install install-systemd clean
+
+# The build's own warnings (setuptools, pip) go to $(VENV)/install.log and are shown
+# only if it fails: `make run` should show echod's output, not the build's.
+QUIET_LOG = > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_LOG)
 
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[loadtest]'
-	touch $@
+	@echo "installing echod into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/pip install --quiet -e '.[loadtest]' $(QUIET_LOG)
+	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.run-installed
+	@echo "installing echod and its dev tools into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/pip install --quiet -e '.[dev]' $(QUIET_LOG)
+	@touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
-	exec $(BIN)/echod --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND))
+	@exec $(BIN)/echod --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND))
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check echod loadtest tests bench docs/examples
@@ -40,9 +46,11 @@ test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 # Unit files, a venv under /opt/echod and the man pages (PREFIX=, UNITDIR=, MANDIR=,
-# DESTDIR=: systemd/README.md).
+# DESTDIR=: systemd/README.md); `make install` is the same, the name packagers try first.
 install-systemd:
 	systemd/install.sh
+
+install: install-systemd
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,9 @@
 A bar for a generator-bound row (†) is hatched: its height is what the generator
 could send. A bar for a faulty row (✗: errors, a failed round, a server killed
 after SIGTERM) is greyed and cross-hatched: it measures only what the server did
-not refuse. Each chart with such a bar says so in its legend.
+not refuse. Each chart with such a bar says so in its legend. Where a row has no
+figure the gap is labelled: "not run" (∅, a cell beyond the server here) or
+"failed" (✗, no round gave figures). A cell nothing ran in draws no group.
 """
 
 from __future__ import annotations
@@ -49,7 +51,28 @@ def _style(bars: Any, marks: list[str], ids: list[str]) -> None:
             bar.set_alpha(FAULTY_ALPHA)
 
 
-def _legend(ax: Axes, series: list[tuple[str, Any]], used: set[str], **kwargs: Any) -> None:
+def _label_gaps(ax: Axes, xs: list[float], gaps: list[str]) -> None:
+    """Say why a bar is missing, at the foot of its slot, so a gap never reads as zero."""
+    from matplotlib.transforms import blended_transform_factory
+
+    foot = blended_transform_factory(ax.transData, ax.transAxes)
+    for x, gap in zip(xs, gaps, strict=True):
+        if gap:
+            ax.text(x, 0.02, gap, transform=foot, rotation=90, ha="center", va="bottom",
+                    fontsize="x-small", color="#555555")  # fmt: skip
+
+
+def _gap(res: Results, server: str, cell: str, value: float | None) -> str:
+    if value is not None:
+        return ""
+    if res.not_run(server, cell):
+        return "not run"
+    return "failed" if res.faults(server, cell) else ""
+
+
+def _legend(
+    ax: Axes | Figure, series: list[tuple[str, Any]], used: set[str], **kwargs: Any
+) -> None:
     """One plain swatch per series (a marked first bar must not restyle its series), then
     one per mark in use."""
     from matplotlib.patches import Patch
@@ -78,7 +101,7 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
 
     res = Results(data)
     drawn: dict[str, Figure] = {}
-    cells = [c["name"] for c in res.cells]
+    cells = [c["name"] for c in res.cells if res.ran(c["name"])]
     width = 0.8 / max(1, len(res.servers))
 
     def grouped(
@@ -94,12 +117,22 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
         used: set[str] = set()
         series = []
         for i, server in enumerate(res.servers):
-            values = [metric(server, g) or 0.0 for g in groups]
-            bars = ax.bar([x + i * width for x in range(len(groups))], values, width, label=server)
+            found = [metric(server, g) for g in groups]
+            xs = [x + i * width for x in range(len(groups))]
+            values = [v if v else float("nan") for v in found]
+            bars = ax.bar(xs, values, width, label=server)
             series.append((server, bars.patches[0].get_facecolor()))
             marks = [mark(res, server, cell_of(g), throughput) for g in groups]
             used.update(marks)
             _style(bars, marks, [f"{server}|{g}" for g in groups])
+            _label_gaps(
+                ax,
+                xs,
+                [
+                    _gap(res, server, cell_of(g), v or None)
+                    for g, v in zip(groups, found, strict=True)
+                ],
+            )
         ax.set_xticks([x + width * (len(res.servers) - 1) / 2 for x in range(len(groups))], groups)
         ax.set_yscale("log")
         ax.set_ylabel(ylabel)
@@ -134,28 +167,45 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
 
 def _iomodel(res: Results, plt: Any) -> Figure:
     assert res.few is not None and res.many is not None
-    panels: list[tuple[str, Metric, float, bool, bool]] = [
-        ("throughput, req/s", query.rate, 1.0, False, True),
-        ("p99 latency, µs (log)", query.p99, 1.0, True, True),
-        ("server CPU µs per request", query.cpu, 1.0, False, False),
-        ("RSS per connection, KiB (log)", query.rss_per_conn, 1 / 1024, True, False),
+    # The RSS panel is symmetric-log: linear below 1 KiB, so an event-loop server's
+    # 0.0 KiB per connection is drawn (and labelled) beside a thread's 30 KiB.
+    panels: list[tuple[str, Metric, float, str, bool]] = [
+        ("throughput, req/s", query.rate, 1.0, "linear", True),
+        ("p99 latency, µs (log)", query.p99, 1.0, "log", True),
+        ("server CPU µs per request", query.cpu, 1.0, "linear", False),
+        (
+            "RSS per connection, KiB (log above 1 KiB)",
+            query.rss_per_conn,
+            1 / 1024,
+            "symlog",
+            False,
+        ),
     ]
     fig: Figure
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     xs = range(len(res.servers))
     used: set[str] = set()
     series: list[tuple[str, Any]] = []
-    for ax, (title, metric, scale, log, throughput) in zip(axes.flat, panels, strict=True):
+    for ax, (title, metric, scale, yscale, throughput) in zip(axes.flat, panels, strict=True):
         for offset, cell in ((-0.2, res.few), (0.2, res.many)):
-            values = []
-            for server in res.servers:
-                v = res.median(server, cell["name"], metric)
-                values.append(v * scale if v is not None and v > 0 else float("nan"))
+            found = [res.median(server, cell["name"], metric) for server in res.servers]
+            drawable = [v is not None and (v > 0 or yscale == "symlog") for v in found]
+            values = [
+                v * scale if v is not None and ok else float("nan")
+                for v, ok in zip(found, drawable, strict=True)
+            ]
             bars = ax.bar(
                 [x + offset for x in xs],
                 values,
                 0.4,
                 label=f"{query.count(cell['connections'])} conns",
+            )
+            if yscale == "symlog":
+                ax.bar_label(bars, fmt="%.1f", fontsize="xx-small")
+            _label_gaps(
+                ax,
+                [x + offset for x in xs],
+                [_gap(res, s, cell["name"], v) for s, v in zip(res.servers, found, strict=True)],
             )
             if len(series) < 2:
                 series.append(
@@ -166,12 +216,17 @@ def _iomodel(res: Results, plt: Any) -> Figure:
             _style(bars, marks, [f"{s}|{cell['name']}" for s in res.servers])
         ax.set_xticks(list(xs), res.servers, rotation=30, fontsize="small")
         ax.set_title(title)
-        if log:
+        if yscale == "symlog":
+            ax.set_yscale("symlog", linthresh=1.0)
+        elif yscale == "log":
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
-    _legend(axes.flat[0], series, used, fontsize="small")
+    # Below the panels: inside one, it covered the bars of the servers on its right.
+    _legend(
+        fig, series, used, fontsize="small", loc="lower center", ncol=len(series) + len(used - {""})
+    )
     fig.suptitle(f"Which IO model? {iomodel_caption(res)} (medians over rounds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 

@@ -19,7 +19,9 @@ LEGEND = (
     "µs/msg. "
     "✗ the generator saw errors, the run failed, or the server had to be killed after "
     "SIGTERM, in at least one round: see Notes. "
-    "‡ the figure includes rounds that overlapped other load on the machine (see Notes)."
+    "‡ the figure includes rounds that overlapped other load on the machine (see Notes). "
+    "∅ not run: the cell is beyond what the server can do on this machine; Notes give "
+    "each reason once."
 )
 
 WORKERS_CAVEAT = (
@@ -162,6 +164,12 @@ def iomodel_findings(res: Results) -> list[str]:
                 "servers there, so CPU per request ranks them more fairly than req/s."
             )
         findings.append(text)
+
+    for server, cell, n in ((s, c, n) for c, n in ((few, n_few), (many, n_many)) for s in ours):
+        reason = res.not_run(server, cell)
+        if reason:
+            why = reason.removeprefix("not run").lstrip(": ")
+            findings.append(f"**{server} was not run at {n:,} connections**: {why}.")
 
     for server in (s for s in ours if res.faults(s, many)):
         faults = res.faults(server, many)

@@ -24,6 +24,11 @@ SERVER_FAULTS = frozenset({KILLED})
 Metric = Callable[[dict[str, Any]], float | None]
 
 
+def skipped(record: dict[str, Any]) -> bool:
+    """A record of a cell the runner did not start (``run.obstacle``): not a failure."""
+    return str(record.get("error", "")).startswith("not run")
+
+
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -208,16 +213,16 @@ class Results:
             return share is not None and share >= CEILING_SHARE
         return self.saturated(server, cell, generator)
 
-    def not_run(self, server: str, cell: str) -> str | None:
-        """Why a server was not run in a cell at all (``run.obstacle``), if it was not."""
-        return next(
-            (
-                r["error"]
-                for r in self.runs(server, cell)
-                if str(r.get("error", "")).startswith("not run")
-            ),
-            None,
-        )
+    def not_run(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> str | None:
+        """Why a server was not run in a cell at all (``run.obstacle``), if no round ran."""
+        found = self.runs(server, cell, generator)
+        if not found or not all(skipped(r) for r in found):
+            return None
+        return str(found[0]["error"])
+
+    def ran(self, cell: str) -> bool:
+        """Whether any server has figures in ``cell``: a cell nothing ran in draws nothing."""
+        return any(self.figures(server, cell) for server in self.servers)
 
     # Faults ------------------------------------------------------------------------------
     def faults(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> dict[str, int]:
@@ -229,6 +234,8 @@ class Results:
             total[kind] = total.get(kind, 0) + count
 
         for r in self.runs(server, cell, generator):
+            if skipped(r):
+                continue
             for kind, count in (
                 r["figures"]["errors"] if "figures" in r else {"failed": 1}
             ).items():
@@ -240,10 +247,16 @@ class Results:
                 add(f"server exit {r['server_exit']}", 1)
         return total
 
+    def state(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> str:
+        """ " ∅" not run, " ✗" faulty, or nothing: what a row's figures cannot show."""
+        if self.not_run(server, cell, generator):
+            return " ∅"
+        return " ✗" if self.faults(server, cell, generator) else ""
+
     def marks(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> str:
         return (
             (" †" if self.generator_bound(server, cell, generator) else "")
-            + (" ✗" if self.faults(server, cell, generator) else "")
+            + self.state(server, cell, generator)
             + (" ‡" if self.contended(server, cell, generator) else "")
         )
 
@@ -261,12 +274,36 @@ class Results:
             "CPU per message and RSS much less affected."
         )
 
-    def problems(self) -> list[str]:
+    def skipped_notes(self) -> list[str]:
+        """One line per reason a cell was not run, naming every server and cell it kept
+        out (the runner records it once per round)."""
+        by_reason: dict[str, dict[str, list[str]]] = {}
+        for r in self.data["runs"]:
+            if skipped(r):
+                reason = str(r["error"]).removeprefix("not run").lstrip(": ")
+                cells = by_reason.setdefault(reason, {}).setdefault(r["server"], [])
+                if r["cell"] not in cells:
+                    cells.append(r["cell"])
         lines = []
+        for reason, where in by_reason.items():
+            servers_by_cells: dict[tuple[str, ...], list[str]] = {}
+            for server, cells in where.items():
+                servers_by_cells.setdefault(tuple(cells), []).append(server)
+            kept_out = "; ".join(
+                f"{', '.join(servers)} in {', '.join(cells)}"
+                for cells, servers in servers_by_cells.items()
+            )
+            lines.append(f"∅ not run: {kept_out}: {reason}")
+        return lines
+
+    def problems(self) -> list[str]:
+        lines = self.skipped_notes()
         for r in self.data["runs"]:
             where = f"round {r.get('round')}, {r['server']}, {r['cell']}"
             if r.get("generator", ECHOD_BENCH) != ECHOD_BENCH:
                 where += f", {r['generator']}"
+            if skipped(r):
+                continue
             if "error" in r:
                 lines.append(f"{where}: {r['error']}")
             elif r.get("server_killed") or r.get("server_exit") == -signal.SIGKILL:

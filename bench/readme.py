@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def update_readme(blocks: dict[str, str], readme: Path = README) -> bool:
     """Replace each ``<!-- NAME:start -->``..``<!-- NAME:end -->`` block; add missing
-    blocks before "## Dependencies". Nothing else in the README is touched."""
+    blocks before "## Documentation". Nothing else in the README is touched."""
     if not readme.exists():
         return False
     text = readme.read_text()
@@ -20,8 +20,8 @@ def update_readme(blocks: dict[str, str], readme: Path = README) -> bool:
         found = pattern.search(text)
         if found:
             text = text[: found.start()] + block + text[found.end() :]
-        elif "\n## Dependencies" in text:
-            text = text.replace("\n## Dependencies", f"\n{block}\n\n## Dependencies", 1)
+        elif "\n## Documentation" in text:
+            text = text.replace("\n## Documentation", f"\n{block}\n\n## Documentation", 1)
         else:
             text = text.rstrip() + f"\n\n{block}\n"
     readme.write_text(text)

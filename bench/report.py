@@ -112,7 +112,8 @@ def sections(res: Results) -> list[Section]:
         Section(
             f"cell:{c['name']}",
             f"{c['label']} (`{' '.join(c['args'])}`)",
-            table=tables.cell_table(res, c),
+            table=tables.cell_table(res, c) if res.ran(c["name"]) else [],
+            intro="" if res.ran(c["name"]) else "∅ No server ran in this cell here: see Notes.",
         )
         for c in res.cells
     ]
@@ -162,12 +163,16 @@ def markdown(data: dict[str, Any], image_prefix: str) -> str:
 
 
 def readme_sections(data: dict[str, Any], links: str = README_LINKS) -> dict[str, str]:
-    """The README's bench and iomodel blocks, rendered from the same sections."""
+    """The README's bench block: the headline table and its marks; every other table
+    is in the full report it links to, rendered from the same sections."""
     res = Results(data)
     timing = data["timing"]
-    by_key = {s.key: s for s in sections(res)}
+    found = sections(res)
+    by_key = {s.key: s for s in found}
     contention = res.contention_note()
-    tail = [prose.LEGEND, "", *([contention, ""] if contention else [])]
+    others = ", ".join(
+        f'"{s.title}"' for s in found if s.key != "summary" and not s.key.startswith("cell:")
+    )
     bench = [
         "## Benchmark",
         "",
@@ -176,29 +181,17 @@ def readme_sections(data: dict[str, Any], links: str = README_LINKS) -> dict[str
         f"{timing['rounds']} round(s) of {timing['duration_s']:g} s after "
         f"{timing['warmup_s']:g} s warmup, {data['elapsed_s'] / 60:.0f} min in all; medians; "
         f"{data['environment']['pinning']}. "
-        f"Full report with every cell, spreads and charts: [{links}latest.md]({links}latest.md). "
         "This section is rewritten by `python -m bench --publish`.",
         "",
         *(by_key["summary"].table if "summary" in by_key else []),
         "",
-        *tail,
+        prose.LEGEND,
+        "",
+        *([contention, ""] if contention else []),
+        f"The full report, [{links}latest.md]({links}latest.md), has every cell with its "
+        f"spread, the charts and the notes" + (f"; and {others}." if others else "."),
     ]
-    for key in ("ceiling", "workers"):
-        if key in by_key:
-            bench += by_key[key].render(3, links)
-    blocks = {"bench": "\n".join(bench)}
-    if "iomodel" in by_key:
-        section = by_key["iomodel"]
-        intro = (
-            f"Every backend, {prose.iomodel_caption(res)}, from the run above "
-            f"({data['timestamp']}); medians over {timing['rounds']} round(s). The "
-            "sentences below are generated from the same figures by "
-            "`python -m bench --publish`."
-        )
-        blocks["iomodel"] = "\n".join(
-            [f"## {section.title}", "", *section.render(0, links, intro), *tail]
-        )
-    return blocks
+    return {"bench": "\n".join(bench)}
 
 
 def write(data: dict[str, Any], directory: Path, stem: str) -> list[Path]:

@@ -58,8 +58,10 @@ def summary_table(res: Results) -> list[str]:
             mib(res.median(server, name, query.rss)),
         ]
         if big:
-            faulty = " ✗" if res.faults(server, big["name"]) else ""
-            line.append(kib(res.median(server, big["name"], query.rss_per_conn)) + faulty)
+            line.append(
+                kib(res.median(server, big["name"], query.rss_per_conn))
+                + res.state(server, big["name"])
+            )
         rows.append(line)
     if ceiling:
         rows.append(ceiling_line(res, name, len(header)))
@@ -129,7 +131,7 @@ def c_client_table(res: Results) -> list[str]:
             ratio, share = res.of_c_client(server, name), res.c_client_share(server, name)
             line += [
                 res.spread(server, name, query.rate, C_CLIENT).show(spread=False)
-                + (" ✗" if res.faults(server, name, C_CLIENT) else ""),
+                + res.state(server, name, C_CLIENT),
                 "-" if ratio is None else f"{ratio:.2f}",
                 "-" if share is None else f"{share:.2f}",
             ]

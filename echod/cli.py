@@ -18,7 +18,15 @@ from typing import Any, NoReturn
 
 from echod import __version__, backends
 from echod.backends.base import Backend
-from echod.config import OPTIONS, Config, ConfigError, from_environment, from_file
+from echod.config import (
+    CONFIG_VARIABLE,
+    OPTIONS,
+    Config,
+    ConfigError,
+    from_environment,
+    from_file,
+    unknown_variables,
+)
 from echod.lifecycle import Lifecycle, Stats
 from echod.logs import configure_logging
 from echod.net.activation import UPGRADE_FD_NAME, inherited_sockets
@@ -32,7 +40,6 @@ from echod.service.notify import Notifier, watchdog_interval
 from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
-CONFIG_VARIABLE = "ECHOD_CONFIG"
 
 EXIT_USAGE = 2
 EXIT_LISTEN = 1
@@ -64,7 +71,7 @@ def build_parser() -> Parser:
         "(ECHOD_PORT=5000, ECHOD_BACKEND=epoll); a flag wins over its variable.",
     )
     for option in OPTIONS:
-        default = f" (default: {option.default})" if option.default not in (None, ()) else ""
+        default = f" (default: {option.shown_default})" if option.default not in (None, ()) else ""
         parser.add_argument(
             option.flag,
             dest=option.name,
@@ -125,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_config(argv, os.environ)
         config = settings.config
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            print(f"echod: warning: ignoring unknown {', '.join(unknown)}", file=sys.stderr)
         if settings.list_only:
             for name in backends.available():
                 print(name)

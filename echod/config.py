@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from echod.logs import FORMATS as LOG_FORMATS
+from echod.net.listeners import ListenerError, parse_address
 from echod.session import WaterMarks
 
 if sys.version_info >= (3, 11):
@@ -76,7 +78,31 @@ def worker_count(text: str) -> int:
     """A number of worker processes, or ``auto``: one per CPU this process may run on."""
     if text.strip().lower() == "auto":
         return usable_cpus()
-    return positive(text)
+    try:
+        workers = positive(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}, or auto (one per usable CPU)") from None
+    ceiling = max_workers()
+    if workers > ceiling:
+        raise ConfigError(
+            f"{workers} workers is above the ceiling of {ceiling} here"
+            " (the larger of 64 and 8 per usable CPU, within RLIMIT_NPROC)"
+        )
+    return workers
+
+
+def max_workers() -> int:
+    """The most workers echod forks: the larger of 64 and 8 per usable CPU, under RLIMIT_NPROC.
+
+    A bound, so that a slip such as ``--workers 100000`` is refused instead of forking
+    until the OOM killer fires; it leaves room for the 100,000-connection bench, which
+    needs 6 workers under the per-process file limit.
+    """
+    ceiling = max(64, 8 * usable_cpus())
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, max(soft - 1, 1))  # the supervisor is one process too
+    return ceiling
 
 
 def usable_cpus() -> int:
@@ -106,6 +132,22 @@ def port_list(text: str) -> tuple[int, ...]:
     if text.strip().lower() in ("", "none"):
         return ()
     return tuple(port_number(part) for part in text.split(","))
+
+
+def listen_address(text: str) -> str:
+    """A well-formed ``--listen`` address, kept as given; binding it is later (exit 1)."""
+    try:
+        parse_address(text)
+    except ListenerError as exc:
+        raise ConfigError(str(exc)) from None
+    return text
+
+
+def metrics_address(text: str) -> str:
+    """A well-formed ``--metrics`` address: HTTP is served over TCP or a Unix socket."""
+    if listen_address(text).startswith("udp:"):
+        raise ConfigError(f"{text!r}: metrics are served over TCP or unix:/PATH, not UDP")
+    return text
 
 
 def _integer(text: str) -> int:
@@ -162,7 +204,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", port_number, 7, "TCP port; 0 picks a free one (RFC 862 uses 7)", "PORT"),
     Option(
         "listen",
-        str,
+        listen_address,
         (),
         "listen on HOST:PORT, [V6]:PORT, unix:/PATH or udp:HOST:PORT instead of --host/--port; repeat for more",
         "ADDRESS",
@@ -184,7 +226,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("udp_budget", byte_size, 8 << 20, "UDP: bytes per second answered in total, whatever the sources (0 = no limit)", "BYTES"),
     Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it a new source takes over the least recently seen one's bucket", "N"),
     Option("udp_refuse_ports", port_list, (53, 123, 161, 389, 1900, 5353, 11211), "UDP: source ports never answered besides those below 1024 and echod's own (none = only those)", "PORTS"),
-    Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
+    Option("metrics", metrics_address, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -249,6 +291,8 @@ class Config:
             )
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
+        if self.workers > max_workers():
+            raise ConfigError(f"{self.workers} workers is above the ceiling of {max_workers()}")
         if self.group is not None and self.user is None:
             raise ConfigError("--group needs --user")
 
@@ -269,6 +313,7 @@ class Config:
 
 
 BY_NAME = {option.name: option for option in OPTIONS}
+CONFIG_VARIABLE = "ECHOD_CONFIG"  # --config
 
 
 def _parse(option: Option, text: str) -> Any:
@@ -337,3 +382,20 @@ def _toml_text(value: object) -> str:
         kind = "boolean" if isinstance(value, bool) else type(value).__name__
         raise ConfigError(f"expected a string or a number, not a TOML {kind}")
     return value if isinstance(value, str) else repr(value)
+
+
+# Read by echod-bench, which may share echod's environment.
+FOREIGN_PREFIXES = ("ECHOD_BENCH_",)
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``ECHOD_*`` variables no option reads (a typo such as ``ECHOD_PROT``), each with
+    the nearest known name if there is one, for a warning at start-up."""
+    known = [option.env for option in OPTIONS] + [CONFIG_VARIABLE]
+    unknown = []
+    for name in sorted(environ):
+        if not name.startswith("ECHOD_") or name in known or name.startswith(FOREIGN_PREFIXES):
+            continue
+        near = difflib.get_close_matches(name, known, n=1)
+        unknown.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return unknown

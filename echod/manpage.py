@@ -121,8 +121,9 @@ def echod_page(version: str = __version__) -> str:
                 ("1", "an address could not be used (does not resolve, in use, permission)."),
                 (
                     "2",
-                    "a bad setting: an option, a variable, a --config file or an unavailable "
-                    "backend; --check-config exits 0 or 2 the same way.",
+                    "a bad setting: an option, a variable or a --config file (a malformed "
+                    "address, more workers than the ceiling), or an unavailable backend; "
+                    "--check-config exits 0 or 2 the same way.",
                 ),
             ]
         ),
@@ -153,9 +154,11 @@ def echod_page(version: str = __version__) -> str:
 
 
 def bench_page(version: str = __version__) -> str:
+    from loadtest.merge import build_parser as build_merge_parser
     from loadtest.params import build_parser
 
     parser = build_parser()
+    merge = build_merge_parser()
     lines = [
         f'.TH ECHOD\\-BENCH 1 "" "echod {escape(version)}" "User Commands"',
         ".SH NAME",
@@ -163,6 +166,9 @@ def bench_page(version: str = __version__) -> str:
         ".SH SYNOPSIS",
         ".B echod\\-bench",
         "[\\fIOPTION\\fR]...",
+        ".br",
+        ".B echod\\-bench merge",
+        "\\fIRESULT.json\\fR... [\\fB\\-\\-json\\fR \\fIFILE\\fR]",
         ".SH DESCRIPTION",
         ".B echod\\-bench",
         escape(
@@ -174,12 +180,25 @@ def bench_page(version: str = __version__) -> str:
         ),
         ".SH OPTIONS",
         *_paragraphs(_other_flags(parser, set())),
+        ".SH MERGE",
+        ".B echod\\-bench merge",
+        escape(
+            "adds the results of several runs: run one echod-bench per generator host "
+            "against the same server with a common --start-at and --json, then merge the "
+            "files. Histograms are added exactly (the merged percentiles are those of every "
+            "message), counts and rates summed, and the windows must overlap. A file may be "
+            "--json output or a --json-stream capture (its last result line is read)."
+        ),
+        *_paragraphs(_other_flags(merge, {"--help"})),
+        ".PP",
+        escape(merge.epilog or ""),
         ".SH EXIT STATUS",
         escape(parser.epilog or ""),
         ".SH EXAMPLES",
         ".nf",
         escape("echod-bench --host 127.0.0.1 --port 5000 --connections 1000 --duration 10"),
         escape("echod-bench --port 5000 --rate 20000 --connections 100 --json run.json"),
+        escape("echod-bench merge gen1.json gen2.json gen3.json --json all.json"),
         ".fi",
         ".SH SEE ALSO",
         "\\fBechod\\fR(8)",

@@ -105,30 +105,36 @@ def plans(
 
 
 class Progress:
-    """The live line on a terminal: elapsed, current rate, errors."""
+    """The live line on a terminal: elapsed, current rate, errors.
+
+    Each worker's rate is measured between its own ticks, on the monotonic time the
+    worker stamped them with: the line may be drawn at any moment (a tick, a quiet
+    queue) without changing the figure it shows.
+    """
 
     def __init__(self, enabled: bool, workers: int) -> None:
         self.enabled = enabled
-        self.messages = [0] * workers
+        self.messages: list[int | None] = [None] * workers
+        self.ticked = [0.0] * workers
+        self.rates = [0.0] * workers
         self.errors = [0] * workers
-        self.last_total = 0
-        self.last_at = time.monotonic()
         self.shown = False
 
-    def update(self, index: int, messages: int, errors: int) -> None:
-        self.messages[index] = messages
+    def update(self, index: int, messages: int, errors: int, at: float) -> None:
+        last = self.messages[index]
+        if last is not None and at > self.ticked[index]:
+            self.rates[index] = (messages - last) / (at - self.ticked[index])
+        self.messages[index], self.ticked[index] = messages, at
         self.errors[index] = errors
+
+    def line(self, elapsed: float) -> str:
+        rate = sum(self.rates)
+        return f"{max(elapsed, 0.0):6.1f} s  {rate:>12,.0f} msg/s  errors {sum(self.errors):,}"
 
     def show(self, elapsed: float) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        total = sum(self.messages)
-        rate = (total - self.last_total) / (now - self.last_at) if now > self.last_at else 0.0
-        self.last_total, self.last_at = total, now
-        sys.stderr.write(
-            f"\r{elapsed:6.1f} s  {rate:>12,.0f} msg/s  errors {sum(self.errors):,}   "
-        )
+        sys.stderr.write(f"\r{self.line(elapsed)}   ")
         sys.stderr.flush()
         self.shown = True
 
@@ -253,11 +259,18 @@ def _collect(
         tag, index = message[0], message[1]
         if tag == "crash":
             raise Abort(f"worker {index} failed:\n{message[2]}", EXIT_ERRORS)
+        if tag == "refused":
+            kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(message[2].items()))
+            raise Abort(
+                "the server closed every connection before echoing a byte, "
+                f"again on each retry ({kinds}): stopped early, nothing to measure",
+                EXIT_ERRORS,
+            )
         if tag == "interval":
             if on_interval is not None:
                 on_interval(message[2])
         elif tag == "tick" and progress:
-            progress.update(index, message[2], message[3])
+            progress.update(index, message[2], message[3], message[4])
             if index == 0:
                 progress.show(now - start)
         elif tag == kind:

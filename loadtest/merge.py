@@ -23,6 +23,7 @@ from loadtest.results import (
     histogram_text,
     interval_record,
     load,
+    unwritable,
     write,
 )
 from loadtest.stats import new_histogram, summarize
@@ -190,7 +191,7 @@ def merge_results(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> Parser:
     parser = Parser(
         prog="echod-bench merge",
         description="Add the --json results of several echod-bench runs: histograms added, "
@@ -201,8 +202,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "files", nargs="+", metavar="RESULT.json", help="--json or --json-stream output"
     )
-    parser.add_argument("--json", help="write the merged result to this file (- for stdout)")
+    parser.add_argument(
+        "--json", metavar="FILE", help="write the merged result to this file (- for stdout)"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    problem = unwritable(args.json) if args.json else None
+    if problem:
+        parser.error(problem)
     try:
         runs = [(path, load(path)) for path in args.files]
         merged = merge_results(runs)

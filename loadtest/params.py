@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
+from loadtest import __version__
+from loadtest.results import unwritable
 from loadtest.sources import parse_sources
 
 WORKLOADS = {
@@ -236,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="no live line even on a terminal",
     )
+    parser.add_argument("--version", action="version", version=f"echod-bench {__version__}")
     return parser
 
 
@@ -270,6 +273,9 @@ def parse(argv: list[str] | None) -> Params:
         parser.error("--connect-rate paces the ramp-up of held connections, not churn")
     if args.json_stream and args.json == "-":
         parser.error("--json - and --json-stream both write to stdout")
+    problem = unwritable(args.json) if args.json else None
+    if problem:
+        parser.error(problem)
     values["workload"] = workload
     values["progress"] = args.progress
     values["json_stream"] = args.json_stream

@@ -166,7 +166,11 @@ def _count(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def _percentiles(summary: dict[str, Any]) -> str:
+def process_count(n: int) -> str:
+    return f"{n} process{'es' if n != 1 else ''}"
+
+
+def percentiles(summary: dict[str, Any]) -> str:
     if not summary.get("count"):
         return "-"
     return "  ".join(f"{k} {summary[k]:,}" for k in ("p50", "p90", "p99", "p99.9", "max"))
@@ -189,19 +193,19 @@ def table(figures: dict[str, Any]) -> str:
     lines = [
         f"echod-bench {figures['generator']['version']}: {p['workload']} {against}, "
         f"{conns['requested']} connections ({conns['active']} active, {conns['established']} up at the end), "
-        f"{shape}, {p['processes']} process{'es' if p['processes'] != 1 else ''}",
+        f"{shape}, {process_count(p['processes'])}",
         f"  window         {figures['window_s']:.2f} s after {p['warmup']:g} s warmup",
         f"  {rate_name:<15}{_count(figures['requests_per_s'])}",
         f"  MB/s echoed    {figures['mb_per_s']:,.2f} (each way)",
-        f"  latency µs     {_percentiles(figures['latency_us'])}",
+        f"  latency µs     {percentiles(figures['latency_us'])}",
         *(
             [
-                f"  uncorrected µs {_percentiles(figures.get('latency_uncorrected_us', {}))} (from the send)"
+                f"  uncorrected µs {percentiles(figures.get('latency_uncorrected_us', {}))} (from the send)"
             ]
             if p["workload"] == "rate"
             else []
         ),
-        f"  connect µs     {_percentiles(figures['connect_us'])}",
+        f"  connect µs     {percentiles(figures['connect_us'])}",
     ]
     drain = figures.get("drain") or {"messages": 0}
     if drain["messages"]:

@@ -8,6 +8,7 @@ exactly: percentiles are recomputed from the summed counts, never averaged.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -84,6 +85,23 @@ def interval_record(
 
 def dumps(figures: dict[str, Any]) -> str:
     return json.dumps(figures, indent=2) + "\n"
+
+
+def unwritable(path: str) -> str | None:
+    """Why a result could not be written to ``path``, asked before a run so that a
+    typo in --json costs nothing instead of the whole run's figures."""
+    if path == "-":
+        return None
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        return f"--json {path}: is a directory"
+    if not os.path.isdir(directory):
+        return f"--json {path}: no such directory {directory}"
+    exists = os.path.exists(target)
+    if not os.access(target if exists else directory, os.W_OK):
+        return f"--json {path}: permission denied"
+    return None
 
 
 def write(path: str, figures: dict[str, Any]) -> None:

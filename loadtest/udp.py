@@ -27,7 +27,14 @@ import psutil
 from loadtest.monitor import NoSuchServer, start_sampler
 from loadtest.params import Params, default_processes
 from loadtest.pattern import PERIOD, Pattern
-from loadtest.report import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_MISMATCH, environment
+from loadtest.report import (
+    EXIT_BAD_INPUT,
+    EXIT_CLEAN,
+    EXIT_MISMATCH,
+    environment,
+    percentiles,
+    process_count,
+)
 from loadtest.results import write
 from loadtest.stats import encode_counts, merge, summarize
 
@@ -60,6 +67,7 @@ class Counts:
     reordered: int = 0
     corrupt: int = 0
     send_dropped: int = 0  # our own socket would not take it (ENOBUFS/EAGAIN)
+    by_second: list[int] = field(default_factory=list)  # answered in each second of the window
     latency: dict[int, int] = field(default_factory=dict)
     cpu_s: float = 0.0
     window_s: float = 0.0
@@ -69,6 +77,9 @@ class Counts:
                      "corrupt", "send_dropped", "cpu_s"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.window_s = max(self.window_s, other.window_s)
+        self.by_second += [0] * (len(other.by_second) - len(self.by_second))
+        for second, answered in enumerate(other.by_second):
+            self.by_second[second] += answered
 
 
 class Flow:
@@ -112,6 +123,7 @@ class UdpWorker:
         self.rate = rate
         self.counts = Counts()
         self.measuring = False
+        self.window_start = 0.0
         self.loss_timeout = min(params.timeout, LOSS_TIMEOUT_CAP)
 
     def send(self, flow: Flow, at: float) -> None:
@@ -172,6 +184,10 @@ class UdpWorker:
             flow.highest = max(flow.highest, seq)
             if measured:
                 counts.answered += 1
+                second = int(now - self.window_start)
+                if second >= len(counts.by_second):
+                    counts.by_second += [0] * (second + 1 - len(counts.by_second))
+                counts.by_second[second] += 1
                 us = int((now - sent_at) * 1e6)
                 counts.latency[us] = counts.latency.get(us, 0) + 1
 
@@ -215,7 +231,7 @@ class UdpWorker:
                 self.measuring = True
                 for flow in flows:
                     flow.measured_from = flow.next_seq
-                window_start = now
+                window_start = self.window_start = now
                 times = me.cpu_times()
                 cpu_start = times.user + times.system
             wake = min(end, next_expire)
@@ -393,32 +409,64 @@ def build(params: Params, processes: int, total: Counts, latency: dict[str, Any]
         "datagrams_per_s": round(total.answered / window, 1) if window > 0 else 0.0,
         "latency_us": latency,
         "client_cpu_pct": round(100.0 * total.cpu_s / window, 1) if window > 0 else 0.0,
+        "answered_by_second": total.by_second[: int(window)],
         "server": None if server is None else dataclasses.asdict(server),
+        "warnings": [w for w in [rate_limit_warning(total)] if w],
         "exit_status": status,
     }
     return figures
 
 
+# A limiter answers the same number every second whatever is offered; overload
+# answers less as the generator pushes harder and spends its own CPU doing so.
+STEADY = 0.15  # steady seconds within this share of their median
+IDLE_GENERATOR = 0.5  # of a core
+
+
+def rate_limit_warning(total: Counts) -> str | None:
+    """Say when the losses look like a rate limit (echod's --udp-rate per source) rather
+    than what the server can carry, so the figure is not read as the server's speed."""
+    settled = total.answered + total.lost
+    full = total.by_second[1 : int(total.window_s)]  # after the first: a burst may pass
+    if not settled or total.lost < 0.005 * settled or not full or total.window_s <= 0:
+        return None
+    median = sorted(full)[len(full) // 2]
+    if median == 0 or any(abs(n - median) > STEADY * median for n in full):
+        return None
+    if total.cpu_s / total.window_s > IDLE_GENERATOR:
+        return None
+    return (
+        f"{100 * total.lost / settled:.1f} % lost while answers came at a steady "
+        f"{median:,}/s and the generator was mostly idle: the pattern of a rate limit, "
+        "not of a busy server. echod answers each source address at most --udp-rate "
+        "(default 100/s after a 2 s burst) and --udp-budget in all; run it with "
+        "--udp-rate 0/0 --udp-budget 0 to measure the server instead"
+    )
+
+
 def table(figures: dict[str, Any]) -> str:
-    lat = figures["latency_us"]
-    pct = "  ".join(f"{k} {lat[k]:,} µs" for k in ("p50", "p90", "p99", "p99.9", "max") if k in lat)
-    lines = [
-        f"udp: {figures['flows']} flows over {figures['processes']} processes, "
-        f"{figures['params']['size']} B datagrams, {figures['window_s']:.1f} s measured",
-        f"  datagrams/s   {figures['datagrams_per_s']:,.0f} answered",
-        f"  sent          {figures['sent']:,}  answered {figures['answered']:,}  "
-        f"lost {figures['lost']:,} ({figures['loss_pct']:.2f} %)  late {figures['late']:,}",
-        f"  errors        corrupt {figures['corrupt']:,}  duplicates {figures['duplicates']:,}"
-        f"  (reordered {figures['reordered']:,}, not an error)",
-        f"  latency       {pct or 'no answers'}",
-        f"  client CPU    {figures['client_cpu_pct']:.0f} % of one core",
-    ]
+    """The report, laid out as the TCP one: a heading line, one figure a line."""
+    p = figures["params"]
     server = figures["server"]
+    lines = [
+        f"echod-bench {figures['environment']['generator_version']}: udp against "
+        f"{p['host']}:{p['port']}, {figures['flows']} flows, size {p['size']} B, "
+        f"pipeline {p['pipeline']}, {process_count(figures['processes'])}",
+        f"  window         {figures['window_s']:.2f} s after {p['warmup']:g} s warmup",
+        f"  datagrams/s    {figures['datagrams_per_s']:,.0f} answered",
+        f"  datagrams      sent {figures['sent']:,}, answered {figures['answered']:,}, "
+        f"lost {figures['lost']:,} ({figures['loss_pct']:.2f} %), late {figures['late']:,}",
+        f"  latency µs     {percentiles(figures['latency_us'])}",
+        f"  errors         corrupt {figures['corrupt']:,}, duplicates {figures['duplicates']:,}"
+        f" (reordered {figures['reordered']:,}, not an error)",
+    ]
     if server:
         lines.append(
-            f"  server        CPU {server['cpu_mean_pct']:.1f} % of one core (mean), "
-            f"{server['cpu_s']:.2f} s; RSS peak {server['rss_peak'] / 2**20:.1f} MiB"
+            f"  server         CPU mean {server['cpu_mean_pct']:.0f}%, {server['cpu_s']:.2f} s; "
+            f"RSS peak {server['rss_peak'] / 2**20:.1f} MiB"
         )
+    lines.append(f"  generator CPU  {figures['client_cpu_pct']:.0f}% of one core")
+    lines.extend(f"WARNING: {w}" for w in figures.get("warnings", []))
     return "\n".join(lines)
 
 

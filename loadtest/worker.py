@@ -4,7 +4,8 @@ The parent hands each worker a ``WorkerPlan``; the worker connects, reports
 ``ready``, waits for the common start time, runs the warmup and the window,
 drains what the server still owes, and sends back a ``WorkerResult``.  Messages
 on the queue are tuples whose first item says what they are: ``ready``, ``tick``
-(progress), ``interval`` (one second of the window), ``result`` or ``crash``.
+(progress), ``interval`` (one second of the window), ``refused`` (the server
+closed every connection before echoing a byte), ``result`` or ``crash``.
 
 The worker owns the loop, the timers and the connect limiter; connections
 (``workloads.py``) see it only through the ``Link`` it hands them.
@@ -48,6 +49,9 @@ from loadtest.workloads import (
 # backlog, and a dropped SYN is retried after a whole second.
 MAX_PENDING_CONNECTS = 256
 TICK_INTERVAL = 0.5
+# Failures in a row, on every connection and with no echo ever, after which the
+# server is taken to refuse the load (it closes or resets whatever connects).
+HOPELESS_FAILURES = 3
 # Open loop issues at most this many messages per loop turn, so a generator that
 # has fallen behind still reads its sockets between bursts.
 MAX_ISSUE_PER_TURN = 4096
@@ -147,6 +151,14 @@ class Worker:
         for conn in self.connections:
             conn.check(now)
 
+    def _refused(self, carried: int) -> bool:
+        """Every connection failed again and again and not one message came back: the
+        server closes what connects, and the rest of the run could measure nothing."""
+        if not all(conn.failures >= HOPELESS_FAILURES for conn in self.connections):
+            return False
+        self.poller.collect(self.tally)
+        return carried + self.tally.window_messages + self.tally.messages == 0
+
     def up(self) -> int:
         return sum(1 for conn in self.connections if conn.state == UP)
 
@@ -175,7 +187,7 @@ class Worker:
             if now >= next_check:
                 self._check(now)
                 next_check = now + 0.1
-                if self.up() == count:
+                if self.up() == count or self._refused(0):
                     break
             if now >= deadline:
                 break
@@ -249,6 +261,9 @@ class Worker:
             if now >= next_scan:
                 self._check(now)
                 next_scan = now + scan_interval
+                if self._refused(carried):
+                    queue.put(("refused", self.plan.index, dict(tally.errors)))
+                    break
             if not measuring:
                 if now >= warm_end:
                     measuring = True
@@ -275,6 +290,7 @@ class Worker:
                             self.plan.index,
                             carried + tally.window_messages + tally.messages,
                             sum(tally.errors.values()),
+                            now,
                         )
                     )
             wake = min(end, next_due, next_scan, next_tick, next_second)

@@ -1,4 +1,4 @@
-"""The README's metrics example: ``python docs/examples/metrics.py`` prints it.
+"""The metrics example of docs/metrics.md: ``python docs/examples/metrics.py`` prints it.
 
 Starts ``echod --port 0 --workers 2 --metrics 127.0.0.1:0``, has 50 clients echo 40,000
 bytes each, scrapes (as Prometheus would), kills worker 1 with SIGKILL, opens 5 idle connections once it is replaced,

@@ -45,33 +45,35 @@ def parse_address(text: str) -> Address:
     ``udp:`` before a host and port makes it a UDP listener."""
     if text.startswith("udp:"):
         if text.startswith("udp:unix:"):
-            raise ListenerError(f"listen address {text!r}: UDP listens on HOST:PORT, not a path")
-        address = parse_address(text[4:])
-        return dataclasses.replace(address, datagram=True)
+            raise ListenerError(f"address {text!r}: UDP listens on HOST:PORT, not a path")
+        return dataclasses.replace(_host_and_port(text[4:], text), datagram=True)
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
-            raise ListenerError(f"listen address {text!r} has no path after 'unix:'")
+            raise ListenerError(f"address {text!r} has no path after 'unix:'")
         return Address(path=path)
+    return _host_and_port(text, text)
+
+
+def _host_and_port(text: str, given: str) -> Address:
+    """``text`` without its ``udp:``; messages quote the address as ``given``."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
-            raise ListenerError(f"listen address {text!r} is not of the form [V6]:PORT")
+            raise ListenerError(f"address {given!r} is not of the form [V6]:PORT")
         port_text = rest[1:]
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
             raise ListenerError(
-                f"listen address {text!r} is not HOST:PORT, [V6]:PORT or unix:/PATH"
+                f"address {given!r} is not HOST:PORT, [V6]:PORT, unix:/PATH or udp:HOST:PORT"
             )
     try:
         port = int(port_text)
     except ValueError:
-        raise ListenerError(
-            f"listen address {text!r}: port {port_text!r} is not a number"
-        ) from None
+        raise ListenerError(f"address {given!r}: port {port_text!r} is not a number") from None
     if not 0 <= port <= 65535:
-        raise ListenerError(f"listen address {text!r}: port {port} is out of range (0-65535)")
+        raise ListenerError(f"address {given!r}: port {port} is out of range (0-65535)")
     return Address(host=host or "0.0.0.0", port=port)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -52,12 +53,67 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int,
         (["--log-level", "loud"], None, "invalid choice"),
         ([], {"ECHOD_PORT": "seven"}, "ECHOD_PORT='seven'"),
         ([], {"ECHOD_BACKEND": "nope"}, "unknown backend"),
+        (["--workers", "100000"], None, "above the ceiling of"),
+        (["--workers", "lots"], None, "or auto"),
+        (["--listen", "localhost"], None, "argument --listen: address 'localhost' is not"),
+        (["--listen", "udp:x"], None, "'udp:x' is not HOST:PORT, [V6]:PORT, unix:/PATH or udp:"),
+        (["--listen", "udp:unix:/x"], None, "UDP listens on HOST:PORT"),
+        (["--metrics", "9862"], None, "argument --metrics: address '9862'"),
+        (["--metrics", "udp:127.0.0.1:0"], None, "not UDP"),
+        ([], {"ECHOD_LISTEN": "127.0.0.1:x"}, "ECHOD_LISTEN='127.0.0.1:x'"),
+        ([], {"ECHOD_METRICS": "[::1"}, "ECHOD_METRICS='[::1'"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(
     args: list[str], env: dict[str, str] | None, text: str
 ) -> None:
     assert_one_line_error(run_echod(*args, env=env), 2, text)
+
+
+def test_the_worker_ceiling_stays_within_rlimit_nproc() -> None:
+    def few_processes() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_NPROC, (10, resource.getrlimit(resource.RLIMIT_NPROC)[1])
+        )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "echod", "--workers", "12", "--list-backends"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=few_processes,
+    )
+    assert_one_line_error(result, 2, "above the ceiling of 9")
+
+
+def test_the_worker_ceiling_allows_the_100k_bench_on_two_cpus() -> None:
+    # Six workers carry 100,000 connections under the per-process file limit.
+    assert run_echod("--workers", "16", "--list-backends").returncode == 0
+
+
+def test_an_unknown_echod_variable_is_named_in_a_warning() -> None:
+    result = run_echod("--list-backends", env={"ECHOD_PROT": "5000"})
+    assert result.returncode == 0
+    assert result.stderr.strip() == (
+        "echod: warning: ignoring unknown ECHOD_PROT (did you mean ECHOD_PORT?)"
+    )
+
+
+def test_help_shows_defaults_as_the_option_takes_them() -> None:
+    shown = " ".join(run_echod("--help").stdout.split())
+    assert "(default: 100/1M)" in shown
+    assert "(default: 53,123,161,389,1900,5353,11211)" in shown
+    assert "(100.0," not in shown and "(53," not in shown
+
+
+def test_an_address_not_on_this_machine_exits_1_with_one_line() -> None:
+    # Well-formed but unusable: a listener error (1), not a bad setting (2).
+    assert_one_line_error(
+        run_echod("--listen", "192.0.2.1:0"), 1, "cannot listen on 192.0.2.1:0: no such address"
+    )
+    assert_one_line_error(
+        run_echod("--listen", "udp:192.0.2.1:0"), 1, "cannot listen on udp:192.0.2.1:0"
+    )
 
 
 def test_a_host_that_does_not_resolve_exits_1_with_one_line() -> None:

@@ -9,6 +9,7 @@ cell are marked in every table and chart, from small synthetic results files.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,12 +167,14 @@ def test_workers_findings_compare_medians() -> None:
 def test_update_readme_rewrites_only_between_markers(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     head = "# x\n\nintro\n"
-    tail = "## Dependencies\n\nnone\n"
+    tail = "## Documentation\n\nnone\n"
     readme.write_text(head + "\n" + tail)
     update_readme({"bench": "first", "iomodel": "io"}, readme)
     text = readme.read_text()
     assert text.startswith(head) and text.endswith(tail)
-    assert text.index("<!-- bench:start -->\nfirst\n<!-- bench:end -->") < text.index("## Depend")
+    assert text.index("<!-- bench:start -->\nfirst\n<!-- bench:end -->") < text.index(
+        "## Documentation"
+    )
     update_readme({"bench": "second"}, readme)
     again = readme.read_text()
     assert "first" not in again and "second" in again
@@ -299,17 +302,31 @@ def test_the_c_client_drives_every_server_beside_echod_bench() -> None:
     assert by_c[2] in section.split("## Generator ceiling")[1]
 
 
-def test_the_readme_carries_the_ceiling_line_and_section(tmp_path: Path) -> None:
+def test_the_published_report_and_readme_are_what_the_stored_results_render() -> None:
+    """docs/bench/latest.md and the README's bench block are generated: a change to the
+    rendering republishes them (`python -m bench --publish-only` renders latest.json)."""
+    data = json.loads((ROOT / "docs" / "bench" / "latest.json").read_text())
+    assert (ROOT / "docs" / "bench" / "latest.md").read_text() == report.markdown(data, "")
+    block = report.readme_sections(data)["bench"]
+    assert f"<!-- bench:start -->\n{block}\n<!-- bench:end -->" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_carries_the_headline_table_and_links_the_rest(tmp_path: Path) -> None:
     readme_file = tmp_path / "README.md"
-    readme_file.write_text("# x\n\n## Dependencies\n")
+    readme_file.write_text("# x\n\n## Documentation\n")
     blocks = report.readme_sections(results())
     update_readme(blocks, readme_file)
     text = readme_file.read_text()
     assert "| generator ceiling | 55,000 † of C client's 100,000 | 0.55 of C client |" in text
-    assert "### Generator ceiling" in text and "## Which IO model?" in text
-    # One assembly path: the README's tables are the report's, line for line.
+    # The front page holds the headline table; the other tables are the report's alone,
+    # named and linked, and the marks are explained once.
+    assert "[docs/bench/latest.md](docs/bench/latest.md)" in text
+    assert '"Generator ceiling", "Which IO model?"' in text
+    assert "### Generator ceiling" not in text and "## Which IO model?" not in text
+    assert text.count(prose.LEGEND) == 1
+    # One assembly path: the README's table is the report's, line for line.
     full = report.markdown(results(), "docs/bench/")
-    for line in tables.iomodel_table(query.Results(results())):
+    for line in tables.summary_table(query.Results(results())):
         assert line in full and line in text
 
 
@@ -318,7 +335,76 @@ def _bars(fig: Any) -> dict[str, Any]:
 
 
 def _legend_texts(fig: Any) -> list[str]:
-    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def _gap_labels(fig: Any) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def _not_run(data: dict[str, Any], server: str, cell: str) -> dict[str, Any]:
+    """``server`` kept out of ``cell`` in every round, as the runner records it."""
+    for r in data["runs"]:
+        if r["server"] == server and r["cell"] == cell and r.get("generator") != "c-client":
+            r.pop("figures", None)
+            r["error"] = "not run: select() watches descriptors below FD_SETSIZE (1024)"
+    return data
+
+
+def test_a_cell_not_run_has_its_own_mark_one_note_and_no_failure_sentence() -> None:
+    data = _not_run(results(), "select", "idle-10k")
+    res = query.Results(data)
+    assert res.faults("select", "idle-10k") == {}
+    assert res.marks("select", "idle-10k") == " ∅"
+    assert "| select | 49,000 | - ∅ |" in _row(tables.iomodel_table(res), "select")
+    assert _row(tables.summary_table(res), "select").endswith("| - ∅ |")
+    text = report.markdown(data, "")
+    # One note for the three rounds, and the legend says what the mark means.
+    assert text.count("FD_SETSIZE (1024)") == 2  # the note, and the sentence below
+    assert "- ∅ not run: select in idle-10k: select() watches descriptors below" in text
+    assert "∅ not run: the cell is beyond what the server can do" in prose.LEGEND
+    findings = prose.iomodel_findings(res)
+    assert not any("did not hold" in f for f in findings)
+    assert (
+        "**select was not run at 10,000 connections**: select() watches descriptors "
+        "below FD_SETSIZE (1024)." in findings
+    )
+
+
+def test_charts_label_gaps_and_draw_no_group_for_a_cell_nothing_ran_in() -> None:
+    data = _not_run(results(), "select", "idle-10k")
+    # A cell nothing ran in, and a round that failed outright for threads.
+    data["cells"].append(
+        {"name": "c100k-100k", "label": "100k", "args": [], "connections": 100_000}
+    )
+    data["runs"] += [
+        {"server": s, "cell": "c100k-100k", "round": 1, "error": "not run: the hard limit"}
+        for s in data["servers"]
+    ]
+    for r in data["runs"]:
+        if r["server"] == "threads" and r["cell"] == "rr-1k-10":
+            r.pop("figures")
+            r["error"] = "echod-bench exited 1"
+    drawn = charts.figures(data)
+    try:
+        for name in ("throughput", "cpu"):
+            ticks = [t.get_text() for t in drawn[name].axes[0].get_xticklabels()]
+            assert ticks == ["rr-1k-10", "idle-10k"], ticks
+            assert sorted(_gap_labels(drawn[name])) == ["failed", "not run"]
+            assert not any(gid.endswith("|c100k-100k") for gid in _bars(drawn[name]))
+        assert "not run" in _gap_labels(drawn["iomodel"])
+        # The legend sits below the panels, not over the bars of one of them.
+        assert drawn["iomodel"].legends and not any(ax.get_legend() for ax in drawn["iomodel"].axes)
+        # 0.0 KiB per connection is drawn and labelled on the RSS panel.
+        rss = drawn["iomodel"].axes[3]
+        assert rss.get_yscale() == "symlog"
+        assert _bars(drawn["iomodel"])["epoll|rr-1k-10"] in rss.patches
+        assert "0.0" in [t.get_text() for t in rss.texts]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
 
 
 def test_charts_mark_generator_bound_and_faulty_bars() -> None:

@@ -28,7 +28,7 @@ def test_a_connection_closed_by_the_idle_timeout_is_counted() -> None:
         assert wait_until(lambda: latest(where, "echod_idle_closed_total") == 1, timeout=TIMEOUT)
 
 
-# threads' blocking sendall has no high-water mark to pause at (see the README).
+# threads' blocking sendall has no high-water mark to pause at (see docs/architecture.md).
 @pytest.mark.parametrize("backend", [b for b in backends.available() if b != "threads"])
 def test_a_client_that_sends_without_reading_is_paused_and_counted(backend: str) -> None:
     with echod(

@@ -94,3 +94,10 @@ def test_install_script_puts_the_pages_where_man_finds_them(tmp_path: Path) -> N
     )
     assert found.stdout.strip() == str(mandir / "man8/echod.8")
     assert (tmp_path / "etc/systemd/system/echod-metrics.socket").exists()
+
+
+def test_bench_page_describes_merge() -> None:
+    text = render(PAGES["echod-bench.1"]).stdout
+    assert "echod-bench merge RESULT.json..." in text
+    merge = text.split("\nMERGE\n", 1)[1].split("\nEXIT STATUS\n", 1)[0]
+    assert "--start-at" in merge and "--json FILE" in merge and "overlap" in merge

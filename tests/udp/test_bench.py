@@ -120,3 +120,37 @@ def test_reordering_is_counted_not_an_error(tmp_path: Path) -> None:
         status, figures = bench(port, tmp_path, "--pipeline", "4", "--connections", "1")
     assert status == 0, figures
     assert figures["reordered"], figures
+
+
+def test_a_rate_limited_run_says_so_and_an_unlimited_one_does_not(tmp_path: Path) -> None:
+    """Against echod's default --udp-rate the answers come at the limit's steady rate:
+    the report must say so instead of passing the limit off as the server's speed."""
+    with udp_echod("--listen", "udp:127.0.0.1:0") as srv:
+        status, figures = bench(srv.udp[0][1], tmp_path, "--connections", "20", "--duration", "3")
+    assert status == 0, figures
+    warnings = figures["warnings"]
+    assert len(warnings) == 1 and "the pattern of a rate limit" in warnings[0], figures  # type: ignore[arg-type,index]
+    with udp_echod("--listen", "udp:127.0.0.1:0", "--udp-rate", "0/0", "--udp-budget", "0") as srv:
+        status, figures = bench(srv.udp[0][1], tmp_path, "--connections", "20", "--duration", "3")
+    assert status == 0 and figures["lost"] == 0, figures
+    assert figures["warnings"] == [], figures
+
+
+def test_the_udp_report_has_the_tcp_layout(tmp_path: Path) -> None:
+    with udp_echod("--listen", "udp:127.0.0.1:0", "--udp-rate", "0/0") as srv:
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtest", "--udp", "--port", str(srv.udp[0][1]),
+             "--processes", "1", "--connections", "2", "--duration", "0.5", "--warmup", "0.1",
+             "--no-progress"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("echod-bench ") and lines[0].endswith(", 1 process"), lines
+    assert [line[:17] for line in lines[1:]] == [
+        "  window         ",
+        "  datagrams/s    ",
+        "  datagrams      ",
+        "  latency µs     ",
+        "  errors         ",
+        "  generator CPU  ",
+    ]

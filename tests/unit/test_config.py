@@ -13,8 +13,11 @@ from echod.config import (
     ConfigError,
     byte_size,
     from_environment,
+    max_workers,
     options_markdown,
     port_number,
+    unknown_variables,
+    worker_count,
 )
 
 
@@ -78,3 +81,21 @@ def test_the_readme_option_table_is_the_one_the_code_builds() -> None:
     block = readme.split("<!-- options:start", 1)[1].split("-->", 1)[1]
     block = block.split("<!-- options:end -->", 1)[0].strip()
     assert block == options_markdown(), "README options drifted; paste:\n" + options_markdown()
+
+
+def test_the_worker_ceiling_is_at_least_64_and_refuses_more() -> None:
+    ceiling = max_workers()
+    assert ceiling >= 16  # the 100,000-connection bench on a 2-CPU machine
+    assert worker_count(str(ceiling)) == ceiling
+    with pytest.raises(ConfigError, match="ceiling"):
+        worker_count(str(ceiling + 1))
+    with pytest.raises(ConfigError, match="ceiling"):
+        Config(workers=ceiling + 1)
+
+
+def test_unknown_variables_are_named_with_the_nearest_known_one() -> None:
+    environ = {"ECHOD_PROT": "1", "ECHOD_PORT": "2", "ECHOD_ZZZZZZ": "", "ECHOD_BENCH_LOOP": "c"}
+    assert unknown_variables(environ) == [
+        "ECHOD_PROT (did you mean ECHOD_PORT?)",
+        "ECHOD_ZZZZZZ",
+    ]
