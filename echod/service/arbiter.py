@@ -180,7 +180,8 @@ class Supervisor:
         self.slots: dict[int, Slot] = {}
         self.workers: dict[int, Worker] = {}  # by pid
         self.reactor = Reactor(io_manager(_best_selector()))
-        self.announced = False  # READY=1 sent
+        self.announced = False  # every worker of the first generation was ready
+        self.told_systemd = False  # READY=1 sent
         self.stopping = False
         self.handed_over = False  # an upgrade's successor serves: exit, leave the paths
         self.interrupts = 0
@@ -290,7 +291,7 @@ class Supervisor:
                     slot.failures = 0
         if alive or not self.announced:
             self.notifier.watchdog()
-        if self.announced and not self.stopping:
+        if self.told_systemd and not self.stopping:
             self.notifier.status(self.summary())
 
     # Workers ---------------------------------------------------------------------------
@@ -410,12 +411,18 @@ class Supervisor:
         if not self.announced:
             self.announced = True
             log.info("ready: %d workers serving", len(self.workers))
-            self.notifier.send(READY=1, MAINPID=self.pid, STATUS=self.summary())
-            self._store_listeners()
-            if self.predecessor is not None:
-                self.predecessor.send(Message(channel.READY))
+            # After an upgrade, systemd hears us only once the old supervisor, still
+            # the main process, has named us with MAINPID= (NotifyAccess=main).
+            if self.predecessor is None or not self.predecessor.send(Message(channel.READY)):
+                self._tell_systemd_ready()
         elif self.change is not None and self.change.kind == "reload":
             self._reloaded()
+
+    def _tell_systemd_ready(self) -> None:
+        if not self.told_systemd:
+            self.told_systemd = True
+            self.notifier.send(READY=1, MAINPID=self.pid, STATUS=self.summary())
+            self._store_listeners()
 
     def _reap(self) -> None:
         while True:
@@ -667,6 +674,9 @@ class Supervisor:
         self._end_change(change)
         self.successor = change.link
         self.handed_over = True
+        assert change.successor is not None and change.link is not None
+        self.notifier.mainpid(change.successor)
+        change.link.send(Message(upgrade.MAINPID))
         self.reloads["upgrade", "ok"] += 1
         log.info(
             "upgrade done: the new echod (pid %d) serves, ready in %.3fs; draining",
@@ -692,9 +702,12 @@ class Supervisor:
         self._after_change()
 
     def _on_predecessor(self, messages: list[Message] | None) -> None:
-        """The old supervisor's totals and history, once its last worker is gone."""
+        """The old supervisor's word that we are the main process now; then its totals
+        and history, once its last worker is gone."""
         for message in messages or ():
-            if message.kind == channel.STATS:
+            if message.kind == upgrade.MAINPID:
+                self._tell_systemd_ready()
+            elif message.kind == channel.STATS:
                 with contextlib.suppress(ValueError):
                     self.inherited.add(Stats.decode(message.body))
             elif message.kind == upgrade.HISTORY:
@@ -704,6 +717,8 @@ class Supervisor:
         if messages is None and self.predecessor is not None:
             self.predecessor.close()
             self.predecessor = None
+            if self.announced:
+                self._tell_systemd_ready()  # if it died before naming us: say it ourselves
 
     # Fresh counters --------------------------------------------------------------------
     def collect(self, then: Callable[[], None], report: bool = False) -> None:

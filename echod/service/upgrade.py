@@ -5,8 +5,10 @@ passed the way systemd passes sockets (``LISTEN_FDS``, ``LISTEN_FDNAMES``,
 ``LISTEN_PID``), so one path in :mod:`echod.net.activation` takes sockets from systemd
 and from an old echod. One more descriptor, named ``echod.upgrade``, is a channel
 between the two supervisors: the new one says ``READY`` once all its workers serve;
-the old one then drains and, once its last worker is gone, hands over its totals
-(``STATS``) and its reload history (``HISTORY``), so counters never go down.
+the old one, still systemd's main process, names it with ``MAINPID=`` (so the units
+keep ``NotifyAccess=main``), says ``MAINPID`` back, after which the new one tells
+systemd ``READY=1``; the old then drains and, once its last worker is gone, hands over
+its totals (``STATS``) and its reload history (``HISTORY``), so counters never go down.
 
 The old process stays alive until the new one is ready, so a new process that fails
 (an import error, a bad configuration, a crash, silence past the timeout) is stopped
@@ -24,7 +26,8 @@ from echod.net.activation import SD_LISTEN_FDS_START, UPGRADE_FD_NAME
 from echod.net.listener_set import Named
 from echod.service.channel import Channel
 
-HISTORY = "HISTORY"
+HISTORY = "HISTORY"  # old → new: the reload counters and the generation
+MAINPID = "MAINPID"  # old → new: systemd has been told the new one is the main process
 
 
 def start_successor(
