@@ -119,8 +119,14 @@ def echod_page(version: str = __version__) -> str:
         ),
         ".SH FILES",
         ".TP",
+        escape("/etc/echod/echod.toml"),
+        escape(
+            "settings the systemd units pass with --config and check before a reload; "
+            "install.sh puts it there if absent."
+        ),
+        ".TP",
         escape("/etc/echod/echod.env"),
-        escape("ECHOD_* settings read by the systemd units, if it exists."),
+        escape("ECHOD_* settings read by the systemd units, if it exists; they win over the file."),
         ".SH EXAMPLES",
         ".nf",
         escape("echod --backend epoll --port 5000"),
