@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from echod import __version__, backends
 from echod.backends.base import Backend
-from echod.config import OPTIONS, Config, ConfigError, from_environment, from_file
+from echod.config import OPTIONS, Config, ConfigError, from_environment
 from echod.lifecycle import Stats
 from echod.logs import configure_logging
 from echod.net.listener_set import open_listeners
@@ -68,17 +68,6 @@ def build_parser() -> Parser:
             help=f"{option.help}{default} [{option.env}]",
         )
     parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read settings from this TOML file (keys are the option names, e.g. "
-        "graceful_timeout = 30); flags and ECHOD_* variables win over it",
-    )
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the settings without binding or serving; exit 0, or 2 with the reason",
-    )
-    parser.add_argument(
         "--list-backends", action="store_true", help="print the backends available here and exit"
     )
     parser.add_argument("--version", action="version", version=f"echod {__version__}")
@@ -86,35 +75,24 @@ def build_parser() -> Parser:
 
 
 def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[Config, bool]:
-    """Settings from defaults, then ``--config``'s file, then ``ECHOD_*`` variables, then flags."""
-    config, args = parse(argv, environ)
-    return config, bool(args.list_backends)
-
-
-def parse(
-    argv: Sequence[str] | None, environ: Mapping[str, str]
-) -> tuple[Config, argparse.Namespace]:
+    """Settings from defaults, then ``ECHOD_*`` variables, then flags."""
     args = build_parser().parse_args(argv)
-    values = from_file(args.config) if args.config else {}
-    values.update(from_environment(environ))
+    values = from_environment(environ)
     for option in OPTIONS:
         given = getattr(args, option.name)
         if given is not None:
             values[option.name] = tuple(given) if option.repeated else given
-    return Config(**values), args
+    return Config(**values), bool(args.list_backends)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config, args = parse(argv, os.environ)
-        if args.list_backends:
+        config, list_only = load_config(argv, os.environ)
+        if list_only:
             for name in backends.available():
                 print(name)
             return 0
         backend = backends.load(config.backend or backends.default_name())
-        if args.check_config:
-            print(f"echod: configuration ok (backend {backend.name})")
-            return 0
         configure_logging(config.log_level, log_format=config.log_format)
     except (ConfigError, backends.BackendUnavailable) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)

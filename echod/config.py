@@ -9,7 +9,6 @@ variable.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -277,49 +276,4 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
             raise ConfigError(f"{option.env}={raw!r}: {exc}") from None
         if option.choices and values[option.name] not in option.choices:
             raise ConfigError(f"{option.env}={raw!r}: choose from {', '.join(option.choices)}")
-    return values
-
-
-def from_file(path: str) -> dict[str, Any]:
-    """Settings from a TOML file whose keys are the option names (``graceful_timeout``).
-
-    A value is the string the command line takes (``"64K"``, ``"auto"``) or a native
-    TOML number, boolean or, for a repeated option, array. Every mistake is one line
-    naming the file and the key.
-    """
-    try:
-        # Through importlib: mypy checks this module as Python 3.10, which has no tomllib.
-        tomllib = importlib.import_module("tomllib")
-    except ModuleNotFoundError:
-        raise ConfigError(f"{path}: --config needs Python 3.11 or later (tomllib)") from None
-
-    try:
-        with open(path, "rb") as file:
-            table = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    options = {option.name: option for option in OPTIONS}
-    values: dict[str, Any] = {}
-    for key, raw in table.items():
-        option = options.get(key)
-        if option is None:
-            raise ConfigError(f"{path}: unknown key {key!r}")
-        items = raw if isinstance(raw, list) and option.repeated else [raw]
-        parsed = []
-        for item in items:
-            if isinstance(item, (dict, list)) or (
-                isinstance(item, bool) and option.parse is not str
-            ):
-                raise ConfigError(f"{path}: {key}: {item!r} is not a value for this key")
-            text = str(item).lower() if isinstance(item, bool) else str(item)
-            try:
-                value = option.parse(text)
-            except ConfigError as exc:
-                raise ConfigError(f"{path}: {key}: {exc}") from None
-            if option.choices and value not in option.choices:
-                raise ConfigError(f"{path}: {key}: choose from {', '.join(option.choices)}")
-            parsed.append(value)
-        values[key] = tuple(parsed) if option.repeated else parsed[0]
     return values
