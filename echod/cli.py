@@ -8,23 +8,31 @@ that cannot be used), never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from echod import __version__, backends
 from echod.backends.base import Backend
-from echod.config import OPTIONS, Config, ConfigError, from_environment
-from echod.lifecycle import Stats
+from echod.config import OPTIONS, Config, ConfigError, from_environment, from_file
+from echod.lifecycle import Lifecycle, Stats
 from echod.logs import configure_logging
+from echod.net.activation import UPGRADE_FD_NAME, inherited_sockets
 from echod.net.listener_set import open_listeners
-from echod.net.listeners import ListenerError
+from echod.net.listeners import ListenerError, describe, parse_address
 from echod.service import ServiceError, worker_process
-from echod.service.arbiter import Supervisor
-from echod.service.limits import check_identity, raise_nofile_limit
+from echod.service.arbiter import Served, Supervisor
+from echod.service.channel import Channel
+from echod.service.limits import raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
 from echod.udp.serving import check_backend
+
+log = logging.getLogger("echod")
+CONFIG_VARIABLE = "ECHOD_CONFIG"
 
 EXIT_USAGE = 2
 EXIT_LISTEN = 1
@@ -68,83 +76,151 @@ def build_parser() -> Parser:
             help=f"{option.help}{default} [{option.env}]",
         )
     parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file, keys named as the options below "
+        f'(high_water = "64K"); flags and ECHOD_* win over it; SIGHUP re-reads it [{CONFIG_VARIABLE}]',
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the settings (file, environment, flags) without binding or serving; "
+        "exit 0 if a start or a reload would take them, 2 if not",
+    )
+    parser.add_argument(
         "--list-backends", action="store_true", help="print the backends available here and exit"
     )
     parser.add_argument("--version", action="version", version=f"echod {__version__}")
     return parser
 
 
-def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[Config, bool]:
-    """Settings from defaults, then ``ECHOD_*`` variables, then flags."""
+@dataclass(frozen=True)
+class Settings:
+    """What the command line asks for: the settings, and what to do with them."""
+
+    config: Config
+    list_only: bool = False
+    check_only: bool = False
+    config_file: str | None = None
+    overridden: tuple[str, ...] = ()  # file keys a flag or an ECHOD_* variable beats
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+    """Settings from defaults, then the ``--config`` file, then ``ECHOD_*``, then flags."""
     args = build_parser().parse_args(argv)
-    values = from_environment(environ)
+    path = args.config or environ.get(CONFIG_VARIABLE) or None
+    from_file_ = from_file(path) if path else {}
+    given = from_environment(environ)
     for option in OPTIONS:
-        given = getattr(args, option.name)
-        if given is not None:
-            values[option.name] = tuple(given) if option.repeated else given
-    return Config(**values), bool(args.list_backends)
+        value = getattr(args, option.name)
+        if value is not None:
+            given[option.name] = tuple(value) if option.repeated else value
+    overridden = tuple(sorted(key for key in from_file_ if key in given))
+    config = Config(**{**from_file_, **given})
+    return Settings(config, bool(args.list_backends), bool(args.check_config), path, overridden)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config, list_only = load_config(argv, os.environ)
-        if list_only:
+        settings = load_config(argv, os.environ)
+        config = settings.config
+        if settings.list_only:
             for name in backends.available():
                 print(name)
             return 0
         backend = backends.load(config.backend or backends.default_name())
+        if settings.check_only:
+            return check(settings, backend)
         configure_logging(config.log_level, log_format=config.log_format)
-    except (ConfigError, backends.BackendUnavailable) as exc:
+    except (ConfigError, ListenerError, backends.BackendUnavailable) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for key in settings.overridden:
+        log.warning(
+            "%s: %s is overridden by the command line or ECHOD_*", settings.config_file, key
+        )
     try:
-        return serve(config, backend)
+        return serve(settings, backend, argv)
     except KeyboardInterrupt:  # before the backend took over SIGINT
         return 130
 
 
-def serve(config: Config, backend: Backend) -> int:
+def check(settings: Settings, backend: Backend) -> int:
+    """``--check-config``: what start-up and a reload would refuse, without binding."""
+    config = settings.config
+    for text in config.addresses:
+        parse_address(text)
+    if config.metrics is not None:
+        parse_address(config.metrics)
+    datagram = any(parse_address(text).datagram for text in config.addresses)
+    check_backend(backend.name, [socket.socket(type=socket.SOCK_DGRAM)] if datagram else [])
+    source = settings.config_file or "the command line and environment"
+    print(
+        f"echod: configuration ok ({source}): backend {backend.name}, "
+        f"{config.workers} worker(s), listening on {' '.join(config.addresses)}"
+    )
+    return 0
+
+
+def supervised(settings: Settings) -> bool:
+    """A supervisor runs whenever echod can be reloaded or has more than one process:
+    with --workers above 1, --metrics or --config (the units give --config)."""
+    config = settings.config
+    return config.workers > 1 or config.metrics is not None or settings.config_file is not None
+
+
+def serve(settings: Settings, backend: Backend, argv: Sequence[str]) -> int:
     """Settings → listeners → one serving process, or a supervisor and its workers."""
-    workers = config.workers > 1
+    config = settings.config
     try:
-        listeners = open_listeners(
+        inherited = inherited_sockets()
+        predecessor = next((n for n in inherited if n.name == UPGRADE_FD_NAME), None)
+        inherited = [n for n in inherited if n is not predecessor]
+        with_supervisor = supervised(settings) or predecessor is not None
+        listeners, unused = open_listeners(
             config.addresses,
             config.backlog,
-            per_worker=workers and config.listen_mode == "reuseport",
+            slots=config.workers if with_supervisor and config.listen_mode == "reuseport" else 0,
             metrics=config.metrics,
+            available=inherited,
         )
     except ListenerError as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_LISTEN
+    for named in unused:  # handed on by an earlier echod, not in this configuration
+        log.info(
+            "closing inherited %s (%s): not in this configuration", named.name, describe(named.sock)
+        )
+        named.sock.close()
     # The limit is per process, and --max-connections is per worker: the same sum holds.
     raise_nofile_limit(config.max_connections + 64 if config.max_connections else None)
     notifier = Notifier.from_env()
+    supervisor: Supervisor | None = None
     try:
-        check_backend(backend.name, listeners.shared)
-        # Metrics are served by the supervisor, which never touches a client socket.
-        if not workers and listeners.metrics is None:
-            stats = Stats()
-            worker_process.serve(
-                backend,
-                config,
-                listeners,
-                stats,
-                notifier if notifier.enabled else None,
-                watchdog_interval(),
+        check_backend(backend.name, listeners.for_slot(None))
+        if not with_supervisor:
+            lifecycle = Lifecycle(
+                Stats(), notifier if notifier.enabled else None, watchdog_interval()
             )
+            worker_process.serve(backend, config, listeners.for_slot(None), lifecycle)
             return 0
-        if config.user is not None:
-            if listeners.per_worker:
-                # Each reuseport worker binds its own socket, and a restarted one binds
-                # again, which needs the root --user gives up: as nginx's master and
-                # gunicorn's arbiter do, the supervisor keeps it and each worker drops
-                # it once bound. The supervisor never reads a client's byte.
-                check_identity(config.user, config.group)
-            else:
-                worker_process.become_user(backend, config)
-        return Supervisor(config, backend, listeners, notifier, watchdog_interval()).run()
+        worker_process.become_user(backend, config)
+        supervisor = Supervisor(
+            Served(config, backend, listeners, generation=1),
+            notifier,
+            watchdog_interval(),
+            reread=lambda: load_config(argv, os.environ).config,
+            argv=argv,
+            predecessor=Channel(predecessor.sock) if predecessor is not None else None,
+        )
+        return supervisor.run()
     except (ListenerError, ServiceError) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_LISTEN
     finally:
-        listeners.close()
+        # After an upgrade the successor serves the same Unix socket files.
+        handed_over = supervisor is not None and supervisor.handed_over
+        (supervisor.listeners if supervisor is not None else listeners).close(
+            remove_paths=not handed_over
+        )

@@ -1,21 +1,29 @@
 """echod's settings: one table that the command line, the environment and the docs share.
 
-Each :class:`Option` row gives the flag, the ``ECHOD_*`` variable, the parser and the
-default; ``cli`` builds argparse from it and :func:`options_markdown` the README's table
-(a unit test keeps the two equal). A flag given on the command line wins over its
-variable.
+Each :class:`Option` row gives the flag, the ``ECHOD_*`` variable, the TOML key of
+``--config`` files (the row's name), the parser and the default; ``cli`` builds argparse
+from it and :func:`options_markdown` the README's table (a unit test keeps the two
+equal). Precedence: the command line, then ``ECHOD_*`` variables, then the file, then
+the defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from echod.logs import FORMATS as LOG_FORMATS
 from echod.session import WaterMarks
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the backport, same API
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
@@ -260,6 +268,17 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def _parse(option: Option, text: str) -> Any:
+    """One value as the flag would take it, choices checked."""
+    value = option.parse(text)
+    if option.choices and value not in option.choices:
+        raise ConfigError(f"choose from {', '.join(option.choices)}")
+    return value
+
+
 def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Settings given as ``ECHOD_*`` variables, parsed by the same rules as the flags."""
     values: dict[str, Any] = {}
@@ -269,11 +288,52 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
             continue
         try:
             if option.repeated:
-                values[option.name] = tuple(option.parse(part) for part in raw.split())
+                values[option.name] = tuple(_parse(option, part) for part in raw.split())
             else:
-                values[option.name] = option.parse(raw)
+                values[option.name] = _parse(option, raw)
         except ConfigError as exc:
             raise ConfigError(f"{option.env}={raw!r}: {exc}") from None
-        if option.choices and values[option.name] not in option.choices:
-            raise ConfigError(f"{option.env}={raw!r}: choose from {', '.join(option.choices)}")
     return values
+
+
+def from_file(path: str) -> dict[str, Any]:
+    """Settings from a TOML file (``--config``).
+
+    Its keys are the options' names (``high_water``, ``listen_mode``); a value is the
+    text the flag takes (``"64K"``, ``"auto"``) or a TOML integer, float or, for a
+    repeated option such as ``listen``, an array. An unknown key, a bad value or a bad
+    type is a :class:`ConfigError` naming the file and the key.
+    """
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        option = BY_NAME.get(key)
+        if option is None:
+            near = difflib.get_close_matches(key, BY_NAME, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+        try:
+            if option.repeated:
+                items = raw if isinstance(raw, list) else [raw]
+                values[key] = tuple(_parse(option, _toml_text(item)) for item in items)
+            else:
+                values[key] = _parse(option, _toml_text(raw))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+    return values
+
+
+def _toml_text(value: object) -> str:
+    """A TOML scalar as the text its flag would take."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        kind = "boolean" if isinstance(value, bool) else type(value).__name__
+        raise ConfigError(f"expected a string or a number, not a TOML {kind}")
+    return value if isinstance(value, str) else repr(value)

@@ -10,11 +10,13 @@ import contextlib
 import enum
 import logging
 import signal
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from echod.service import channel
 from echod.udp.guard import UdpCounters
 
 log = logging.getLogger("echod")
@@ -129,38 +131,62 @@ class Notifier(Protocol):
 
 
 class Command(enum.Enum):
-    """What a signal asks of a serving loop."""
+    """What a signal or a supervisor's request asks of a serving loop."""
 
     DRAIN = "drain"  # stop accepting, let connections finish, exit 0
     EXIT_NOW = "exit-now"  # close everything at once
-    REPORT = "report"  # log the counters
-    REFRESH = "refresh"  # pass fresh counters on without logging (a metrics scrape)
+    REPORT = "report"  # log the counters (and answer with them)
+    COLLECT = "collect"  # answer with fresh counters, without logging (a metrics scrape)
+    RELOAD = "reload"  # SIGHUP: a supervisor's job
+    UPGRADE = "upgrade"  # SIGUSR2: a supervisor's job
 
 
-REPORT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, *REPORT_SIGNALS)
+# Signals that ask for something other than an end: their default action (death) must
+# never be what a serving process does with them.
+CONTROL_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, *CONTROL_SIGNALS)
+_SIGNAL_COMMANDS: dict[int, Command] = {
+    signal.SIGUSR1: Command.REPORT,
+    signal.SIGHUP: Command.RELOAD,
+    signal.SIGUSR2: Command.UPGRADE,
+}
+_REQUEST_COMMANDS = {
+    channel.COLLECT: Command.COLLECT,
+    channel.REPORT: Command.REPORT,
+    channel.DRAIN: Command.DRAIN,
+}
 
 
-def ignore_report_signals() -> None:
-    """SIGUSR1 and SIGUSR2 with no loop to answer them: ignored, since their default
-    action (death) would cost the final tally and the exit status."""
-    for signum in REPORT_SIGNALS:
+def ignore_control_signals() -> None:
+    """SIGHUP, SIGUSR1 and SIGUSR2 with no loop to answer them: ignored, since their
+    default action (death) would cost the connections, the final tally and the exit
+    status."""
+    for signum in CONTROL_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
-def report_signals_held() -> Iterator[None]:
+def control_signals_held() -> Iterator[None]:
     """While a loop gives its signal handlers back (asyncio's, uvloop's and gevent's put
-    the default action back): report signals wait, blocked in this thread, and are
+    the default action back): control signals wait, blocked in this thread, and are
     dropped once ignored. The reactor's loops restore what they found, which
-    ``ignore_report_signals`` before their start made "ignored"; the threads backend's
+    ``ignore_control_signals`` before their start made "ignored"; the threads backend's
     other threads never see the default action."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, REPORT_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
     try:
         yield
     finally:
-        ignore_report_signals()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, REPORT_SIGNALS)
+        ignore_control_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
+
+
+class Control(Protocol):
+    """A worker's end of its supervisor's channel (echod.service.worker_process)."""
+
+    sock: socket.socket
+
+    def receive(self) -> list[channel.Message] | None: ...
+    def answer(self, request: int, stats: Stats) -> object: ...
 
 
 class Lifecycle:
@@ -171,9 +197,11 @@ class Lifecycle:
         stats: Stats | None = None,
         notifier: Notifier | None = None,
         watchdog_interval: float | None = None,
+        control: Control | None = None,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
         self.notifier = notifier
+        self.control = control  # set in a worker: its supervisor's requests
         self.draining = False
         self._interrupts = 0
         self.heartbeat_interval = heartbeat_interval(watchdog_interval)
@@ -192,26 +220,43 @@ class Lifecycle:
 
     def command(self, signum: int) -> Command:
         """Map a signal to what the loop must do; a second SIGINT forces the exit."""
-        if signum == signal.SIGUSR1:
-            return Command.REPORT
-        if signum == signal.SIGUSR2:
-            return Command.REFRESH
+        if signum in _SIGNAL_COMMANDS:
+            return _SIGNAL_COMMANDS[signum]
         if signum == signal.SIGINT:
             self._interrupts += 1
             if self._interrupts > 1:
                 return Command.EXIT_NOW
         return Command.DRAIN
 
-    def report(self) -> None:
-        log.info("stats: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
-        # The supervisor adds up its workers' counters on the same SIGUSR1.
-        self.refresh()
+    @staticmethod
+    def request(message: channel.Message) -> Command | None:
+        """What a supervisor's request asks; None for a kind this worker does not know."""
+        return _REQUEST_COMMANDS.get(message.kind)
 
-    def refresh(self) -> None:
-        """Fresh counters to whoever listens (systemd's STATUS=, or the supervisor, which
-        asks before it answers a metrics scrape), without a log line."""
-        if self.notifier:
+    def report(self, request: int = 0) -> None:
+        log.info("stats: %s", self.stats.summary(), extra={"counts": self.stats.counts()})
+        self.refresh(request)  # the supervisor adds up its workers' answers
+
+    def refresh(self, request: int = 0) -> None:
+        """Fresh counters to whoever listens: the supervisor that asked, or systemd's
+        STATUS=, without a log line."""
+        if self.control is not None:
+            self.control.answer(request, self.stats)
+        elif self.notifier:
             self.notifier.status(self.stats.summary())
+
+    def needs_supervisor(self, command: Command) -> None:
+        """SIGHUP or SIGUSR2 reached a process that cannot reload or upgrade itself: a
+        line that says where to send it, and serving goes on."""
+        what = "a reload (SIGHUP)" if command is Command.RELOAD else "an upgrade (SIGUSR2)"
+        if self.control is not None:
+            log.warning("%s is the supervisor's to do: signal the supervisor, not a worker", what)
+        else:
+            log.warning(
+                "%s needs a supervisor (start echod with --config, --workers or --metrics); "
+                "serving on unchanged",
+                what,
+            )
 
     def start_draining(self, graceful_timeout: float) -> None:
         self.draining = True

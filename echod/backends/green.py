@@ -135,6 +135,7 @@ class GreenServer(ServingCore[Connection]):
         self.finished = gevent.event.Event()
         self.failure: BaseException | None = None
         self.acceptors: list[Any] = []
+        self.readers: dict[int, Any] = {}  # by fd: greenlets watching for readability
         self.timers: list[Any] = []
         self.signal_handlers: list[Any] = []
 
@@ -186,6 +187,26 @@ class GreenServer(ServingCore[Connection]):
             gevent.socket.wait_read(fileno)
             self.accept_from(listener)
 
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        """A greenlet per watched socket (the supervisor's channel): the callback may
+        switch, which a watcher's callback on the hub may not."""
+        fileno = sock.fileno()
+
+        def watch() -> None:
+            me = gevent.getcurrent()
+            while self.readers.get(fileno) is me:
+                gevent.socket.wait_read(fileno)
+                callback(0)
+
+        reader = gevent.spawn(watch)
+        reader.link_exception(self._fail)
+        self.readers[fileno] = reader
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        reader = self.readers.pop(sock.fileno(), None)
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+
     def _fail(self, greenlet: Any) -> None:
         """An acceptor died of an unexpected error: let serve() raise it."""
         self.failure = greenlet.exception
@@ -212,7 +233,8 @@ class GreenServer(ServingCore[Connection]):
     def close_loop(self) -> None:
         for handler in self.signal_handlers:
             handler.cancel()
-        gevent.killall(self.timers)
+        readers, self.readers = list(self.readers.values()), {}
+        gevent.killall([*self.timers, *readers])
 
     # Closing ---------------------------------------------------------------------------
     def closed(self, conn: Connection) -> None:

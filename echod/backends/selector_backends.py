@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from echod.backends.base import RECEIVE_SIZE
 from echod.backends.on_reactor import ReactorServingCore
-from echod.backends.reactor import Reactor, io_manager
 from echod.config import Config
 from echod.lifecycle import Lifecycle
+from echod.loop import Reactor, io_manager
 from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
 
 assert (selectors.EVENT_READ, selectors.EVENT_WRITE) == (WANT_READ, WANT_WRITE)
@@ -175,12 +175,6 @@ class ReactorServer(ReactorServingCore[Connection]):
         conn = Connection(sock, self)
         self.reactor.add(conn.fd, WANT_READ, conn.on_readable)
         return conn
-
-    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
-        self.reactor.add(sock.fileno(), WANT_READ, callback)
-
-    def unwatch_readable(self, sock: socket.socket) -> None:
-        self.reactor.remove(sock.fileno())
 
     def forget(self, conn: Connection) -> None:
         self.reactor.remove(conn.fd)

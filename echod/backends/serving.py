@@ -47,7 +47,7 @@ from echod.backends.base import (
     sweep,
 )
 from echod.config import Config
-from echod.lifecycle import Command, Lifecycle, ignore_report_signals, report_signals_held
+from echod.lifecycle import Command, Lifecycle, control_signals_held, ignore_control_signals
 from echod.logs import RateLimitedLog
 from echod.net.listeners import describe
 from echod.udp.serving import DatagramService
@@ -205,13 +205,15 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def start(self, label: str) -> None:
         # Ignored under the loop's handlers: a loop that restores what it found on
-        # closing leaves them ignored (see ``report_signals_held`` for the others).
-        ignore_report_signals()
+        # closing leaves them ignored (see ``control_signals_held`` for the others).
+        ignore_control_signals()
         self.handle_signals()
         self.resume_accepting()
         self.call_every(self.lifecycle.heartbeat_interval, self.heartbeat)
         self.start_idle_sweeps()
         self.udp.start(self.watch_readable, self.unwatch_readable)
+        if self.lifecycle.control is not None:
+            self.watch_readable(self.lifecycle.control.sock, self.on_requests)
         addresses = [describe(sock) for sock in self.listeners] + self.udp.addresses
         self.lifecycle.ready(addresses, label)
         io = self.io_description()
@@ -236,7 +238,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if self.connections:
             self.settle(self.settle_timeout)
         self._spare.close()
-        with report_signals_held():
+        with control_signals_held():
             self.close_loop()
         self.refresh_stats()
         self.lifecycle.stopped()
@@ -246,13 +248,32 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.lifecycle.heartbeat()
 
     def on_signal(self, signum: int) -> None:
-        command = self.lifecycle.command(signum)
-        if command is Command.REPORT:
+        self.obey(self.lifecycle.command(signum))
+
+    def on_requests(self, mask: int) -> None:
+        """The supervisor's channel is readable: its requests, or its end."""
+        control = self.lifecycle.control
+        assert control is not None
+        messages = control.receive()
+        if messages is None:  # the supervisor is gone: nobody will ask for a drain
+            self.unwatch_readable(control.sock)
+            self.obey(Command.DRAIN)
+            return
+        for message in messages:
+            command = self.lifecycle.request(message)
+            if command is not None:
+                self.obey(command, message.id)
+
+    def obey(self, command: Command, request: int = 0) -> None:
+        """Do what a signal or a request asks; ``request`` is the id an answer repeats."""
+        if command is Command.REPORT or command is Command.COLLECT:
             self.refresh_stats()
-            self.lifecycle.report()
-        elif command is Command.REFRESH:
-            self.refresh_stats()
-            self.lifecycle.refresh()
+            if command is Command.REPORT:
+                self.lifecycle.report(request)
+            else:
+                self.lifecycle.refresh(request)
+        elif command is Command.RELOAD or command is Command.UPGRADE:
+            self.lifecycle.needs_supervisor(command)
         elif command is Command.EXIT_NOW:
             log.warning("second interrupt: closing %d connection(s) now", len(self.connections))
             self.finish()

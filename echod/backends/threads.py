@@ -13,7 +13,7 @@ than through an :class:`~echod.session.EchoSession`:
 
 The main thread never reads or writes a client socket (as gunicorn's arbiter never
 does): it runs the serving core (:mod:`echod.backends.serving`) on echod's
-:class:`~echod.backends.reactor.Reactor` over the listeners, signals and timers,
+:class:`~echod.loop.Reactor` over the listeners, signals and timers,
 accepting connections, sending heartbeats (so a stuck main thread stops the watchdog)
 and running the shared idle and drain sweeps. A connection's thread closes its own
 socket, so a descriptor is never closed under a blocked call, then hands the release
@@ -51,10 +51,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from echod.backends.on_reactor import ReactorServingCore
-from echod.backends.reactor import Reactor, io_manager
 from echod.backends.serving import CannotStart
 from echod.config import Config
 from echod.lifecycle import Lifecycle
+from echod.loop import Reactor, io_manager
 
 log = logging.getLogger("echod")
 

@@ -15,21 +15,21 @@ workers and calls back once all have answered, or a second has passed). So colle
 start at most once per ``RENDER_GAP``, and a flood of scrapes costs each worker at most
 ten refreshes a second.
 
-The endpoint owns its own selector; the supervisor watches that selector's descriptor
-(an epoll or kqueue fd is itself pollable) and calls :meth:`MetricsEndpoint.on_ready`,
-and :meth:`~MetricsEndpoint.expire` from its timer.
+The endpoint registers its sockets on the supervisor's :class:`~echod.loop.Reactor`, the
+one loop of that process; the supervisor calls :meth:`~MetricsEndpoint.expire` from a
+timer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from echod.loop import READ, WRITE, Reactor
 from echod.metrics.exposition import OPENMETRICS_TYPE, TEXT_TYPE
 
 MAX_SCRAPERS = 16
@@ -67,10 +67,12 @@ class MetricsEndpoint:
         listener: socket.socket,
         render: Render,
         refresh: Refresh,
+        loop: Reactor,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
         self.listener.setblocking(False)
+        self.loop = loop
         self.render = render
         self.refresh = refresh
         self.clock = clock
@@ -78,28 +80,16 @@ class MetricsEndpoint:
         self.collecting: list[_Scraper] | None = None
         self.queued: list[_Scraper] = []
         self._collected_from = float("-inf")  # when the last collection started
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(listener, selectors.EVENT_READ, None)
+        loop.add(listener.fileno(), READ, lambda mask: self._accept())
         self.scrapers: dict[int, _Scraper] = {}  # by fd, oldest first
         self._cache: dict[bool, bytes] = {}  # per format, for one collection
         log.info("metrics on %s", where(listener))
 
-    def fileno(self) -> int:
-        return self.selector.fileno()
-
-    def on_ready(self) -> None:
-        for key, _ in self.selector.select(0):
-            if key.data is None:
-                self._accept()
-                continue
-            scraper: _Scraper = key.data
-            if scraper.sock.fileno() < 0:
-                continue  # evicted earlier in this batch
-            if scraper.out is None:
-                self._read(scraper)
-            else:
-                self._write(scraper)
-        self.expire()
+    def _on_ready(self, scraper: _Scraper) -> None:
+        if scraper.out is None:
+            self._read(scraper)
+        else:
+            self._write(scraper)
 
     def expire(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
@@ -109,13 +99,14 @@ class MetricsEndpoint:
     def close(self) -> None:
         for scraper in list(self.scrapers.values()):
             self._close(scraper)
-        self.selector.close()
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.loop.remove(self.listener.fileno())
         self.listener.close()
 
     def fds(self) -> list[int]:
         """Every descriptor it holds, for a forked worker to close plainly (unregistering
         would remove the supervisor's registrations from the epoll set they share)."""
-        return [self.selector.fileno(), self.listener.fileno(), *self.scrapers]
+        return [self.listener.fileno(), *self.scrapers]
 
     # Connections -------------------------------------------------------------------
     def _accept(self) -> None:
@@ -131,7 +122,7 @@ class MetricsEndpoint:
             sock.setblocking(False)
             scraper = _Scraper(sock, self.clock() + DEADLINE)
             self.scrapers[sock.fileno()] = scraper
-            self.selector.register(sock, selectors.EVENT_READ, scraper)
+            self.loop.add(sock.fileno(), READ, self._callback(scraper))
 
     def _read(self, scraper: _Scraper) -> None:
         try:
@@ -166,7 +157,7 @@ class MetricsEndpoint:
             return
         # Held unwatched: a readable (or closed) socket must not wake the loop again.
         scraper.wants = wants
-        self.selector.unregister(scraper.sock)
+        self.loop.remove(scraper.sock.fileno())
         if self.collecting is None:
             self._collect([scraper])
         elif recent:
@@ -201,9 +192,9 @@ class MetricsEndpoint:
         ).encode()
         scraper.out = memoryview(head + body)
         if scraper.wants is None:
-            self.selector.modify(scraper.sock, selectors.EVENT_WRITE, scraper)
+            self.loop.change(scraper.sock.fileno(), WRITE, self._callback(scraper))
         else:
-            self.selector.register(scraper.sock, selectors.EVENT_WRITE, scraper)
+            self.loop.add(scraper.sock.fileno(), WRITE, self._callback(scraper))
         self._write(scraper)
 
     def _write(self, scraper: _Scraper) -> None:
@@ -226,9 +217,12 @@ class MetricsEndpoint:
         self.scrapers.pop(fd, None)
         if scraper in self.queued:
             self.queued.remove(scraper)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(scraper.sock)
+        with contextlib.suppress(KeyError, ValueError, OSError):  # held: not registered
+            self.loop.remove(fd)
         scraper.sock.close()
+
+    def _callback(self, scraper: _Scraper) -> Callable[[int], None]:
+        return lambda mask: self._on_ready(scraper)
 
     def _body(self, openmetrics: bool) -> bytes:
         body = self._cache.get(openmetrics)

@@ -1,9 +1,9 @@
 """What one scrape reports: the supervisor's view of its workers as metric families.
 
 Counters are the sum over worker slots of what each slot's past workers last reported
-and what its current worker reported with its latest heartbeat, so they never go
-down when a worker is replaced; figures are at most one heartbeat interval old
-(``STATUS_INTERVAL``, 5 s, or half the watchdog interval when that is shorter).
+and what its current workers answered when the scrape asked, plus what the echod this
+one replaced handed over on an upgrade, so they never go down when a worker is
+replaced, reloaded or upgraded.
 """
 
 from __future__ import annotations
@@ -20,6 +20,21 @@ from echod.udp.guard import UdpCounters
 
 if TYPE_CHECKING:
     from echod.service.arbiter import Supervisor
+
+
+@dataclass(frozen=True)
+class ControlFigures:
+    """The control plane: reloads and upgrades, generations, and inherited totals."""
+
+    reloads: Mapping[tuple[str, str], int]  # (kind, result) -> count
+    generation: int  # configurations served, counting predecessors'
+    workers: Mapping[int, int]  # generation -> workers running
+    inherited: Stats  # the totals of the echod this one replaced
+
+
+RELOAD_OUTCOMES = tuple(
+    (kind, result) for kind in ("reload", "upgrade") for result in ("ok", "refused", "failed")
+)
 
 
 @dataclass(frozen=True)
@@ -84,9 +99,12 @@ def families(
     backend: str,
     own: process.ProcessFigures | None,
     workers: Mapping[int, process.ProcessFigures],
+    control: ControlFigures | None = None,
 ) -> list[Family]:
     """Every series of one scrape; `own` is the supervisor, `workers` by slot."""
     total = Stats()
+    if control is not None:
+        total.add(control.inherited)
     for s in slots:
         total.add(s.counters)
     result = [
@@ -147,9 +165,38 @@ def families(
         ),
     ]
     result += _udp([s.counters.udp for s in slots if s.counters.udp is not None])
+    result += _control(control) if control is not None else []
     result += _worker_process(workers)
     result += _process(own)
     return result
+
+
+def _control(control: ControlFigures) -> list[Family]:
+    reloads = Family(
+        "echod_reloads",
+        "counter",
+        "reloads (SIGHUP) and upgrades (SIGUSR2) by result: ok, refused (the configuration "
+        "could not be applied) or failed (the new workers or code never became ready)",
+        samples=tuple(
+            Sample(control.reloads.get(key, 0), (("kind", key[0]), ("result", key[1])))
+            for key in RELOAD_OUTCOMES
+        ),
+    )
+    workers = Family(
+        "echod_workers",
+        "gauge",
+        "worker processes running, by the configuration generation they serve",
+        samples=tuple(
+            Sample(n, (("generation", str(g)),)) for g, n in sorted(control.workers.items())
+        ),
+    )
+    generation = Family(
+        "echod_config_generation",
+        "gauge",
+        "configurations served: 1 at start, one more per reload",
+        samples=(Sample(control.generation),),
+    )
+    return [reloads, generation, workers]
 
 
 def _udp(parts: Sequence[UdpCounters]) -> list[Family]:
@@ -240,4 +287,11 @@ def scrape(supervisor: Supervisor) -> list[Family]:
         figures = process.read(s.pid) if s.pid is not None else None
         if figures is not None:
             workers[s.slot] = figures
-    return families(slots, supervisor.backend.name, process.read(), workers)
+    running: dict[int, int] = {}
+    for worker in list(supervisor.workers.values()):
+        generation = supervisor.generations_before + worker.generation
+        running[generation] = running.get(generation, 0) + 1
+    control = ControlFigures(
+        dict(supervisor.reloads), supervisor.config_generation, running, supervisor.inherited
+    )
+    return families(slots, supervisor.backend.name, process.read(), workers, control)

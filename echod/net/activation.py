@@ -16,8 +16,8 @@ import os
 import socket
 import stat
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 
+from echod.net.listener_set import Named
 from echod.net.listeners import ListenerError
 
 SD_LISTEN_FDS_START = 3
@@ -28,18 +28,18 @@ class ActivationError(ListenerError):
     """The inherited fds or the variables describing them are unusable."""
 
 
-@dataclass(frozen=True)
-class InheritedSocket:
-    sock: socket.socket
-    # FileDescriptorName= of the socket unit; systemd defaults it to the unit
-    # name ("echod.socket"), and "unknown" stands in when LISTEN_FDNAMES is unset.
-    name: str
+# The channel an old echod hands its successor with its listeners (an upgrade).
+UPGRADE_FD_NAME = "echod.upgrade"
 
 
 def inherited_sockets(
     environ: MutableMapping[str, str] = os.environ, unset: bool = True
-) -> list[InheritedSocket]:
-    """The listening TCP sockets passed to this process, or [] if none.
+) -> list[Named]:
+    """The listening sockets passed to this process, or [] if none.
+
+    Each is named by ``FileDescriptorName=`` of its socket unit (systemd defaults it to
+    the unit name, "echod.socket"; "unknown" stands in when LISTEN_FDNAMES is unset), or
+    by the echod that handed it on (:mod:`echod.net.listener_set`).
 
     Each is non-blocking and close-on-exec. With `unset` the three variables
     are removed from `environ` whatever the outcome, as sd_listen_fds(3) does,
@@ -55,7 +55,7 @@ def inherited_sockets(
                 environ.pop(name, None)
 
 
-def _inherited_sockets(environ: MutableMapping[str, str]) -> list[InheritedSocket]:
+def _inherited_sockets(environ: MutableMapping[str, str]) -> list[Named]:
     listen_pid = environ.get("LISTEN_PID")
     if listen_pid is None:
         return []
@@ -69,10 +69,10 @@ def _inherited_sockets(environ: MutableMapping[str, str]) -> list[InheritedSocke
         raise ActivationError(
             f"LISTEN_FDNAMES={fdnames!r} has {len(names)} names but LISTEN_FDS={count}"
         )
-    inherited: list[InheritedSocket] = []
+    inherited: list[Named] = []
     try:
         for fd, name in enumerate(names, SD_LISTEN_FDS_START):
-            inherited.append(InheritedSocket(_listening_socket(fd, name), name))
+            inherited.append(Named(_listening_socket(fd, name), name))
     except BaseException:
         # Leave the fds as we found them: the error is the caller's to report.
         for entry in inherited:
@@ -91,6 +91,9 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
         raise ActivationError(f"{where} is not a socket")
     # family, type and proto are read from the fd itself (getsockopt).
     sock = socket.socket(fileno=fd)
+    if name == UPGRADE_FD_NAME and sock.type == socket.SOCK_SEQPACKET:
+        sock.set_inheritable(False)
+        return sock
     try:
         # A datagram socket (ListenDatagram=) is served as UDP echo, told apart by its type.
         if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):

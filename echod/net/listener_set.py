@@ -1,83 +1,182 @@
-"""Every listener echod will serve, made in one step before any process is forked.
+"""Every listener echod serves, held by the process that outlives its workers.
 
-Three sources, one result: sockets inherited from systemd (they belong to the socket
-unit: always shared, paths never unlinked), sockets bound here and shared by every
-serving process, and TCP addresses each worker binds for itself with SO_REUSEPORT
-(held meanwhile by a :func:`~echod.net.listeners.reserve` reservation).
+One function makes them, from three sources: sockets inherited from systemd (they
+belong to the socket unit: served as they are, paths never unlinked), sockets an earlier
+echod handed on (an upgrade, or systemd's file descriptor store after a restart) or
+that this one already holds (a reload), and addresses bound here. Each socket has the
+``FDNAME`` it is handed on with, which says what it is:
+
+``echod.shared``
+    a TCP or Unix socket every worker accepts on (one queue);
+``echod.reuseport.K``
+    worker slot K's own ``SO_REUSEPORT`` socket; the worker in slot K inherits it, and
+    so does the worker that replaces it, so its accept queue survives the replacement;
+``echod.udp``
+    a UDP socket every worker answers on;
+``metrics``
+    the Prometheus endpoint, served by the supervisor alone.
+
+Every TCP socket bound here has ``SO_REUSEPORT``, shared ones too, so a reload that
+changes the listen mode can bind the new sockets beside the old ones while the old
+workers drain: no moment without a listener.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
-from echod.net.activation import inherited_sockets
 from echod.net.listeners import (
     Address,
     bind,
     close_all,
     parse_address,
-    reserve,
     unix_paths,
 )
 
 METRICS_FD_NAME = "metrics"  # FileDescriptorName= of echod-metrics.socket
 METRICS_BACKLOG = 64  # scrapers are few; the endpoint caps how many it serves at once
+OWN_PREFIX = "echod."  # names echod gives; anything else came from a socket unit
+SHARED = "echod.shared"
+UDP = "echod.udp"
+REUSEPORT = "echod.reuseport."
+
+
+@dataclass(frozen=True)
+class Named:
+    """A listening socket and the FDNAME it is handed on with."""
+
+    sock: socket.socket
+    name: str
+
+
+def slot_name(slot: int) -> str:
+    return f"{REUSEPORT}{slot}"
 
 
 @dataclass
 class Listeners:
-    """What start-up hands the serving process or the supervisor."""
+    """What start-up (or a reload) hands the serving process or the supervisor."""
 
-    shared: list[socket.socket] = field(default_factory=list)
-    per_worker: list[Address] = field(default_factory=list)  # each worker binds these
-    reservations: list[socket.socket] = field(default_factory=list)
+    shared: list[Named] = field(default_factory=list)  # every worker serves these
+    slots: dict[int, list[Named]] = field(default_factory=dict)  # reuseport: slot K's own
+    metrics: Named | None = None  # served by the supervisor alone
     owned_paths: list[str] = field(default_factory=list)  # Unix socket files to remove
-    # --metrics, or systemd's socket named METRICS_FD_NAME: served by the supervisor alone.
-    metrics: socket.socket | None = None
+    from_systemd: bool = False  # a socket unit's: served as given, never rebound
 
-    def bind_own(self, backlog: int) -> list[socket.socket]:
-        """In a worker: its own SO_REUSEPORT sockets, then every socket it serves."""
-        own = [bind(address, backlog, reuse_port=True) for address in self.per_worker]
-        return [*self.shared, *own]
+    @property
+    def per_worker(self) -> bool:
+        return bool(self.slots)
 
-    def close(self) -> None:
-        metrics = [self.metrics] if self.metrics is not None else []
-        close_all([*self.shared, *self.reservations, *metrics], remove=self.owned_paths)
+    def for_slot(self, slot: int | None) -> list[socket.socket]:
+        """The sockets the worker in ``slot`` serves (None: a single serving process)."""
+        own = self.slots.get(slot, []) if slot is not None else []
+        return [named.sock for named in (*self.shared, *own)]
+
+    def __iter__(self) -> Iterator[Named]:
+        yield from self.shared
+        for sockets in self.slots.values():
+            yield from sockets
+        if self.metrics is not None:
+            yield self.metrics
+
+    def close(self, *, remove_paths: bool = True) -> None:
+        """Close every socket; ``remove_paths=False`` when a successor serves them."""
+        close_all([named.sock for named in self], remove=self.owned_paths if remove_paths else ())
 
 
 def open_listeners(
-    addresses: Sequence[str], backlog: int, *, per_worker: bool, metrics: str | None = None
-) -> Listeners:
-    """Inherit systemd's sockets, or bind ``addresses`` (or reserve them, ``per_worker``).
+    addresses: Sequence[str],
+    backlog: int,
+    *,
+    slots: int = 0,
+    metrics: str | None = None,
+    available: Sequence[Named] = (),
+) -> tuple[Listeners, list[Named]]:
+    """The listeners for ``addresses``, and those of ``available`` left unused.
 
+    ``slots`` is the number of reuseport sockets per TCP address (0: one shared
+    socket). ``available`` are sockets inherited or already held: one is taken where
+    its name and address fit, and a socket is bound for the rest. With a socket unit's
+    sockets among them, those are served as they are and ``addresses`` are unused.
     Raises :class:`~echod.net.listeners.ListenerError` with one line for the operator,
-    having closed whatever it had opened.
+    having closed what it bound (never what it was handed).
     """
+    if any(not _is_own(named.name) for named in available):
+        return _from_socket_units(available), []
+    pool = list(available)
     listeners = Listeners()
+    bound: list[socket.socket] = []
     try:
-        inherited = inherited_sockets()
-        for entry in inherited:
-            if entry.name == METRICS_FD_NAME and listeners.metrics is None:
-                listeners.metrics = entry.sock
-            else:
-                listeners.shared.append(entry.sock)
-        if listeners.metrics is None and metrics is not None:
-            listeners.metrics = bind(parse_address(metrics), METRICS_BACKLOG)
-            listeners.owned_paths = unix_paths([listeners.metrics])
-        if inherited:
-            return listeners
+        if metrics is not None:
+            address = parse_address(metrics)
+            listeners.metrics = _take(pool, METRICS_FD_NAME, address) or _bind(
+                bound, METRICS_FD_NAME, address, METRICS_BACKLOG
+            )
         for text in addresses:
             address = parse_address(text)
-            if per_worker and address.path is None and not address.datagram:  # UDP: shared
-                reservation, resolved = reserve(address)
-                listeners.reservations.append(reservation)
-                listeners.per_worker.append(resolved)
+            if address.datagram:
+                listeners.shared.append(_take(pool, UDP, address) or _bind(bound, UDP, address))
+            elif slots and address.path is None:
+                for slot in range(1, slots + 1):
+                    named = _take(pool, slot_name(slot), address) or _bind(
+                        bound, slot_name(slot), address, backlog
+                    )
+                    # Port 0 is resolved by the first slot; the others join its group.
+                    address = replace(address, port=named.sock.getsockname()[1])
+                    listeners.slots.setdefault(slot, []).append(named)
             else:
-                listeners.shared.append(bind(address, backlog))
+                named = _take(pool, SHARED, address) or _bind(bound, SHARED, address, backlog)
+                listeners.shared.append(named)
     except BaseException:
-        listeners.close()
+        close_all(bound)
         raise
-    listeners.owned_paths += unix_paths(listeners.shared)
+    listeners.owned_paths = unix_paths(bound)
+    return listeners, pool
+
+
+def _is_own(name: str) -> bool:
+    return name.startswith(OWN_PREFIX) or name == METRICS_FD_NAME
+
+
+def _from_socket_units(available: Sequence[Named]) -> Listeners:
+    listeners = Listeners(from_systemd=True)
+    for named in available:
+        if named.name == METRICS_FD_NAME and listeners.metrics is None:
+            listeners.metrics = named
+        else:
+            listeners.shared.append(named)
     return listeners
+
+
+def _take(pool: list[Named], name: str, address: Address) -> Named | None:
+    """The socket of ``pool`` with this name that is bound where ``address`` says."""
+    for named in pool:
+        if named.name == name and _bound_at(named.sock, address):
+            pool.remove(named)
+            return named
+    return None
+
+
+def _bound_at(sock: socket.socket, address: Address) -> bool:
+    here = sock.getsockname()
+    if address.path is not None:
+        return bool(here == address.path)
+    if address.datagram != (sock.type == socket.SOCK_DGRAM):
+        return False
+    host, port = here[0], here[1]
+    if address.port not in (0, port):
+        return False
+    try:
+        wanted = socket.getaddrinfo(address.host, address.port or port, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    return any(info[4][0] == host for info in wanted)
+
+
+def _bind(bound: list[socket.socket], name: str, address: Address, backlog: int = 0) -> Named:
+    tcp = not address.datagram and address.path is None
+    sock = bind(address, backlog, reuse_port=tcp)
+    bound.append(sock)
+    return Named(sock, name)

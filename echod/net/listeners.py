@@ -81,13 +81,8 @@ def bind(
     *,
     reuse_port: bool = False,
     unix_mode: int = 0o660,
-    listen: bool = True,
 ) -> socket.socket:
-    """A non-blocking listening socket for ``address``, or a :class:`ListenerError`.
-
-    With ``listen=False`` the socket is only bound, without SO_REUSEADDR: it holds the
-    port (a :func:`reserve` reservation) and no connection queues on it.
-    """
+    """A non-blocking listening socket for ``address``, or a :class:`ListenerError`."""
     if address.path is not None:
         return _bind_unix(address.path, backlog, unix_mode)
     try:
@@ -104,7 +99,7 @@ def bind(
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:
-        if listen and not address.datagram:  # on UDP it would let a second server share the port
+        if not address.datagram:  # on UDP it would let a second server share the port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -113,25 +108,13 @@ def bind(
             # a specific IPv6 address is unaffected.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(sockaddr)
-        if listen and not address.datagram:
+        if not address.datagram:
             sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ListenerError(f"cannot listen on {address}: {_explain(exc, address)}") from None
     sock.setblocking(False)
     return sock
-
-
-def reserve(address: Address) -> tuple[socket.socket, Address]:
-    """Hold a TCP port for per-worker SO_REUSEPORT listeners without ever listening.
-
-    The socket is bound with SO_REUSEPORT and no SO_REUSEADDR, so no other program can
-    take the port while workers come and go, and a port in use is found before any
-    fork; Linux queues connections only on listening members of the group, so none
-    ever waits on it. Returns the socket and the address workers bind (port 0 resolved).
-    """
-    sock = bind(address, 0, reuse_port=True, listen=False)
-    return sock, Address(host=address.host, port=sock.getsockname()[1])
 
 
 def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:

@@ -1,56 +1,70 @@
-"""The supervisor's side of ``--workers``: forks workers, restarts those that die, speaks
-to systemd. What a worker does once forked is :mod:`echod.service.worker_process`.
+"""The supervisor: forks workers, restarts those that die, reloads, upgrades, speaks to systemd.
 
-As gunicorn's arbiter does, the supervisor never accepts or reads a client socket; it
-only holds listeners for its workers to inherit. Signals are queued through a wakeup
-fd (each byte written is a signal number) and handled from the loop by
-``handle_<signame>()`` methods, never inside a signal handler.
+What a worker does once forked is :mod:`echod.service.worker_process`. As gunicorn's
+arbiter does, the supervisor never accepts or reads a client socket; it holds every
+listener (:mod:`echod.net.listener_set`), so a listener outlives any worker: a replaced
+worker's accept queue is served by its replacement, and sockets can be handed on to new
+code. It runs on echod's own :class:`~echod.loop.Reactor`, the loop the workers use, with
+the metrics endpoint registered on it: one loop, one place for its signals.
 
-Workers report over one pipe each, in the lines of
-:class:`~echod.service.worker_process.PipeReporter`. The supervisor adds their
-:class:`~echod.lifecycle.Stats` up, sends systemd ``READY=1`` once
-every worker is ready, and pings the watchdog from its own loop while at least one
-worker is alive; a worker whose heartbeats stop is killed and restarted, so one stuck
-worker does not get the whole service restarted.
+Signals (``handle_<signame>``, run from the loop, never inside a handler):
 
-Listen modes, for TCP addresses (Unix and socket-activated sockets are always shared):
+``TERM``, ``INT``
+    drain: passed on to every worker, the only signals a worker receives.
+``HUP``
+    reload: re-read the configuration (command line, ``ECHOD_*``, ``--config`` file),
+    start a new generation of workers with it, and once every one of them is ready,
+    ask the old ones to drain. A configuration that cannot be applied is refused whole,
+    and the old keeps serving.
+``USR2``
+    upgrade: start new code with the listeners (:mod:`echod.service.upgrade`); once it
+    is ready, drain and exit. If it fails, it is stopped and the old keeps serving.
+``USR1``
+    log the counters of every worker and their sum.
 
-``shared``
-    One socket bound here and inherited by every worker: one accept queue, so a worker
-    that exits loses no queued connection; the kernel wakes whichever worker is waiting.
-``reuseport``
-    A ``SO_REUSEPORT`` socket bound by each worker after fork; the kernel spreads new
-    connections by a hash of their addresses. The supervisor keeps only a reservation
-    (:func:`echod.net.listeners.reserve`) that holds the port while workers come and go.
-    A worker's queue dies with it (those clients see a reset), the price of per-worker
-    queues.
+Each worker has a :mod:`~echod.service.channel` for everything else: readiness,
+heartbeats, counters (asked for by id, for a scrape or SIGUSR1) and "drain".
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import selectors
 import signal
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from echod import backends
 from echod.backends.base import Backend
-from echod.config import Config
+from echod.config import Config, ConfigError
 from echod.lifecycle import Stats, heartbeat_interval
+from echod.loop import READ, Reactor, Timer, io_manager
 from echod.metrics.endpoint import MetricsEndpoint
 from echod.metrics.exposition import render
 from echod.metrics.figures import scrape
-from echod.net.listener_set import Listeners
+from echod.net.listener_set import Listeners, Named, open_listeners
+from echod.net.listeners import ListenerError
+from echod.service import ServiceError, channel, upgrade
+from echod.service.channel import Channel, Message
 from echod.service.notify import Notifier
 from echod.service.worker_process import Handoff, run_worker
-from echod.wakeup import WakeupSocketpair
+from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
+SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+)
 # Restart back-off after a worker dies: 0.1 s, doubling to at most 10 s; a worker that
 # has served this long since its start resets it.
 RESTART_FIRST = 0.1
@@ -60,7 +74,7 @@ STABLE_AFTER = 30.0
 # to its timers); a floor keeps a busy two-core box from killing healthy workers.
 STALL_INTERVALS = 3
 STALL_FLOOR = 1.0
-# How long a forked worker may take to report READY before it counts as stuck.
+# How long a forked worker, or new code on an upgrade, may take to be ready.
 START_TIMEOUT = 30.0
 # After graceful_timeout the workers close their connections themselves; this is the
 # slack before the supervisor SIGKILLs one that still has not exited.
@@ -68,33 +82,38 @@ KILL_MARGIN = 5.0
 # How long to wait for every worker's fresh counters (SIGUSR1's log line, a scrape)
 # before going on with those that came: a stuck worker delays neither by more.
 REPORT_WAIT = 1.0
+MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+Reread = Callable[[], Config]
 
 
-@dataclass
+@dataclass(eq=False)
 class Worker:
     """A forked worker as the supervisor sees it."""
 
     slot: int  # 1..N, kept across restarts: the id in logs and STATUS=
     pid: int
-    reports: int  # read end of its pipe
+    channel: Channel  # the supervisor's end
+    generation: int  # the configuration it serves
     started: float
     last_seen: float
     ready: bool = False
     killed: bool = False
     asked_to_stop: bool = False  # sent SIGTERM or SIGINT
-    draining: bool = False  # said STOPPING: it has handled that signal
+    draining: bool = False  # said STOPPING: it has begun its drain
+    kill_at: float | None = None  # drained by a reload: SIGKILL past this
     held: list[int] = field(default_factory=list)  # signals to send once it has
     counters: Stats = field(default_factory=Stats)
-    partial: bytes = b""
 
 
 @dataclass(eq=False)
 class Round:
-    """One collection of fresh counters: the slots yet to answer, and what follows."""
+    """One collection of fresh counters: the workers yet to answer, and what follows."""
 
-    waiting: set[int]
-    due: float
+    request: int
+    waiting: set[int]  # pids
     then: Callable[[], None]
+    timer: Timer | None = None
 
 
 @dataclass
@@ -102,9 +121,33 @@ class Slot:
     """What outlives one worker of a slot: its restart back-off and past counters."""
 
     failures: int = 0
-    restart_at: float | None = None
+    restart: Timer | None = None
     retired: Stats = field(default_factory=Stats)
     starts: int = 0  # workers forked for it: restarts are starts - 1
+
+
+@dataclass
+class Served:
+    """What one generation of workers serves: the settings, the backend, the sockets."""
+
+    config: Config
+    backend: Backend
+    listeners: Listeners
+    generation: int
+
+
+@dataclass(eq=False)
+class Change:
+    """A reload or an upgrade under way, with what to go back to if it fails."""
+
+    kind: str  # "reload" or "upgrade"
+    started: float
+    previous: Served
+    unused: list[Named] = field(default_factory=list)  # to close once old workers are gone
+    bound: list[Named] = field(default_factory=list)  # new: to close if it fails
+    successor: int | None = None  # upgrade: the new process
+    link: Channel | None = None  # upgrade: its channel
+    timer: Timer | None = None
 
 
 def describe_exit(status: int) -> str:
@@ -119,104 +162,118 @@ class Supervisor:
 
     def __init__(
         self,
-        config: Config,
-        backend: Backend,
-        listeners: Listeners,
+        served: Served,
         notifier: Notifier,
         watchdog_interval: float | None,
+        *,
+        reread: Reread | None = None,
+        argv: Sequence[str] = (),
+        predecessor: Channel | None = None,
     ) -> None:
-        self.config = config
-        self.backend = backend
-        self.listeners = listeners
+        self.served = served
         self.notifier = notifier
         self.watchdog_interval = watchdog_interval
+        self.reread = reread
+        self.argv = list(argv)
         self.interval = heartbeat_interval(watchdog_interval)
         self.stall_after = max(STALL_INTERVALS * self.interval, STALL_FLOOR)
-        self.slots = {n: Slot() for n in range(1, config.workers + 1)}
+        self.slots: dict[int, Slot] = {}
         self.workers: dict[int, Worker] = {}  # by pid
-        self.selector = selectors.DefaultSelector()
+        self.reactor = Reactor(io_manager(_best_selector()))
         self.announced = False  # READY=1 sent
         self.stopping = False
+        self.handed_over = False  # an upgrade's successor serves: exit, leave the paths
         self.interrupts = 0
         self.exit_status = 0
-        self.kill_at: float | None = None
-        self.next_tick = 0.0
-        self.rounds: list[Round] = []  # collections of fresh counters under way
-        self.wakeup = WakeupSocketpair()
+        self.requests = itertools.count(1)
+        self.rounds: dict[int, Round] = {}  # collections of fresh counters under way
+        self.change: Change | None = None
+        self.reload_again = False  # SIGHUP during a change: one more once it ends
+        self.reloads: Counter[tuple[str, str]] = Counter()  # (kind, result)
+        self.closing: list[Named] = []  # unused listeners, closed once old workers exit
+        self.predecessor = predecessor  # an upgrade's old supervisor
+        self.inherited = Stats()  # its totals, once handed over
+        self.generations_before = 0  # configurations its predecessors served
+        self.successor: Channel | None = None  # after an upgrade: takes our totals
         self.pid = os.getpid()
         self.metrics: MetricsEndpoint | None = None  # --metrics: served from this loop
 
+    @property
+    def config(self) -> Config:
+        return self.served.config
+
+    @property
+    def backend(self) -> Backend:
+        return self.served.backend
+
+    @property
+    def listeners(self) -> Listeners:
+        return self.served.listeners
+
+    @property
+    def generation(self) -> int:
+        return self.served.generation
+
+    @property
+    def config_generation(self) -> int:
+        """Configurations served so far, counting those of the echods this one replaced."""
+        return self.generations_before + self.generation
+
     # Running ---------------------------------------------------------------------------
     def run(self) -> int:
-        self.selector.register(self.wakeup.fileno(), selectors.EVENT_READ, self._read_signals)
+        reactor = self.reactor
         if self.listeners.metrics is not None:
             self.metrics = MetricsEndpoint(
-                self.listeners.metrics, self._render_metrics, self.collect
+                self.listeners.metrics.sock, self._render_metrics, self.collect, reactor
             )
-            self.selector.register(
-                self.metrics.fileno(), selectors.EVENT_READ, self.metrics.on_ready
-            )
-        self.wakeup.wakeup_on_signals()
-        old_handlers = {signum: signal.signal(signum, _queued) for signum in SIGNALS}
+            reactor.call_every(0.5, self.metrics.expire)
+        if self.predecessor is not None:
+            self._watch_link(self.predecessor, self._on_predecessor)
+        reactor.handle_signals(SIGNALS, self._on_signal)
+        reactor.call_every(self.interval, self._check_heartbeats)
         log.info(
             "supervisor %d: starting %d workers (backend %s, listen mode %s)",
-            os.getpid(),
-            len(self.slots),
+            self.pid,
+            self.config.workers,
             self.backend.name,
-            "reuseport" if self.listeners.per_worker else "shared",
+            self._mode(),
         )
         try:
-            for slot in self.slots:
-                self.spawn(slot)
-            while self.workers or not self.stopping:
-                self._wait()
-                self._tick(time.monotonic())
+            self._start_generation()
+            reactor.run()
         finally:
-            for signum, handler in old_handlers.items():
-                signal.signal(signum, handler)
-            self.selector.close()
-            self.wakeup.close()
             if self.metrics is not None:
                 self.metrics.close()
+            reactor.close()
+            for named in self.closing:
+                named.sock.close()
         log.info("stopped: %s", self.summary())
         return self.exit_status
 
-    def _wait(self) -> None:
-        now = time.monotonic()
-        deadlines = [self.next_tick, self.kill_at]
-        deadlines += [slot.restart_at for slot in self.slots.values()]
-        deadlines += [r.due for r in self.rounds]
-        soonest = min(d for d in deadlines if d is not None)
-        for key, _ in self.selector.select(max(0.0, soonest - now)):
-            callback: Callable[[], None] = key.data
-            callback()
+    def _mode(self) -> str:
+        return "reuseport" if self.listeners.per_worker else "shared"
 
-    def _tick(self, now: float) -> None:
-        if self.kill_at is not None and now >= self.kill_at:
-            self.kill_at = None
-            for worker in self.workers.values():
-                log.warning("worker %d (pid %d) is still running: SIGKILL", worker.slot, worker.pid)
-                _kill(worker.pid, signal.SIGKILL)
-        for number, slot in self.slots.items():
-            if slot.restart_at is not None and now >= slot.restart_at:
-                slot.restart_at = None
-                self.spawn(number)
-        self._end_rounds(now)
-        if self.metrics is not None:
-            self.metrics.expire(now)
-        if now >= self.next_tick:
-            self.next_tick = now + self.interval
-            if not self.stopping:
-                self._check_heartbeats(now)
+    def _start_generation(self) -> None:
+        for number in range(1, self.config.workers + 1):
+            self.slots.setdefault(number, Slot())
+            self.spawn(number)
 
-    def _check_heartbeats(self, now: float) -> None:
+    def _check_heartbeats(self) -> None:
         """Kill stuck workers; ping systemd's watchdog only while some worker is alive."""
+        now = time.monotonic()
         alive = 0
-        for worker in self.workers.values():
-            silent = now - worker.last_seen
-            allowed = self.stall_after if worker.ready else START_TIMEOUT
+        for worker in list(self.workers.values()):
             if worker.killed:
                 continue
+            if worker.kill_at is not None and now >= worker.kill_at:
+                log.warning(
+                    "worker %d (pid %d) is still draining: SIGKILL", worker.slot, worker.pid
+                )
+                worker.killed = True
+                _kill(worker.pid, signal.SIGKILL)
+                continue
+            silent = now - worker.last_seen
+            allowed = self.stall_after if worker.ready else START_TIMEOUT
             if silent > allowed:
                 log.error(
                     "worker %d (pid %d) sent no heartbeat for %.1fs: killing it",
@@ -233,14 +290,13 @@ class Supervisor:
                     slot.failures = 0
         if alive or not self.announced:
             self.notifier.watchdog()
-        if self.announced:
+        if self.announced and not self.stopping:
             self.notifier.status(self.summary())
 
     # Workers ---------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
+        ours, theirs = Channel.pair()
+        served = self.served
         # Blocked across fork so that a signal cannot reach the child while it still runs
         # the supervisor's handlers (which would feed the supervisor's own wakeup fd).
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
@@ -248,112 +304,153 @@ class Supervisor:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-            os.close(read_fd)
-            os.close(write_fd)
+            ours.close()
+            theirs.close()
             log.error("cannot fork worker %d: %s", slot, exc.strerror)
             self._schedule_restart(slot)
             return
         if pid == 0:
-            os.close(read_fd)
+            sockets = served.listeners.for_slot(slot if served.listeners.per_worker else None)
+            serving = {sock.fileno() for sock in sockets}
             handoff = Handoff(
                 slot=slot,
-                report_fd=write_fd,
+                channel=theirs,
+                sockets=sockets,
                 supervisor_pid=self.pid,
                 signals=SIGNALS,
-                inherited_fds=[
-                    self.selector.fileno(),
-                    self.wakeup.wakeup_sock.fileno(),
-                    self.wakeup.write_sock.fileno(),
-                    *(w.reports for w in self.workers.values()),
-                    *(self.metrics.fds() if self.metrics is not None else ()),
-                ],
+                inherited_fds=[fd for fd in self._own_fds(ours) if fd not in serving],
                 watchdog_interval=self.watchdog_interval,
             )
-            run_worker(handoff, self.backend, self.config, self.listeners)
+            run_worker(handoff, served.backend, served.config)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        os.close(write_fd)
+        theirs.close()
         self.slots[slot].starts += 1
         now = time.monotonic()
-        worker = Worker(slot, pid, read_fd, started=now, last_seen=now)
+        worker = Worker(slot, pid, ours, served.generation, started=now, last_seen=now)
         self.workers[pid] = worker
-        self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._read_reports(worker))
-        log.info("worker %d started (pid %d)", slot, pid)
+        self._watch_link(ours, lambda messages: self._on_messages(worker, messages))
+        log.info("worker %d started (pid %d) for generation %d", slot, pid, served.generation)
+
+    def _own_fds(self, new_channel: Channel) -> list[int]:
+        """Every descriptor of the supervisor's, for a new worker to close plainly
+        (unregistering would remove the supervisor's registrations from the epoll set
+        they share)."""
+        fds = [*self.reactor.fds(), new_channel.fileno()]
+        fds += [w.channel.fileno() for w in self.workers.values()]
+        fds += [named.sock.fileno() for named in self._all_listeners()]
+        fds += self.metrics.fds() if self.metrics is not None else []
+        links = [self.predecessor, self.successor, self.change.link if self.change else None]
+        fds += [link.fileno() for link in links if link is not None]
+        return [fd for fd in fds if fd >= 0]
+
+    def _all_listeners(self) -> list[Named]:
+        seen = [*self.listeners, *self.closing]
+        if self.change is not None:
+            seen += [*self.change.previous.listeners, *self.change.unused]
+        return seen
+
+    def _watch_link(
+        self, link: Channel, on_messages: Callable[[list[Message] | None], None]
+    ) -> None:
+        def readable(mask: int) -> None:
+            messages = link.receive()
+            if messages is None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.reactor.remove(link.fileno())
+            on_messages(messages)
+
+        self.reactor.add(link.fileno(), READ, readable)
 
     def _schedule_restart(self, number: int) -> None:
         slot = self.slots[number]
         delay = min(RESTART_FIRST * 2**slot.failures, RESTART_CAP)
         slot.failures += 1
-        slot.restart_at = time.monotonic() + delay
+        slot.restart = self.reactor.call_later(delay, lambda: self._restart(number))
         log.info("restarting worker %d in %.1fs", number, delay)
 
-    def _read_reports(self, worker: Worker) -> None:
-        if self.workers.get(worker.pid) is not worker:
-            return  # reaped earlier in this same batch of events: its fd is closed
-        try:
-            data = os.read(worker.reports, 65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:  # the worker closed its end: it is exiting; SIGCHLD will follow
-            self.selector.unregister(worker.reports)
+    def _restart(self, number: int) -> None:
+        self.slots[number].restart = None
+        if not self.stopping and number <= self.config.workers:
+            self.spawn(number)
+
+    def _on_messages(self, worker: Worker, messages: list[Message] | None) -> None:
+        if messages is None:  # it closed its end: it is exiting; SIGCHLD will follow
             return
         worker.last_seen = time.monotonic()
-        *lines, worker.partial = (worker.partial + data).split(b"\n")
-        for line in lines:
-            self._on_report(worker, line.decode(errors="replace").split())
+        for message in messages:
+            self._on_message(worker, message)
 
-    def _on_report(self, worker: Worker, words: list[str]) -> None:
-        if not words:
-            return
-        kind = words[0]
-        if kind == "STATS":
+    def _on_message(self, worker: Worker, message: Message) -> None:
+        if message.kind == channel.STATS:
             try:
-                worker.counters = Stats.decode(" ".join(words[1:]))
+                worker.counters = Stats.decode(message.body)
             except ValueError:
-                log.warning("worker %d sent a malformed report: %s", worker.slot, " ".join(words))
+                log.warning("worker %d sent malformed counters: %s", worker.slot, message.body)
                 return
-            self._answered(worker.slot)
-        elif kind == "STOPPING":
+            if message.id:
+                self._answered(message.id, worker.pid)
+        elif message.kind == channel.STOPPING:
             worker.draining = True
             for signum in worker.held:
                 _kill(worker.pid, signum)
             worker.held = []
-        elif kind == "READY":
+        elif message.kind == channel.READY:
             worker.ready = True
-            if not self.announced and not self.stopping and self._all_ready():
-                self.announced = True
-                log.info("ready: %d workers serving", len(self.workers))
-                self.notifier.send(READY=1, MAINPID=os.getpid(), STATUS=self.summary())
+            self._check_ready()
 
-    def _all_ready(self) -> bool:
-        ready = {w.slot for w in self.workers.values() if w.ready}
-        return ready == set(self.slots)
+    def _current_ready(self) -> bool:
+        ready = {
+            w.slot for w in self.workers.values() if w.ready and w.generation == self.generation
+        }
+        return ready == set(range(1, self.config.workers + 1))
+
+    def _check_ready(self) -> None:
+        if self.stopping or not self._current_ready():
+            return
+        if not self.announced:
+            self.announced = True
+            log.info("ready: %d workers serving", len(self.workers))
+            self.notifier.send(READY=1, MAINPID=self.pid, STATUS=self.summary())
+            self._store_listeners()
+            if self.predecessor is not None:
+                self.predecessor.send(Message(channel.READY))
+        elif self.change is not None and self.change.kind == "reload":
+            self._reloaded()
 
     def _reap(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self._retire(worker, status)
+            elif self.change is not None and pid == self.change.successor:
+                self._upgrade_failed(f"the new echod (pid {pid}) {describe_exit(status)}")
+        self._close_unused()
+        if self.stopping and not self.workers:
+            self._finish()
 
     def _retire(self, worker: Worker, status: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(worker.reports)
-        with contextlib.suppress(OSError):  # its last counters may still be in the pipe
-            while data := os.read(worker.reports, 65536):
-                *lines, worker.partial = (worker.partial + data).split(b"\n")
-                for line in lines:
-                    self._on_report(worker, line.decode(errors="replace").split())
-        os.close(worker.reports)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.reactor.remove(worker.channel.fileno())
+        self._on_messages(worker, worker.channel.receive())  # its last counters
+        worker.channel.close()
         self.slots[worker.slot].retired.add(worker.counters)
-        self._answered(worker.slot)
+        for request in [r for r, round_ in self.rounds.items() if worker.pid in round_.waiting]:
+            self._answered(request, worker.pid)
         how = describe_exit(status)
-        if self.stopping:
+        current = worker.generation == self.generation
+        if self.stopping or not current or worker.slot > self.config.workers:
             log.info("worker %d (pid %d) %s", worker.slot, worker.pid, how)
+            return
+        if not worker.ready and self.change is not None and self.change.kind == "reload":
+            self._reload_failed(
+                f"worker {worker.slot} (pid {worker.pid}) {how} before it was ready"
+            )
             return
         if not worker.ready and not self.announced:
             # It never served: restarting would only fail again (bad backend, address).
@@ -366,12 +463,35 @@ class Supervisor:
         log.error("worker %d (pid %d) %s", worker.slot, worker.pid, how)
         self._schedule_restart(worker.slot)
 
+    def _drain_old(self, generation: int | None = None) -> None:
+        """Ask every worker of an earlier generation (or of ``generation``) to drain."""
+        kill_at = time.monotonic() + self.config.graceful_timeout + KILL_MARGIN
+        for worker in self.workers.values():
+            old = worker.generation < self.generation if generation is None else True
+            if old and worker.kill_at is None:
+                worker.kill_at = kill_at
+                worker.channel.send(Message(channel.DRAIN, next(self.requests)))
+
+    def _close_unused(self) -> None:
+        """Listeners no generation serves any more, once no worker of an older one is left."""
+        if not self.closing or any(w.generation < self.generation for w in self.workers.values()):
+            return
+        closing, self.closing = self.closing, []
+        slots = [named for named in closing if named.name.startswith("echod.reuseport.")]
+        if slots and _read_sysctl(MIGRATE_SYSCTL) != "1":
+            log.warning(
+                "closing %d reuseport socket(s) of removed worker slots: connections still "
+                "queued on them are reset (net.ipv4.tcp_migrate_req=1 moves them instead)",
+                len(slots),
+            )
+        for named in closing:
+            named.sock.close()
+
     # Signals ---------------------------------------------------------------------------
-    def _read_signals(self) -> None:
-        for signum in self.wakeup.drain():
-            name = signal.Signals(signum).name
-            handler: Callable[[], None] = getattr(self, f"handle_{name[3:].lower()}")
-            handler()
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        handler: Callable[[], None] = getattr(self, f"handle_{name[3:].lower()}")
+        handler()
 
     def handle_chld(self) -> None:
         self._reap()
@@ -390,57 +510,275 @@ class Supervisor:
 
     def handle_usr1(self) -> None:
         """Each worker logs its counters, then the supervisor logs their sum."""
-        self.collect(lambda: log.info("stats (all workers): %s", self.summary()), signal.SIGUSR1)
+        self.collect(lambda: log.info("stats (all workers): %s", self.summary()), report=True)
+
+    def handle_hup(self) -> None:
+        self.reload()
 
     def handle_usr2(self) -> None:
-        """Fresh counters into systemd's STATUS=, without a log line."""
-        self.collect(self._tell_status)
+        self.upgrade()
 
-    def _tell_status(self) -> None:
-        if self.announced:
-            self.notifier.status(self.summary())
+    # Reload ----------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the configuration and serve it with a new generation of workers."""
+        if self.stopping or self.handed_over:
+            return
+        if self.change is not None:
+            self.reload_again = True  # coalesced: one more once this one ends
+            log.info("reload requested during a %s: it follows", self.change.kind)
+            return
+        try:
+            served, unused, bound = self._prepare()
+        except (ConfigError, backends.BackendUnavailable, ListenerError, ServiceError) as exc:
+            self.reloads["reload", "refused"] += 1
+            log.error("reload refused, serving on with generation %d: %s", self.generation, exc)
+            self.notifier.status(f"reload refused: {exc}")
+            return
+        self.notifier.reloading()
+        self.change = Change("reload", time.monotonic(), self.served, unused, bound)
+        self.change.timer = self.reactor.call_later(
+            START_TIMEOUT, lambda: self._reload_failed(f"not ready within {START_TIMEOUT:g}s")
+        )
+        self.served = served
+        log.info(
+            "reloading: generation %d, %d workers (backend %s, listen mode %s)",
+            served.generation,
+            served.config.workers,
+            served.backend.name,
+            self._mode(),
+        )
+        self._start_generation()
+
+    def _prepare(self) -> tuple[Served, list[Named], list[Named]]:
+        """The next generation, whole or not at all: settings, backend, listeners."""
+        if self.reread is None:
+            raise ConfigError("this echod has no configuration to re-read")
+        config = self.reread()
+        backend = backends.load(config.backend or backends.default_name())
+        if config.user != self.config.user or config.group != self.config.group:
+            raise ConfigError(
+                "--user and --group take effect only at start (the supervisor "
+                "has already given up root)"
+            )
+        previous = list(self.listeners)
+        listeners, unused = open_listeners(
+            config.addresses,
+            config.backlog,
+            slots=config.workers if config.listen_mode == "reuseport" else 0,
+            metrics=config.metrics,
+            available=previous,
+        )
+        bound = [named for named in listeners if named not in previous]
+        try:
+            check_backend(backend.name, listeners.for_slot(None))
+            if config.metrics != self.config.metrics:
+                raise ConfigError("--metrics takes effect only at start, not on a reload")
+        except BaseException:
+            for named in bound:
+                named.sock.close()
+            raise
+        listeners.owned_paths = sorted({*self.listeners.owned_paths, *listeners.owned_paths})
+        return Served(config, backend, listeners, self.generation + 1), unused, bound
+
+    def _reloaded(self) -> None:
+        change = self.change
+        assert change is not None
+        self._end_change(change)
+        took = time.monotonic() - change.started
+        self.closing += change.unused
+        self._drain_old()
+        self.reloads["reload", "ok"] += 1
+        log.info(
+            "reload done: generation %d, %d workers ready in %.3fs",
+            self.generation,
+            self.config.workers,
+            took,
+        )
+        self.notifier.send(READY=1, STATUS=self.summary())
+        self._close_unused()
+        self._after_change()
+
+    def _reload_failed(self, why: str) -> None:
+        change = self.change
+        if change is None or change.kind != "reload":
+            return
+        self._end_change(change)
+        failed = self.generation
+        self.served = change.previous
+        for worker in self.workers.values():
+            if worker.generation == failed:
+                _kill(worker.pid, signal.SIGTERM)
+                worker.asked_to_stop = True
+        for named in change.bound:
+            named.sock.close()
+        self.reloads["reload", "failed"] += 1
+        log.error("reload failed, serving on with generation %d: %s", self.generation, why)
+        self.notifier.send(READY=1, STATUS=f"reload failed: {why}")
+        self._after_change()
+
+    def _end_change(self, change: Change) -> None:
+        if change.timer is not None:
+            change.timer.cancel()
+        self.change = None
+
+    def _after_change(self) -> None:
+        if self.reload_again and not self.stopping:
+            self.reload_again = False
+            self.reload()
+
+    # Upgrade ---------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Start new code with every listener; hand over once it is ready."""
+        if self.stopping or self.handed_over:
+            return
+        if self.change is not None:
+            log.warning("upgrade refused: a %s is under way", self.change.kind)
+            self.reloads["upgrade", "refused"] += 1
+            return
+        ours, theirs = Channel.pair()
+        try:
+            pid = upgrade.start_successor(self.argv, list(self.listeners), theirs, os.environ)
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            self.reloads["upgrade", "failed"] += 1
+            log.error("upgrade failed, serving on: cannot start the new code: %s", exc.strerror)
+            return
+        theirs.close()
+        self.notifier.reloading()
+        change = Change("upgrade", time.monotonic(), self.served, successor=pid, link=ours)
+        change.timer = self.reactor.call_later(
+            START_TIMEOUT, lambda: self._upgrade_failed(f"not ready within {START_TIMEOUT:g}s")
+        )
+        self.change = change
+        self._watch_link(ours, self._on_successor)
+        log.info("upgrading: new echod started (pid %d)", pid)
+
+    def _on_successor(self, messages: list[Message] | None) -> None:
+        change = self.change
+        if messages is None or change is None or change.kind != "upgrade":
+            return
+        if any(message.kind == channel.READY for message in messages):
+            self._handed_over(change)
+
+    def _handed_over(self, change: Change) -> None:
+        """The new code serves: drain, then hand the totals over and exit."""
+        self._end_change(change)
+        self.successor = change.link
+        self.handed_over = True
+        self.reloads["upgrade", "ok"] += 1
+        log.info(
+            "upgrade done: the new echod (pid %d) serves, ready in %.3fs; draining",
+            change.successor,
+            time.monotonic() - change.started,
+        )
+        self._stop(signal.SIGTERM)
+
+    def _upgrade_failed(self, why: str) -> None:
+        change = self.change
+        if change is None or change.kind != "upgrade" or self.handed_over:
+            return
+        self._end_change(change)
+        if change.successor is not None:
+            _kill(change.successor, signal.SIGTERM)
+        if change.link is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.reactor.remove(change.link.fileno())
+            change.link.close()
+        self.reloads["upgrade", "failed"] += 1
+        log.error("upgrade failed, serving on: %s", why)
+        self.notifier.send(READY=1, STATUS=f"upgrade failed: {why}")
+        self._after_change()
+
+    def _on_predecessor(self, messages: list[Message] | None) -> None:
+        """The old supervisor's totals and history, once its last worker is gone."""
+        for message in messages or ():
+            if message.kind == channel.STATS:
+                with contextlib.suppress(ValueError):
+                    self.inherited.add(Stats.decode(message.body))
+            elif message.kind == upgrade.HISTORY:
+                counts, generation = upgrade.decode_history(message.body)
+                self.reloads.update(counts)
+                self.generations_before = generation
+        if messages is None and self.predecessor is not None:
+            self.predecessor.close()
+            self.predecessor = None
 
     # Fresh counters --------------------------------------------------------------------
-    def collect(self, then: Callable[[], None], signum: int = signal.SIGUSR2) -> None:
-        """Ask every ready worker for fresh counters with ``signum``; call ``then`` once
-        all have answered or ``REPORT_WAIT`` has passed, whichever is first."""
+    def collect(self, then: Callable[[], None], report: bool = False) -> None:
+        """Ask every ready worker for fresh counters; call ``then`` once all have
+        answered or ``REPORT_WAIT`` has passed, whichever is first."""
         ready = [w for w in self.workers.values() if w.ready]
         if not ready:
             then()
             return
-        for worker in ready:  # a heartbeat's counters already in the pipe answer nothing
-            self._read_reports(worker)
-        self.rounds.append(Round({w.slot for w in ready}, time.monotonic() + REPORT_WAIT, then))
-        for worker in ready:  # one still starting has the signal's default action: death
-            _kill(worker.pid, signum)
+        request = next(self.requests)
+        round_ = Round(request, {w.pid for w in ready}, then)
+        self.rounds[request] = round_
+        round_.timer = self.reactor.call_later(REPORT_WAIT, lambda: self._end_round(request))
+        kind = channel.REPORT if report else channel.COLLECT
+        for worker in ready:
+            if not worker.channel.send(Message(kind, request)):
+                round_.waiting.discard(worker.pid)
+        if not round_.waiting:
+            self._end_round(request)
 
-    def _answered(self, slot: int) -> None:
-        for round_ in self.rounds:
-            round_.waiting.discard(slot)
-        self._end_rounds(time.monotonic())
+    def _answered(self, request: int, pid: int) -> None:
+        round_ = self.rounds.get(request)
+        if round_ is not None:
+            round_.waiting.discard(pid)
+            if not round_.waiting:
+                self._end_round(request)
 
-    def _end_rounds(self, now: float) -> None:
-        ended = [r for r in self.rounds if not r.waiting or now >= r.due]
-        self.rounds = [r for r in self.rounds if r not in ended]
-        for round_ in ended:
+    def _end_round(self, request: int) -> None:
+        round_ = self.rounds.pop(request, None)
+        if round_ is not None:
+            if round_.timer is not None:
+                round_.timer.cancel()
             round_.then()
 
+    # Stopping --------------------------------------------------------------------------
     def _stop(self, signum: int = signal.SIGTERM) -> None:
         """Begin stopping (once) and pass ``signum`` on to every worker (each time)."""
         self._signal_workers(signum)
         if self.stopping:
             return
         self.stopping = True
+        change = self.change
+        if change is not None and change.kind == "reload":
+            self._end_change(change)
+        elif change is not None and not self.handed_over:
+            self._upgrade_failed("stopping")
         grace = self.config.graceful_timeout
         log.info("stopping: %d worker(s) drain for up to %gs", len(self.workers), grace)
-        self.notifier.stopping()
-        self.kill_at = time.monotonic() + grace + KILL_MARGIN
+        if not self.handed_over:  # the successor is what systemd now tracks
+            self.notifier.stopping()
+        self.reactor.call_later(grace + KILL_MARGIN, self._kill_all)
         for slot in self.slots.values():
-            slot.restart_at = None
+            if slot.restart is not None:
+                slot.restart.cancel()
         # Workers close their copies as they drain; once ours is closed too, a new
-        # client is refused at once instead of waiting in a queue nobody serves.
-        for sock in self.listeners.shared:
-            sock.close()
+        # client is refused at once instead of waiting in a queue nobody serves (with
+        # systemd's file descriptor store or a successor holding a copy, it waits there).
+        for named in self._all_listeners():
+            if named is not self.listeners.metrics:
+                named.sock.close()
+        if not self.workers:
+            self._finish()
+
+    def _kill_all(self) -> None:
+        for worker in self.workers.values():
+            log.warning("worker %d (pid %d) is still running: SIGKILL", worker.slot, worker.pid)
+            _kill(worker.pid, signal.SIGKILL)
+
+    def _finish(self) -> None:
+        if self.successor is not None:
+            self.successor.send(Message(channel.STATS, 0, self._total().encode()))
+            history = upgrade.encode_history(self.reloads, self.config_generation)
+            self.successor.send(Message(upgrade.HISTORY, 0, history))
+            self.successor.close()
+            self.successor = None
+        self.reactor.stop()
 
     def _signal_workers(self, signum: int) -> None:
         """Send ``signum`` to every worker; a stop signal only after the previous one
@@ -452,24 +790,49 @@ class Supervisor:
             worker.asked_to_stop = True
             _kill(worker.pid, signum)
 
+    # systemd's file descriptor store -------------------------------------------------
+    def _store_listeners(self) -> None:
+        """Hand systemd a copy of every listener we bound, so that ``systemctl restart``
+        refuses nobody: the next start inherits them (``FileDescriptorStoreMax=``)."""
+        if not self.notifier.enabled or self.listeners.from_systemd:
+            return
+        for named in self.listeners:
+            self.notifier.store_fd(named.sock.fileno(), named.name)
+
+    # Figures ---------------------------------------------------------------------------
     def _render_metrics(self, openmetrics: bool) -> str:
         return render(scrape(self), openmetrics)
 
-    def summary(self) -> str:
+    def _total(self) -> Stats:
         total = Stats()
-        per_worker = []
-        for number, slot in sorted(self.slots.items()):
+        total.add(self.inherited)
+        for slot in self.slots.values():
             total.add(slot.retired)
-            current = next((w.counters for w in self.workers.values() if w.slot == number), None)
+        for worker in self.workers.values():
+            total.add(worker.counters)
+        return total
+
+    def summary(self) -> str:
+        total = self._total()
+        per_worker = []
+        for number in range(1, self.config.workers + 1):
+            current = next(
+                (
+                    w.counters
+                    for w in self.workers.values()
+                    if w.slot == number and w.generation == self.generation
+                ),
+                None,
+            )
             if current is not None:
-                total.add(current)
                 per_worker.append(
                     f"{number}={current.connections_open}/{current.connections_total}"
                 )
             else:
                 per_worker.append(f"{number}=down")
+        state = f"{self.change.kind}ing; " if self.change is not None else ""
         return (
-            f"workers={len(self.workers)} connections open={total.connections_open} "
+            f"{state}workers={len(self.workers)} connections open={total.connections_open} "
             f"total={total.connections_total} dropped={total.connections_dropped} "
             f"bytes in={total.bytes_in} out={total.bytes_out}"
             f"{'' if total.udp is None else ' ' + total.udp.summary()}; "
@@ -477,8 +840,16 @@ class Supervisor:
         )
 
 
-def _queued(signum: int, frame: object) -> None:
-    """The C-level handler has already written ``signum`` to the wakeup fd: the queue."""
+def _best_selector() -> str:
+    return "epoll" if hasattr(selectors, "EpollSelector") else "DefaultSelector"
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:
+        return None
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -11,6 +11,7 @@ supervisor reports readiness and pings the watchdog (on its workers' behalf).
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import socket
@@ -57,16 +58,19 @@ class Notifier:
             return False
         assert self._address is not None
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.settimeout(SEND_TIMEOUT)
-            self._sock.sendto(state.encode(), self._address)
+            self._socket().sendto(state.encode(), self._address)
         except OSError as exc:
             if not self._warned:
                 self._warned = True
                 log.warning("cannot notify the service manager at %r: %s", self._address, exc)
             return False
         return True
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.settimeout(SEND_TIMEOUT)
+        return self._sock
 
     def send(self, **fields: str | int) -> bool:
         """Send ``KEY=value`` lines, e.g. ``send(READY=1, STATUS="serving")``.
@@ -117,6 +121,23 @@ class Notifier:
         listens to `pid` alone, so that process must do all later sends.
         """
         return self.send(MAINPID=pid)
+
+    def store_fd(self, fd: int, name: str) -> bool:
+        """Keep a copy of ``fd`` in the manager's file descriptor store under ``name``
+        (``FDSTORE=1``, sd_pid_notify_with_fds(3)); it comes back in ``LISTEN_FDS`` on
+        the next start. Needs ``FileDescriptorStoreMax=`` in the unit, else the manager
+        drops it."""
+        if not self.enabled:
+            return False
+        assert self._address is not None
+        state = f"FDSTORE=1\nFDNAME={name}".encode()
+        try:
+            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())
+            self._socket().sendmsg([state], [rights], 0, self._address)
+        except OSError as exc:
+            log.warning("cannot store fd %d (%s) with the service manager: %s", fd, name, exc)
+            return False
+        return True
 
     def close(self) -> None:
         if self._sock is not None:

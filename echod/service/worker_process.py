@@ -1,15 +1,11 @@
-"""One serving process: the single process echod runs without ``--workers``, or a worker.
+"""One serving process: the single process echod runs without a supervisor, or a worker.
 
-Both take the same steps in the same order, here and nowhere else: bind the sockets
-that are the process's own (a worker's SO_REUSEPORT listeners), give up root, build
-the :class:`~echod.lifecycle.Lifecycle` the backend reports to, serve. A worker first
-sheds what it inherited from the supervisor (:func:`run_worker`, the hand-off, as
-gunicorn's ``Worker.init_process``) and reports over a pipe (:class:`PipeReporter`)
-instead of to systemd.
-
-The pipe carries lines, each far below PIPE_BUF so written whole: ``READY``, ``ALIVE``
-(the worker loop's heartbeat), ``STATS <counters>`` (:meth:`Stats.encode`) and
-``STOPPING``.
+Both take the same steps in the same order, here and nowhere else: give up root, build
+the :class:`~echod.lifecycle.Lifecycle` the backend reports to, serve the sockets they
+were handed. A worker first sheds what it inherited from the supervisor
+(:func:`run_worker`, the hand-off, as gunicorn's ``Worker.init_process``) and talks to
+it over its :mod:`~echod.service.channel` (:class:`WorkerChannel`) instead of to
+systemd.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +24,10 @@ from typing import NoReturn
 
 from echod.backends.base import Backend
 from echod.config import Config
-from echod.lifecycle import Lifecycle, Notifier, Stats
-from echod.net.listener_set import Listeners
+from echod.lifecycle import CONTROL_SIGNALS, Lifecycle, Stats
 from echod.net.listeners import ListenerError
-from echod.service import ServiceError
+from echod.service import ServiceError, channel
+from echod.service.channel import Channel, Message
 from echod.service.limits import drop_privileges
 
 log = logging.getLogger("echod")
@@ -48,20 +45,17 @@ LAZY_IMPORTS = {"gevent": ("pprint",)}
 def serve(
     backend: Backend,
     config: Config,
-    listeners: Listeners,
-    stats: Stats,
-    notifier: Notifier | None,
-    watchdog_interval: float | None,
+    sockets: Sequence[socket.socket],
+    lifecycle: Lifecycle,
 ) -> None:
-    """Bind this process's own listeners, drop root, serve until told to stop.
+    """Drop root, serve until told to stop.
 
     Raises ListenerError or ServiceError (one line for the operator) before serving.
     Every socket it served is closed when it returns.
     """
-    sockets = listeners.bind_own(config.backlog)
     try:
         become_user(backend, config)
-        backend.serve(sockets, config, Lifecycle(stats, notifier, watchdog_interval))
+        backend.serve(sockets, config, lifecycle)
     finally:
         for sock in sockets:
             sock.close()
@@ -89,37 +83,34 @@ def _preload(backend: Backend) -> None:
         importlib.import_module(module)
 
 
-class PipeReporter:
-    """A worker's :class:`echod.lifecycle.Notifier`: lines on a pipe to the supervisor.
+class WorkerChannel:
+    """A worker's end of its channel: the :class:`echod.lifecycle.Notifier` it reports
+    to, and the :class:`echod.lifecycle.Control` its requests come from."""
 
-    The write end is non-blocking: a supervisor too slow to read costs a report, never
-    a stalled worker loop.
-    """
+    __slots__ = ("_channel", "_stats", "sock")
 
-    __slots__ = ("_fd", "_stats")
-
-    def __init__(self, fd: int, stats: Stats) -> None:
-        self._fd = fd
+    def __init__(self, end: Channel, stats: Stats) -> None:
+        self._channel = end
         self._stats = stats
-
-    def _send(self, line: str) -> bool:
-        try:
-            os.write(self._fd, line.encode() + b"\n")
-        except OSError:  # EAGAIN (pipe full) or EPIPE (supervisor gone)
-            return False
-        return True
+        self.sock = end.sock
 
     def ready(self, status: str | None = None) -> bool:
-        return self._send("READY") and self._send(f"STATS {self._stats.encode()}")
+        return self._channel.send(Message(channel.READY)) and self.status("")
 
     def status(self, text: str) -> bool:
-        return self._send(f"STATS {self._stats.encode()}")
+        return self.answer(0, self._stats)
 
     def watchdog(self) -> bool:
-        return self._send("ALIVE")
+        return self._channel.send(Message(channel.ALIVE))
 
     def stopping(self) -> bool:
-        return self._send("STOPPING")
+        return self._channel.send(Message(channel.STOPPING))
+
+    def receive(self) -> list[Message] | None:
+        return self._channel.receive()
+
+    def answer(self, request: int, stats: Stats) -> bool:
+        return self._channel.send(Message(channel.STATS, request, stats.encode()))
 
 
 @dataclass(frozen=True)
@@ -127,16 +118,15 @@ class Handoff:
     """Everything a freshly forked worker gets from its supervisor, and nothing more."""
 
     slot: int  # 1..N, kept across restarts: the id in logs
-    report_fd: int  # write end of its pipe
+    channel: Channel  # its end
+    sockets: Sequence[socket.socket]  # the listeners it serves
     supervisor_pid: int
-    signals: Sequence[signal.Signals]  # the supervisor's: back to default, unblocked
+    signals: Sequence[int]  # the supervisor's: back to default, unblocked
     inherited_fds: Sequence[int]  # the supervisor's own descriptors, to close
     watchdog_interval: float | None
 
 
-def run_worker(
-    handoff: Handoff, backend: Backend, config: Config, listeners: Listeners
-) -> NoReturn:
+def run_worker(handoff: Handoff, backend: Backend, config: Config) -> NoReturn:
     """In the child after fork: shed the supervisor's state and serve; never returns."""
     status = EXIT_CRASH
     try:
@@ -145,20 +135,19 @@ def run_worker(
         # which passes it on once, instead of every worker twice.
         os.setpgid(0, 0)
         _die_with(handoff.supervisor_pid)
-        for signum in handoff.signals:
-            signal.signal(signum, signal.SIG_DFL)  # the backend installs its own
+        for signum in handoff.signals:  # the backend installs its own
+            # Ignored, not default, till then: their default action is death.
+            signal.signal(signum, signal.SIG_IGN if signum in CONTROL_SIGNALS else signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handoff.signals)
         # Plain closes: unregistering from the supervisor's epoll instance, which the
         # child shares, would remove the supervisor's registrations too.
         for fd in handoff.inherited_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for sock in listeners.reservations:
-            sock.close()
         tag = WorkerTag(handoff.slot)
         for handler in logging.getLogger().handlers:
             handler.addFilter(tag)
-        status = _serve_worker(handoff, backend, config, listeners)
+        status = _serve_worker(handoff, backend, config)
     except BaseException:
         log.exception("worker failed")
     finally:
@@ -168,11 +157,12 @@ def run_worker(
         os._exit(status)
 
 
-def _serve_worker(handoff: Handoff, backend: Backend, config: Config, listeners: Listeners) -> int:
+def _serve_worker(handoff: Handoff, backend: Backend, config: Config) -> int:
     stats = Stats()
-    reporter = PipeReporter(handoff.report_fd, stats)
+    end = WorkerChannel(handoff.channel, stats)
+    lifecycle = Lifecycle(stats, end, handoff.watchdog_interval, control=end)
     try:
-        serve(backend, config, listeners, stats, reporter, handoff.watchdog_interval)
+        serve(backend, config, handoff.sockets, lifecycle)
     except (ListenerError, ServiceError) as exc:
         log.error("%s", exc)
         return EXIT_BOOT

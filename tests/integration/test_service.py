@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from echod import backends
-from tests.support import Echod, exchange, require_tool
+from tests.support import Echod, exchange, require_tool, wait_until
 
 BACKENDS = backends.available()
 WATCHDOG_USEC = 400_000
@@ -62,6 +62,15 @@ class NotifySocket:
                 remaining = deadline - time.monotonic()
                 assert remaining > 0, f"no {key}={value} among {self.messages}"
                 self._changed.wait(remaining)
+
+    def after(self, message: dict[str, str]) -> dict[str, str]:
+        """Every field sent after ``message``, later values winning."""
+        with self._changed:
+            fields = [m for _, m in self.messages]
+        merged: dict[str, str] = {}
+        for later in fields[fields.index(message) + 1 :]:
+            merged.update(later)
+        return merged
 
     def times(self, key: str) -> list[float]:
         with self._changed:
@@ -154,24 +163,39 @@ def test_ready_status_watchdog_and_stopping(
     assert "Traceback" not in server.log
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sigusr2_brings_status_up_to_date_without_a_log_line(
-    notify: NotifySocket, backend: str, workers: str
+def test_a_reload_tells_systemd_reloading_then_ready_as_sd_notify_says(
+    notify: NotifySocket, backend: str
 ) -> None:
     port = free_port()
-    server = managed(notify, backend, workers, port)
+    server = managed(notify, backend, "2", port)
     with server:
         notify.wait_for("READY", "1")
-        assert echo_once("127.0.0.1", port, b"counted?") == b"counted?"
-        server.signal(signal.SIGUSR2)
-        # Well before the next heartbeat (every 5 s): the refresh brought the count.
-        deadline = time.monotonic() + 2.5
-        while not any("bytes in=8 " in m.get("STATUS", "") for _, m in notify.messages):
-            assert time.monotonic() < deadline, notify.messages
-            time.sleep(0.02)
-        server.signal(signal.SIGTERM)
-    assert "stats" not in server.log
+        server.signal(signal.SIGHUP)
+        server.wait_for("reload done: generation 2")
+        reloading = notify.wait_for("RELOADING", "1")
+        # MONOTONIC_USEC: systemd 253's Type=notify-reload matches the answer by it.
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        assert wait_until(lambda: "READY" in notify.after(reloading)), notify.messages
+        assert echo_once("127.0.0.1", port, b"after the reload") == b"after the reload"
+        assert server.stop() == 0
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reload_and_upgrade_without_a_supervisor_are_one_line_and_serving_goes_on(
+    notify: NotifySocket, backend: str
+) -> None:
+    port = free_port()
+    server = managed(notify, backend, "1", port)
+    with server:
+        notify.wait_for("READY", "1")
+        for signum, what in ((signal.SIGHUP, "a reload"), (signal.SIGUSR2, "an upgrade")):
+            server.signal(signum)
+            server.wait_for(f"{what} \\(SIG\\w+\\) needs a supervisor")
+            assert echo_once("127.0.0.1", port, b"still here") == b"still here"
+        assert server.stop() == 0
+    assert "Traceback" not in server.log
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

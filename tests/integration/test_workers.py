@@ -309,9 +309,9 @@ def test_user_with_workers(mode: str) -> None:
         server.wait_for("ready: 2 workers serving")
         for pid in worker_pids(server).values():
             assert uid_of(pid) == nobody_uid
-        # shared: everything drops before the fork; reuseport: the supervisor keeps root
-        # to bind a restarted worker's socket, as nginx's master does.
-        assert uid_of(server.pid) == (nobody_uid if mode == "shared" else 0)
+        # The supervisor binds every listener, each slot's included, before it forks:
+        # it drops root first in both modes, and a restarted worker inherits its socket.
+        assert uid_of(server.pid) == nobody_uid
         victim = worker_pids(server)[1]
         os.kill(victim, signal.SIGKILL)
         assert wait_until(lambda: worker_pids(server)[1] != victim)

@@ -7,12 +7,12 @@ refresh) are stand-ins, so that the test says when time passes and when workers 
 
 from __future__ import annotations
 
-import select
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from echod.loop import Reactor, io_manager
 from echod.metrics.endpoint import RENDER_GAP, MetricsEndpoint
 
 REQUEST = b"GET /metrics HTTP/1.1\r\nHost: echod\r\n\r\n"
@@ -47,11 +47,13 @@ def served() -> Iterator[tuple[MetricsEndpoint, Supervisor]]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
+    reactor = Reactor(io_manager("epoll"))
     endpoint = MetricsEndpoint(
-        listener, supervisor.render, supervisor.refresh, lambda: supervisor.now
+        listener, supervisor.render, supervisor.refresh, reactor, lambda: supervisor.now
     )
     yield endpoint, supervisor
     endpoint.close()
+    reactor.close()
 
 
 def ask(endpoint: MetricsEndpoint) -> socket.socket:
@@ -62,9 +64,9 @@ def ask(endpoint: MetricsEndpoint) -> socket.socket:
 
 
 def pump(endpoint: MetricsEndpoint) -> None:
-    """Let the endpoint handle what is ready, as the supervisor's loop does."""
-    while select.select([endpoint.fileno()], [], [], 0.05)[0]:
-        endpoint.on_ready()
+    """Let the endpoint handle what is ready, on the loop the supervisor runs."""
+    endpoint.loop.call_later(0.05, endpoint.loop.stop)
+    endpoint.loop.run()
 
 
 def reply(client: socket.socket) -> bytes | None:

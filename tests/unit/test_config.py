@@ -27,21 +27,21 @@ def test_every_option_has_a_flag_an_env_var_and_help() -> None:
 
 
 def test_defaults_serve_rfc_862s_port_on_loopback() -> None:
-    config, _ = load_config([], {})
+    config = load_config([], {}).config
     assert config.addresses == ("127.0.0.1:7",)
     assert config.backlog >= 1024
 
 
 def test_environment_sets_options_and_flags_win() -> None:
     env = {"ECHOD_PORT": "6000", "ECHOD_BACKEND": "poll", "ECHOD_HIGH_WATER": "1M"}
-    config, _ = load_config(["--port", "7000"], env)
+    config = load_config(["--port", "7000"], env).config
     assert config.port == 7000
     assert config.backend == "poll"
     assert config.high_water == 1 << 20
 
 
 def test_listen_is_repeatable_and_replaces_host_and_port() -> None:
-    config, _ = load_config(["--listen", "127.0.0.1:1", "--listen", "[::1]:2"], {})
+    config = load_config(["--listen", "127.0.0.1:1", "--listen", "[::1]:2"], {}).config
     assert config.addresses == ("127.0.0.1:1", "[::1]:2")
     assert from_environment({"ECHOD_LISTEN": "a:1 unix:/x"})["listen"] == ("a:1", "unix:/x")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from echod.net.listener_set import open_listeners
+from echod.net.listener_set import Named, open_listeners
 from echod.net.listeners import (
     Address,
     ListenerError,
@@ -106,37 +106,66 @@ def test_unix_listener_will_not_replace_a_regular_file(tmp_path: Path) -> None:
     assert path.read_text() == "data"
 
 
-def test_per_worker_addresses_are_reserved_not_listened_on(tmp_path: Path) -> None:
+def test_each_worker_slot_has_its_own_listening_socket_on_one_port(tmp_path: Path) -> None:
     unix = tmp_path / "echod.sock"
-    listeners = open_listeners(["127.0.0.1:0", f"unix:{unix}"], 16, per_worker=True)
+    listeners, unused = open_listeners(["127.0.0.1:0", f"unix:{unix}"], 16, slots=2)
     try:
-        # TCP goes per worker (port 0 resolved once, for every worker); Unix is shared.
-        (address,) = listeners.per_worker
-        assert address.host == "127.0.0.1" and address.port != 0
-        assert [describe(sock) for sock in listeners.shared] == [f"unix:{unix}"]
-        # The reservation holds the port against other programs, yet queues no client.
+        assert unused == []
+        # TCP goes per slot (port 0 resolved once, for every slot); Unix is shared.
+        assert [named.name for named in listeners.shared] == ["echod.shared"]
+        assert [describe(named.sock) for named in listeners.shared] == [f"unix:{unix}"]
+        (one,), (two,) = listeners.slots[1], listeners.slots[2]
+        assert (one.name, two.name) == ("echod.reuseport.1", "echod.reuseport.2")
+        port = one.sock.getsockname()[1]
+        assert port != 0 and two.sock.getsockname()[1] == port
+        # Both listen: a client queues on one of them even before any worker exists.
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        # A worker in slot 2 is handed the shared socket and its own, not slot 1's.
+        assert listeners.for_slot(2) == [listeners.shared[0].sock, two.sock]
+        # The port is held against programs that do not join the reuseport group.
         with socket.socket() as other, pytest.raises(OSError):
-            other.bind(("127.0.0.1", address.port))
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", address.port), timeout=2).close()
-        # What a worker binds is a listener on that very port.
-        sockets = listeners.bind_own(16)
-        try:
-            assert describe(sockets[-1]) == f"127.0.0.1:{address.port}"
-            socket.create_connection(("127.0.0.1", address.port), timeout=2).close()
-        finally:
-            close_all(sockets[len(listeners.shared) :])
+            other.bind(("127.0.0.1", port))
     finally:
         listeners.close()
     assert not unix.exists(), "the Unix socket file outlived its listener"
 
 
-def test_without_workers_every_address_is_bound_and_shared() -> None:
-    listeners = open_listeners(["127.0.0.1:0"], 16, per_worker=False)
+def test_held_sockets_are_taken_again_by_name_and_address() -> None:
+    first, _ = open_listeners(["127.0.0.1:0"], 16, slots=2)
+    port = first.slots[1][0].sock.getsockname()[1]
     try:
-        assert listeners.per_worker == [] and listeners.reservations == []
-        (sock,) = listeners.shared
-        socket.create_connection(sock.getsockname(), timeout=2).close()
+        # A reload to three slots keeps slots 1 and 2's sockets (and their queues).
+        again, unused = open_listeners([f"127.0.0.1:{port}"], 16, slots=3, available=list(first))
+        assert unused == []
+        assert again.slots[1][0] is first.slots[1][0] and again.slots[2][0] is first.slots[2][0]
+        assert again.slots[3][0].sock.getsockname()[1] == port
+        # Back to one shared socket: the reuseport ones are left for the caller to close.
+        shared, unused = open_listeners([f"127.0.0.1:{port}"], 16, available=list(again))
+        assert {named.name for named in unused} == {f"echod.reuseport.{k}" for k in (1, 2, 3)}
+        assert [named.name for named in shared.shared] == ["echod.shared"]
+        shared.close()
+        again.slots[3][0].sock.close()
+    finally:
+        first.close()
+
+
+def test_a_socket_units_sockets_are_served_as_given() -> None:
+    with socket.socket() as unit_socket:
+        unit_socket.bind(("127.0.0.1", 0))
+        unit_socket.listen()
+        given = Named(unit_socket, "echo")
+        listeners, unused = open_listeners(["127.0.0.1:1"], 16, slots=2, available=[given])
+        assert listeners.from_systemd and not listeners.per_worker and unused == []
+        assert listeners.shared == [given]
+
+
+def test_without_workers_every_address_is_bound_and_shared() -> None:
+    listeners, _ = open_listeners(["127.0.0.1:0"], 16)
+    try:
+        assert not listeners.per_worker
+        (named,) = listeners.shared
+        socket.create_connection(named.sock.getsockname(), timeout=2).close()
     finally:
         listeners.close()
 
@@ -153,7 +182,7 @@ def test_a_failing_address_closes_the_ones_opened_before_it() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             with pytest.raises(ListenerError, match="address already in use"):
-                open_listeners(["127.0.0.1:0", f"127.0.0.1:{port}"], 16, per_worker=False)
+                open_listeners(["127.0.0.1:0", f"127.0.0.1:{port}"], 16)
             gc.collect()
         leaked = [str(w.message) for w in caught if w.category is ResourceWarning]
         assert [message for message in leaked if "socket" in message] == []

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from echod.backends import BY_NAME, available
-from echod.backends.reactor import (
+from echod.backends.selector_backends import SelectorBackend
+from echod.loop import (
     READ,
     WRITE,
     PollFamilyIO,
@@ -21,7 +22,6 @@ from echod.backends.reactor import (
     SelectorIO,
     io_manager,
 )
-from echod.backends.selector_backends import SelectorBackend
 from echod.wakeup import WakeupSocketpair
 
 REACTOR_BACKENDS = [

@@ -58,6 +58,9 @@ class IOManager(Protocol):
         """Wait and dispatch while ``reactor.running``, running its timers between waits."""
 
     def describe(self) -> str: ...
+    def fds(self) -> list[int]:
+        """The descriptors it holds (for a forked child to close)."""
+
     def close(self) -> None: ...
 
 
@@ -113,6 +116,9 @@ class PollFamilyIO:
     def describe(self) -> str:
         return f"{self.kind} (select.{self.kind} owned by the reactor)"
 
+    def fds(self) -> list[int]:
+        return [self._kernel.fileno()] if self.kind != "poll" else []
+
     def close(self) -> None:
         if self.kind != "poll":  # a poll object holds no descriptor of its own
             self._kernel.close()
@@ -143,6 +149,10 @@ class SelectorIO:
 
     def describe(self) -> str:
         return f"selectors.{type(self.selector).__name__} (public selectors API)"
+
+    def fds(self) -> list[int]:
+        fd = self.selector.fileno() if hasattr(self.selector, "fileno") else -1
+        return [fd] if fd >= 0 else []
 
     def close(self) -> None:
         self.selector.close()
@@ -220,6 +230,10 @@ class Reactor:
     def describe(self) -> str:
         """Which IO path this reactor waits on (logged at start)."""
         return self.io.describe()
+
+    def fds(self) -> list[int]:
+        """Every descriptor the loop holds, for a forked child to close plainly."""
+        return [*self.io.fds(), self.wakeup.wakeup_sock.fileno(), self.wakeup.write_sock.fileno()]
 
     # Registration ----------------------------------------------------------------------
     def add(self, fd: int, events: int, callback: Callback) -> None:

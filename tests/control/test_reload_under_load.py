@@ -1,0 +1,25 @@
+"""Reloads and upgrades under load refuse, reset, close, lose and garble nothing.
+
+The whole matrix (epoll, uvloop and threads in both listen modes) is ``make reload``,
+which writes ``docs/reload.md``; here one combination runs with every check.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.control import under_load
+
+
+@pytest.mark.slow
+def test_twenty_reloads_and_three_upgrades_under_load_lose_nothing() -> None:
+    outcome = under_load.run("epoll", "reuseport", reloads=20, upgrades=3, duration=12.0)
+    assert outcome.reloads == 20 and outcome.upgrades == 3
+    assert outcome.errors() == {}, outcome.log[-4000:]
+    # Every persistent connection stayed up, and echoes went on through every signal.
+    assert outcome.rr["connections"]["established"] == 20
+    assert outcome.rr["messages"] > 0 and outcome.churn["messages"] > 0
+    assert outcome.rr["exit_status"] == 0 and outcome.churn["exit_status"] == 0
+    # New code really served: no worker of the first generation is one of the last.
+    assert outcome.first_pids and outcome.last_pids
+    assert not outcome.first_pids & outcome.last_pids
