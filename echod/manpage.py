@@ -132,7 +132,8 @@ def echod_page(version: str = __version__) -> str:
         escape("/etc/echod/echod.toml"),
         escape(
             "the settings the systemd units give with --config; SIGHUP (systemctl reload) "
-            "re-reads it, after echod --check-config has accepted it."
+            "re-reads it, after echod --check-config has accepted it; install.sh puts it "
+            "there if absent."
         ),
         ".TP",
         escape("/etc/echod/echod.env"),

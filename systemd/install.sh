@@ -1,8 +1,10 @@
 #!/bin/sh
 # Install echod as a systemd service: a virtualenv at $PREFIX/venv with echod
-# in it, the unit files in $UNITDIR, the man pages echod(8) and echod-bench(1)
-# in $MANDIR, then `systemctl daemon-reload`.
-# Safe to run again: it upgrades the venv in place and overwrites the units.
+# in it, the unit files in $UNITDIR, the settings at /etc/echod/echod.toml (only
+# if there are none yet), the man pages echod(8) and echod-bench(1) in $MANDIR,
+# then `systemctl daemon-reload`.
+# Safe to run again: it upgrades the venv in place, overwrites the units and
+# keeps /etc/echod/echod.toml as the administrator left it.
 #
 #   sudo systemd/install.sh                      # /opt/echod, /etc/systemd/system
 #   sudo PREFIX=/srv/echod systemd/install.sh    # elsewhere; ExecStart= follows
@@ -43,12 +45,25 @@ echo "installing echod from $SOURCE into $venv"
 
 mkdir -p "$DESTDIR$UNITDIR"
 for unit in echod.socket echod-udp.socket echod-metrics.socket echod.service echod-standalone.service; do
-    sed "s|^ExecStart=/opt/echod/venv/bin/echod|ExecStart=$PREFIX/venv/bin/echod|" \
+    sed "s|^\(Exec[A-Za-z]*=\)/opt/echod/venv/bin/echod|\1$PREFIX/venv/bin/echod|" \
         "$here/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
     chmod 0644 "$DESTDIR$UNITDIR/$unit.tmp"
     mv -f "$DESTDIR$UNITDIR/$unit.tmp" "$DESTDIR$UNITDIR/$unit"
     echo "installed $DESTDIR$UNITDIR/$unit"
 done
+
+# Both units read this file (ExecStart=... --config); an existing one is the
+# administrator's, so an upgrade leaves it alone.
+conf=$DESTDIR/etc/echod/echod.toml
+if [ -e "$conf" ]; then
+    echo "kept $conf (the shipped defaults are in $here/echod.toml)"
+else
+    mkdir -p "$DESTDIR/etc/echod"
+    cp "$here/echod.toml" "$conf.tmp"
+    chmod 0644 "$conf.tmp"
+    mv -f "$conf.tmp" "$conf"
+    echo "installed $conf"
+fi
 
 # The units' Documentation=man:echod(8) resolves once these are on man's path;
 # /usr/local/share/man is on it by default (manpath(5)).

@@ -321,6 +321,8 @@ PACKAGES = {
     "setpriv": "util-linux",
     "systemd-socket-activate": "systemd",
     "systemd-analyze": "systemd",
+    "systemd-nspawn": "systemd-container",
+    "nsenter": "util-linux",
     "strace": "strace",
     "gcc": "gcc",
     "man": "man-db",

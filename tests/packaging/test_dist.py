@@ -32,6 +32,7 @@ SDIST_MUST_HOLD = (
     "systemd/echod.service",
     "systemd/echod.socket",
     "systemd/echod-standalone.service",
+    "systemd/echod.toml",
     "systemd/install.sh",
     "systemd/README.md",
     "docs/man/echod.8",
