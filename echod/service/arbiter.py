@@ -470,14 +470,14 @@ class Supervisor:
         log.error("worker %d (pid %d) %s", worker.slot, worker.pid, how)
         self._schedule_restart(worker.slot)
 
-    def _drain_old(self, generation: int | None = None) -> None:
-        """Ask every worker of an earlier generation (or of ``generation``) to drain."""
+    def _drain_old(self) -> None:
+        """Ask every worker of an earlier generation to drain."""
         kill_at = time.monotonic() + self.config.graceful_timeout + KILL_MARGIN
         for worker in self.workers.values():
-            old = worker.generation < self.generation if generation is None else True
-            if old and worker.kill_at is None:
+            if worker.generation < self.generation and worker.kill_at is None:
                 worker.kill_at = kill_at
-                worker.channel.send(Message(channel.DRAIN, next(self.requests)))
+                if not worker.channel.send(Message(channel.DRAIN, next(self.requests))):
+                    _kill(worker.pid, signal.SIGTERM)  # its channel is full: the same drain
 
     def _close_unused(self) -> None:
         """Listeners no generation serves any more, once no worker of an older one is left."""
