@@ -146,14 +146,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ListenerError, backends.BackendUnavailable) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    for key in settings.overridden:
-        log.warning(
-            "%s: %s is overridden by the command line or ECHOD_*", settings.config_file, key
-        )
+    warn_overridden(settings)
     try:
         return serve(settings, backend, argv)
     except KeyboardInterrupt:  # before the backend took over SIGINT
         return 130
+
+
+def warn_overridden(settings: Settings) -> None:
+    """File keys that cannot take effect, at start and on every reload (a reload re-reads
+    the file, never the command line or the environment)."""
+    for key in settings.overridden:
+        log.warning(
+            "%s: %s is overridden by the command line or ECHOD_*: the file's value has no effect",
+            settings.config_file,
+            key,
+        )
+
+
+def reread(argv: Sequence[str]) -> Config:
+    """What SIGHUP applies: the same command line and environment, the file read again."""
+    settings = load_config(argv, os.environ)
+    warn_overridden(settings)
+    return settings.config
 
 
 def check(settings: Settings, backend: Backend) -> int:
@@ -220,7 +235,7 @@ def serve(settings: Settings, backend: Backend, argv: Sequence[str]) -> int:
             Served(config, backend, listeners, generation=1),
             notifier,
             watchdog_interval(),
-            reread=lambda: load_config(argv, os.environ).config,
+            reread=lambda: reread(argv),
             argv=argv,
             predecessor=Channel(predecessor.sock) if predecessor is not None else None,
         )
