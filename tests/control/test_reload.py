@@ -140,3 +140,15 @@ def test_new_code_that_fails_to_start_leaves_the_old_serving(tmp_path: Path) -> 
             stop_supervisor(successor)
         total = re.findall(r"stopped: workers=0 connections open=0 total=(\d+)", server.log)
         assert [int(n) for n in total] == [1, 2], server.log  # its 1, then 1 + its own 1
+
+
+def test_a_reload_says_which_file_keys_the_environment_overrides(tmp_path: Path) -> None:
+    path = config_file(tmp_path, 'listen = ["127.0.0.1:0"]\nworkers = 2\nbacklog = 64\n')
+    with Echod("--config", str(path), env={"ECHOD_BACKLOG": "128"}) as server:
+        server.wait_for("ready: 2 workers serving")
+        mark = len(server.log)
+        path.write_text(f'listen = ["127.0.0.1:{server.port}"]\nworkers = 2\nbacklog = 32\n')
+        server.signal(signal.SIGHUP)
+        server.wait_for("reload done: generation 2")
+        assert "backlog is overridden by the command line or ECHOD_*" in server.log[mark:]
+        assert server.stop() == 0
