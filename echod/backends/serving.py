@@ -222,6 +222,11 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def drain(self) -> None:
         graceful = self.config.graceful_timeout
+        # Clients already queued came before the drain: serve them. Closing a listener
+        # this process holds last resets its queue (a reload that removes a socket).
+        if self.accepting:
+            for sock in self.listeners:
+                self.accept_from(sock)
         self.refresh_stats()
         self.lifecycle.start_draining(graceful)
         self.close_listeners()

@@ -191,7 +191,6 @@ class Supervisor:
         self.change: Change | None = None
         self.reload_again = False  # SIGHUP during a change: one more once it ends
         self.reloads: Counter[tuple[str, str]] = Counter()  # (kind, result)
-        self.closing: list[Named] = []  # unused listeners, closed once old workers exit
         self.predecessor = predecessor  # an upgrade's old supervisor
         self.inherited = Stats()  # its totals, once handed over
         self.generations_before = 0  # configurations its predecessors served
@@ -246,8 +245,6 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.close()
             reactor.close()
-            for named in self.closing:
-                named.sock.close()
         log.info("stopped: %s", self.summary())
         return self.exit_status
 
@@ -345,7 +342,7 @@ class Supervisor:
         return [fd for fd in fds if fd >= 0]
 
     def _all_listeners(self) -> list[Named]:
-        seen = [*self.listeners, *self.closing]
+        seen = list(self.listeners)
         if self.change is not None:
             seen += [*self.change.previous.listeners, *self.change.unused]
         return seen
@@ -437,7 +434,6 @@ class Supervisor:
                 self._retire(worker, status)
             elif self.change is not None and pid == self.change.successor:
                 self._upgrade_failed(f"the new echod (pid {pid}) {describe_exit(status)}")
-        self._close_unused()
         if self.stopping and not self.workers:
             self._finish()
 
@@ -479,19 +475,20 @@ class Supervisor:
                 if not worker.channel.send(Message(channel.DRAIN, next(self.requests))):
                     _kill(worker.pid, signal.SIGTERM)  # its channel is full: the same drain
 
-    def _close_unused(self) -> None:
-        """Listeners no generation serves any more, once no worker of an older one is left."""
-        if not self.closing or any(w.generation < self.generation for w in self.workers.values()):
-            return
-        closing, self.closing = self.closing, []
-        slots = [named for named in closing if named.name.startswith("echod.reuseport.")]
+    def _close_unused(self, unused: Sequence[Named]) -> None:
+        """Listeners the new generation does not serve, closed before the old workers
+        stop accepting on them: each is gone once its last old worker closes its copy
+        (after a last accept, see ``ServingCore.drain``), so no new client queues where
+        nobody will accept."""
+        slots = [named for named in unused if named.name.startswith("echod.reuseport.")]
         if slots and _read_sysctl(MIGRATE_SYSCTL) != "1":
             log.warning(
-                "closing %d reuseport socket(s) of removed worker slots: connections still "
-                "queued on them are reset (net.ipv4.tcp_migrate_req=1 moves them instead)",
+                "closing %d reuseport socket(s) of removed worker slots: a connection that "
+                "reaches one in the moment it closes is reset (net.ipv4.tcp_migrate_req=1 "
+                "moves it to another socket instead)",
                 len(slots),
             )
-        for named in closing:
+        for named in unused:
             named.sock.close()
 
     # Signals ---------------------------------------------------------------------------
@@ -542,8 +539,8 @@ class Supervisor:
             log.error("reload refused, serving on with generation %d: %s", self.generation, exc)
             self.notifier.status(f"reload refused: {exc}")
             return
-        self.notifier.reloading()
         self.change = Change("reload", started, self.served, unused, bound)
+        self.notifier.reloading(self.summary())
         self.change.timer = self.reactor.call_later(
             START_TIMEOUT, lambda: self._reload_failed(f"not ready within {START_TIMEOUT:g}s")
         )
@@ -593,7 +590,7 @@ class Supervisor:
         assert change is not None
         self._end_change(change)
         took = time.monotonic() - change.started
-        self.closing += change.unused
+        self._close_unused(change.unused)
         self._drain_old()
         self.reloads["reload", "ok"] += 1
         log.info(
@@ -603,7 +600,6 @@ class Supervisor:
             took,
         )
         self.notifier.send(READY=1, STATUS=self.summary())
-        self._close_unused()
         self._after_change()
 
     def _reload_failed(self, why: str) -> None:
@@ -653,12 +649,12 @@ class Supervisor:
             log.error("upgrade failed, serving on: cannot start the new code: %s", exc.strerror)
             return
         theirs.close()
-        self.notifier.reloading()
         change = Change("upgrade", time.monotonic(), self.served, successor=pid, link=ours)
         change.timer = self.reactor.call_later(
             START_TIMEOUT, lambda: self._upgrade_failed(f"not ready within {START_TIMEOUT:g}s")
         )
         self.change = change
+        self.notifier.reloading(self.summary())
         self._watch_link(ours, self._on_successor)
         log.info("upgrading: new echod started (pid %d)", pid)
 

@@ -103,14 +103,16 @@ class Notifier:
         """Graceful shutdown has begun."""
         return self.send(STOPPING=1)
 
-    def reloading(self) -> bool:
+    def reloading(self, status: str) -> bool:
         """A reload has begun; follow with `ready()` once it is done.
 
         ``MONOTONIC_USEC`` is what ``Type=notify-reload`` (systemd 253+) uses
         to match the reply to the request; older managers ignore it.
         """
         return self.send(
-            RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            RELOADING=1,
+            MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000,
+            STATUS=status,
         )
 
     def mainpid(self, pid: int) -> bool:

@@ -52,15 +52,18 @@ def test_each_state_is_one_datagram_of_key_value_lines(manager: tuple[socket.soc
     notifier.close()
 
 
-def test_reloading_carries_the_monotonic_timestamp(manager: tuple[socket.socket, str]) -> None:
+def test_reloading_carries_the_monotonic_timestamp_and_the_status(
+    manager: tuple[socket.socket, str],
+) -> None:
     sock, path = manager
     notifier = Notifier.from_env({"NOTIFY_SOCKET": path})
-    assert notifier.reloading()
-    first, second = received(sock).split(b"\n")
+    assert notifier.reloading("reloading; workers=2")
+    first, second, third = received(sock).split(b"\n")
     assert first == b"RELOADING=1"
     key, _, usec = second.partition(b"=")
     assert key == b"MONOTONIC_USEC"
     assert abs(int(usec) / 1e6 - time.monotonic()) < 5
+    assert third == b"STATUS=reloading; workers=2"
 
 
 def test_a_newline_in_a_value_cannot_inject_an_assignment(
