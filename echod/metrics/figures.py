@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from echod import __version__
 from echod.lifecycle import Stats
 from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
 from echod.udp.guard import UdpCounters
-
-if TYPE_CHECKING:
-    from echod.service.arbiter import Supervisor
 
 
 @dataclass(frozen=True)
@@ -46,36 +42,6 @@ class SlotFigures:
     open: int
     counters: Stats  # past workers' last report plus the current worker's latest
     restarts: int
-
-
-def _sum(past: Stats, live: Stats | None) -> Stats:
-    total = Stats()
-    total.add(past)
-    if live is not None:
-        total.add(live)
-        if total.udp is not None and live.udp is not None:
-            total.udp.sources = live.udp.sources  # a gauge: the current worker's table
-    elif total.udp is not None:
-        total.udp.sources = 0
-    return total
-
-
-def slots_of(supervisor: Supervisor) -> list[SlotFigures]:
-    current = {worker.slot: worker for worker in list(supervisor.workers.values())}
-    figures = []
-    for number, slot in sorted(supervisor.slots.items()):
-        worker = current.get(number)
-        live = worker.counters if worker is not None else None
-        figures.append(
-            SlotFigures(
-                slot=number,
-                pid=worker.pid if worker is not None else None,
-                open=live.connections_open if live is not None else 0,
-                counters=_sum(slot.retired, live),
-                restarts=max(slot.starts - 1, 0),
-            )
-        )
-    return figures
 
 
 def _total(name: str, help_text: str, value: float, unit: str = "") -> Family:
@@ -278,20 +244,3 @@ def _process(own: process.ProcessFigures | None) -> list[Family]:
         if value is not None:
             result.append(Family(name, "gauge", help_text, unit, (Sample(value),)))
     return result
-
-
-def scrape(supervisor: Supervisor) -> list[Family]:
-    slots = slots_of(supervisor)
-    workers = {}
-    for s in slots:
-        figures = process.read(s.pid) if s.pid is not None else None
-        if figures is not None:
-            workers[s.slot] = figures
-    running: dict[int, int] = {}
-    for worker in list(supervisor.workers.values()):
-        generation = supervisor.generations_before + worker.generation
-        running[generation] = running.get(generation, 0) + 1
-    control = ControlFigures(
-        dict(supervisor.reloads), supervisor.config_generation, running, supervisor.inherited
-    )
-    return families(slots, supervisor.backend.name, process.read(), workers, control)

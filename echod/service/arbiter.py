@@ -44,9 +44,10 @@ from echod.backends.base import Backend
 from echod.config import Config, ConfigError
 from echod.lifecycle import Stats, heartbeat_interval
 from echod.loop import READ, Reactor, Timer, io_manager
+from echod.metrics import process
 from echod.metrics.endpoint import MetricsEndpoint
 from echod.metrics.exposition import render
-from echod.metrics.figures import scrape
+from echod.metrics.figures import ControlFigures, SlotFigures, families
 from echod.net.listener_set import Listeners, Named, open_listeners
 from echod.net.listeners import ListenerError
 from echod.service import ServiceError, channel, upgrade
@@ -813,7 +814,41 @@ class Supervisor:
 
     # Figures ---------------------------------------------------------------------------
     def _render_metrics(self, openmetrics: bool) -> str:
-        return render(scrape(self), openmetrics)
+        slots = self._slot_figures()
+        workers = {s.slot: process.read(s.pid) for s in slots if s.pid is not None}
+        running = Counter(self.generations_before + w.generation for w in self.workers.values())
+        control = ControlFigures(
+            dict(self.reloads), self.config_generation, dict(running), self.inherited
+        )
+        known = {slot: figures for slot, figures in workers.items() if figures is not None}
+        return render(
+            families(slots, self.backend.name, process.read(), known, control), openmetrics
+        )
+
+    def _slot_figures(self) -> list[SlotFigures]:
+        """Per slot: its past workers' last counters plus those of every worker of it still
+        running (an old generation's while it drains too), so no counter ever goes down."""
+        figures = []
+        for number, slot in sorted(self.slots.items()):
+            live = [w for w in self.workers.values() if w.slot == number]
+            current = next((w for w in live if w.generation == self.generation), None)
+            counters = Stats()
+            counters.add(slot.retired)
+            for worker in live:
+                counters.add(worker.counters)
+            if counters.udp is not None:  # a gauge: the current worker's table alone
+                udp = current.counters.udp if current is not None else None
+                counters.udp.sources = udp.sources if udp is not None else 0
+            figures.append(
+                SlotFigures(
+                    slot=number,
+                    pid=current.pid if current is not None else None,
+                    open=sum(w.counters.connections_open for w in live),
+                    counters=counters,
+                    restarts=max(slot.starts - 1, 0),
+                )
+            )
+        return figures
 
     def _total(self) -> Stats:
         total = Stats()

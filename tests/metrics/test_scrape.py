@@ -150,5 +150,5 @@ def test_unix_socket_endpoint_and_bad_address(tmp_path: os.PathLike[str]) -> Non
         assert wait_until(lambda: value(scrape(where), "echod_received_bytes_total") == 2000)
     assert not os.path.exists(path), "the socket file outlived echod"
     with Echod("--port", "0", "--metrics", "localhost:99999", wait=False) as bad:
-        assert bad.proc.wait(TIMEOUT) == 1
+        assert bad.proc.wait(TIMEOUT) == 2  # malformed: a bad setting
     assert re.fullmatch(r"echod: error: [^\n]*99999[^\n]*\n", bad.log), bad.log
