@@ -1,9 +1,10 @@
 """What one scrape reports: the supervisor's view of its workers as metric families.
 
 Counters are the sum over worker slots of what each slot's past workers last reported
-and what its current worker reported with its latest heartbeat, so they never go
-down when a worker is replaced; figures are at most one heartbeat interval old
-(``STATUS_INTERVAL``, 5 s, or half the watchdog interval when that is shorter).
+and what its current worker reported most recently, so they never go down when a
+worker is replaced. They are as fresh as the last collection: a scrape asks every
+worker for its counters first (SIGUSR2) and the endpoint answers once all have sent
+them, or after its wait (``echod.metrics.endpoint``), not a heartbeat later.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ most likely to catch a backend-specific slip, run on every backend.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from echod import backends
@@ -79,3 +81,10 @@ def test_every_open_bug_names_the_bounds_it_breaks() -> None:
 
 def test_every_case_has_a_fault() -> None:
     assert {case for case, _, _ in CAUGHT_BY} == set(BY_NAME)
+
+
+def test_the_docs_name_every_known_miss() -> None:
+    """docs/testing.md says which cases a backend misses: each limit and open bug here."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
+    for case_name, backend in (*KNOWN_LIMITS, *OPEN_BUGS):
+        assert f"`{case_name}`" in text and f"`{backend}`" in text, (case_name, backend)

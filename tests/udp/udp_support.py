@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from echod import backends
-from echod.udp.serving import UNSUPPORTED
 from tests.support import Echod
 
 TCP_LISTENING = re.compile(r"listening on (?!udp:)(\[[^\]]+\]|[^ :]+):(\d+)")
 UDP_LISTENING = re.compile(r"listening on udp:(\[[^\]]+\]|[^ :]+):(\d+)")
-UDP_BACKENDS = [name for name in backends.available() if name not in UNSUPPORTED]
+UDP_BACKENDS = [name for name in backends.available() if backends.serves_udp(name)]
 
 
 class UdpEchod(Echod):
