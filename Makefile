@@ -9,7 +9,7 @@ PORT    ?= 5000
 BACKEND ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint typecheck bench bench-quick robust reload install install-systemd clean
+.PHONY: run test test-fast test-unit lint typecheck bench bench-quick robust reload install install-systemd clean
 
 # The build's own warnings (setuptools, pip) go to $(VENV)/install.log and are shown
 # only if it fails: `make run` should show echod's output, not the build's.
@@ -39,11 +39,23 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
+# Wall-clock bounds (the `timing` marker) run after the rest, on a quieter machine, and
+# once more if one fails: a stall of the machine, not of echod, gets a second chance.
 test: lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=25 -m 'not timing' $(PYTEST_ARGS)
+	$(BIN)/pytest -m timing $(PYTEST_ARGS) || $(BIN)/pytest -m timing --last-failed $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+# The developer's loop, under a minute: the pure parts and the generated docs, no
+# backend matrix.
+UNIT_TESTS = tests/unit tests/metrics/test_exposition.py tests/metrics/test_units.py \
+	tests/metrics/test_freshness.py tests/udp/test_guard.py tests/loadtest/test_loadtest_units.py \
+	tests/loadtest/test_bench_report.py tests/service/test_worker_pipe.py \
+	tests/packaging/test_manpages.py::test_committed_pages_match_the_option_tables
+test-unit: $(VENV)/.dev-installed
+	$(BIN)/pytest --durations=10 $(UNIT_TESTS) $(PYTEST_ARGS)
 
 # Unit files, a venv under /opt/echod and the man pages (PREFIX=, UNITDIR=, MANDIR=,
 # DESTDIR=: systemd/README.md); `make install` is the same, the name packagers try first.

@@ -143,24 +143,30 @@ def raise_open_files(cells: list[Cell]) -> str | None:
     return None
 
 
-def obstacle(spec: ServerSpec, cell: Cell) -> str | None:
+def kernel_thread_limit() -> int | None:
+    """The fewer of kernel.pid_max and kernel.threads-max: each thread takes a pid."""
+    limits = []
+    for knob in ("pid_max", "threads-max"):
+        try:
+            limits.append(int(Path(f"/proc/sys/kernel/{knob}").read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(limits) if limits else None
+
+
+def obstacle(spec: ServerSpec, cell: Cell, threads: int | None = None) -> str | None:
     """Why a server cannot hold a cell's connections on this machine, said up front.
 
     Trying would only measure refused connections (select) or failed thread starts.
+    ``threads`` is the kernel's thread limit (:func:`kernel_thread_limit` if not given).
     """
     # 16: the server's own descriptors (stdio, listener, wakeup pipe, log).
     if spec.backend == "select" and cell.connections > 1024 - 16:
         return f"not run: select() watches descriptors below FD_SETSIZE (1024), not {cell.connections:,}"
     if spec.backend == "threads":
-        # One thread per connection, and each thread takes a pid.
-        limits = []
-        for knob in ("pid_max", "threads-max"):
-            try:
-                limits.append(int(Path(f"/proc/sys/kernel/{knob}").read_text()))
-            except (OSError, ValueError):
-                continue
-        if limits and cell.connections > min(limits) - 1024:
-            return f"not run: one thread per connection, and kernel.pid_max/threads-max allow {min(limits):,}"
+        limit = threads if threads is not None else kernel_thread_limit()
+        if limit is not None and cell.connections > limit - 1024:
+            return f"not run: one thread per connection, and kernel.pid_max/threads-max allow {limit:,}"
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and cell.connections + 64 > hard:
         return f"not run: {cell.connections:,} connections need more open files than the hard limit {hard:,} (see the prlimit note)"

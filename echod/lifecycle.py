@@ -108,8 +108,11 @@ class Stats:
             self.udp.add(other.udp)
 
     def counts(self) -> dict[str, int]:
-        """The counters as one structured log field (``--log-format json``)."""
-        return {name: getattr(self, name) for name in self.COUNTERS}
+        """The counters as one structured log field (``--log-format json``), with the
+        text line's ``dropped=`` under the same name."""
+        counts = {name: getattr(self, name) for name in self.COUNTERS}
+        counts["connections_dropped"] = self.connections_dropped
+        return counts
 
     def summary(self) -> str:
         uptime = time.monotonic() - self.started

@@ -261,6 +261,36 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
+PORT_TAKEN = "Address already in use"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that was free a moment ago: only for a program that cannot be given port 0
+    or a bound socket (systemd-socket-activate); see :func:`start_on_a_free_port`."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_on_a_free_port(
+    start: Callable[[int], Echod], listeners: int = 1, attempts: int = 5
+) -> tuple[Echod, int]:
+    """Start a wrapper that binds its port itself and says so (systemd-socket-activate's
+    "Listening on ... as N."), on a port free a moment ago; when another program took
+    the port in between, the wrapper fails at once with EADDRINUSE and the next free
+    port is tried."""
+    listening = rf"(?s)(?:Listening on [^\n]* as \d+\.\n.*?){{{listeners}}}|{PORT_TAKEN}"
+    for _ in range(attempts):
+        port = free_port()
+        server = start(port)
+        server.wait_for(listening)
+        if PORT_TAKEN not in server.log:
+            return server, port
+        server.stop()
+    raise AssertionError(f"{attempts} free ports were taken before they could be bound")
+
+
 def wait_until(
     condition: Callable[[], object], timeout: float = TIMEOUT, interval: float = 0.05
 ) -> bool:
@@ -339,6 +369,28 @@ def missing(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI=true: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_root(reason: str) -> None:
+    """Root-only cases (privileged binds, raw sockets, switching users): CI runs as root,
+    so there a test that cannot run is a failure, not a skip."""
+    if os.geteuid() != 0:
+        missing(f"{reason}: needs root, running as uid {os.geteuid()}")
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def require_ipv6() -> None:
+    """CI has IPv6 loopback; elsewhere a machine without it skips the IPv6 cases."""
+    if not ipv6_loopback():
+        missing("no IPv6 loopback (::1) here")
 
 
 def require_tool(name: str) -> str:

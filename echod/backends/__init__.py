@@ -20,6 +20,9 @@ class Entry:
     requires: str  # "module" or "module:attribute" that must exist on this platform
     description: str
     install: str = ""  # how to get it when it is an optional extra
+    # Serves UDP listeners: a loop that can watch a descriptor (echod.udp.serving).
+    # A backend that blocks a thread or greenlet per socket cannot.
+    udp: bool = True
 
     def available(self) -> bool:
         module, _, attribute = self.requires.partition(":")
@@ -38,8 +41,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("selectors", f"{_REACTOR}:DEFAULT", "selectors", "echod reactor on selectors.DefaultSelector"),
     Entry("asyncio", "echod.backends.aio:ASYNCIO", "asyncio", "asyncio.Protocol on the stdlib event loop"),
     Entry("uvloop", "echod.backends.aio:UVLOOP", "uvloop", "asyncio.Protocol on uvloop (libuv)", "pip install uvloop"),
-    Entry("threads", "echod.backends.threads:THREADS", "threading", "blocking sockets, one thread per connection"),
-    Entry("gevent", "echod.backends.green:GEVENT", "gevent", "one greenlet per connection on gevent, no monkey-patching", "pip install 'echod[gevent]'"),
+    Entry("threads", "echod.backends.threads:THREADS", "threading", "blocking sockets, one thread per connection", udp=False),
+    Entry("gevent", "echod.backends.green:GEVENT", "gevent", "one greenlet per connection on gevent, no monkey-patching", "pip install 'echod[gevent]'", udp=False),
 )  # fmt: skip
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 
@@ -50,6 +53,11 @@ class BackendUnavailable(LookupError):
 
 def available() -> list[str]:
     return [entry.name for entry in ENTRIES if entry.available()]
+
+
+def serves_udp(name: str) -> bool:
+    entry = BY_NAME.get(name)
+    return entry is not None and entry.udp
 
 
 def default_name() -> str:

@@ -167,7 +167,9 @@ class AsyncServer(ServingCore[EchoProtocol]):
         self.uvloop = type(loop).__module__.startswith("uvloop")
         self.protocol = EchoProtocol if self.uvloop else BufferedEchoProtocol
         self.finished: asyncio.Future[None] = loop.create_future()
-        self._timers: list[Repeating | asyncio.TimerHandle] = []
+        # Live timers only, for close_loop to cancel: a one-shot leaves when it fires or
+        # is cancelled (out of descriptors, the core sets one a back-off second).
+        self._timers: set[Repeating | asyncio.TimerHandle] = set()
 
     def serve(self, label: str) -> None:
         """The core's phases, run inside the loop.
@@ -245,13 +247,18 @@ class AsyncServer(ServingCore[EchoProtocol]):
         self.loop.remove_reader(sock)
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
-        timer = self.loop.call_later(delay, callback)
-        self._timers.append(timer)
+        def fire() -> None:
+            self._timers.discard(timer)
+            callback()
+
+        self._timers = {t for t in self._timers if not t.cancelled()}
+        timer = self.loop.call_later(delay, fire)
+        self._timers.add(timer)
         return timer
 
     def call_every(self, interval: float, callback: Callable[[], object]) -> Repeating:
         timer = Repeating(self.loop, interval, callback)
-        self._timers.append(timer)
+        self._timers.add(timer)
         return timer
 
     def close_loop(self) -> None:
@@ -278,3 +285,6 @@ class Repeating:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+    def cancelled(self) -> bool:
+        return self._handle.cancelled()

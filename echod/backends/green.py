@@ -213,6 +213,9 @@ class GreenServer(ServingCore[Connection]):
         self.finished.set()
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable:
+        # Live timers only: a one-shot that ran or was killed is dead and leaves the list
+        # (out of descriptors, the core sets one a back-off second).
+        self.timers = [t for t in self.timers if not t.dead]
         timer = Greenlet(gevent.spawn_later(delay, callback))
         self.timers.append(timer.greenlet)
         return timer

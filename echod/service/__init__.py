@@ -1,6 +1,7 @@
 """OS glue for running echod as a service: systemd readiness and watchdog
-(`notify`), socket activation (`activation`), and process limits and
-privileges (`limits`).
+(`notify`), process limits and privileges (`limits`), the supervisor (`arbiter`)
+and one serving process (`worker_process`). Sockets inherited by socket activation
+are listeners, so they are read in :mod:`echod.net.activation`.
 
 Everything here is stdlib only and a no-op outside systemd, so the same
 binary runs from a shell, a container or a unit file.

@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from echod import backends
 from echod.config import Config
 from echod.lifecycle import Stats
 from echod.service import ServiceError
@@ -28,8 +29,6 @@ DATAGRAM_BUFFER = 65_536
 # Datagrams read per readiness event, so a flood on one socket cannot starve the others
 # (and the TCP connections on the same loop) for long.
 DATAGRAM_BATCH = 64
-# Backends that block a thread or greenlet per socket: no datagram serving there.
-UNSUPPORTED = ("threads", "gevent")
 
 Watch = Callable[[socket.socket, Callable[[int], None]], object]
 Unwatch = Callable[[socket.socket], object]
@@ -45,7 +44,7 @@ def is_datagram(sock: socket.socket) -> bool:
 
 def check_backend(name: str, listeners: Sequence[socket.socket]) -> None:
     """One line for the operator if ``name`` cannot serve the UDP listeners given."""
-    if name in UNSUPPORTED and any(is_datagram(sock) for sock in listeners):
+    if not backends.serves_udp(name) and any(is_datagram(sock) for sock in listeners):
         raise UnsupportedBackend(
             f"backend {name} does not serve UDP listeners; use a reactor backend "
             "(epoll, poll, select, ...), asyncio or uvloop"

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from tests.support import echod, exchange, recv_exactly, reset
+from tests.support import echod, exchange, recv_exactly, reset, wait_until
 
 CLIENTS = 20
 # What each tries to push: 960 MiB in all. Loopback TCP buffers autotune to several MiB
@@ -63,6 +63,19 @@ def test_clients_that_never_read_cannot_grow_the_server_without_bound(backend: s
                 reset(hog)
 
 
+def receive_queue(port: int, peer: int) -> int | None:
+    """Bytes the kernel holds for the server's end of a loopback connection, unread by
+    the server (``rx_queue`` of /proc/net/tcp), or None when there is no such socket."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                if int(local, 16) == port and int(remote, 16) == peer:
+                    return int(fields[4].split(":")[1], 16)
+    return None
+
+
 def test_a_paused_client_gets_every_byte_in_order_once_it_reads(backend: str) -> None:
     """Reading stops at the high-water mark and resumes below the low one, losing nothing."""
     args = ("--backend", backend, "--port", "0", "--high-water", "16K", "--low-water", "4K")
@@ -70,7 +83,18 @@ def test_a_paused_client_gets_every_byte_in_order_once_it_reads(backend: str) ->
         payload = os.urandom(24 << 20)  # far more than the kernel's buffers hold
         sender = threading.Thread(target=sock.sendall, args=(payload,))
         sender.start()
-        time.sleep(1.0)  # read nothing yet: the server must pause this client
+        peer = sock.getsockname()[1]
+        # Read nothing yet: the server must stop reading this client. Its unread bytes pile
+        # up in the kernel and stay there, sample after sample (a server that ignored the
+        # marks would read the 24 MiB into its memory: an empty queue, the sender done).
+        queued: list[int] = []
+
+        def paused() -> bool:
+            queued.append(receive_queue(server.port, peer) or 0)
+            return len(queued) >= 10 and min(queued[-10:]) > 0
+
+        assert wait_until(paused, timeout=20, interval=0.05), queued[-20:]
+        assert sender.is_alive(), "the whole payload went: the server never paused"
         received = recv_exactly(sock, len(payload))
         sender.join()
         assert received == payload

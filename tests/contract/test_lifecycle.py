@@ -80,12 +80,17 @@ def test_graceful_timeout_bounds_a_client_that_keeps_talking(backend: str) -> No
 def test_second_sigint_exits_at_once(backend: str) -> None:
     server = Echod("--backend", backend, "--port", "0", "--graceful-timeout", "60")
     with server, server.connect() as busy:
-        threading.Thread(target=_chatter, args=(busy,), daemon=True).start()
-        time.sleep(0.2)
+        talking = threading.Event()
+        threading.Thread(target=_chatter, args=(busy, talking), daemon=True).start()
+        assert talking.wait(10)
         server.signal(signal.SIGINT)
         server.wait_for("stopping")
         server.signal(signal.SIGINT)
         assert server.proc.wait(10) == 0
+    # The exit was the forced one: the busy client was cut, not drained (the drain would
+    # have waited up to the 60 s graceful timeout for it).
+    assert "second interrupt: closing 1 connection(s) now" in server.log, server.log
+    assert "graceful timeout" not in server.log
 
 
 def test_sigusr1_counts_every_connection_and_byte_and_serving_goes_on(backend: str) -> None:
@@ -161,9 +166,12 @@ def test_graceful_timeout_cuts_a_client_whose_echo_still_waits(backend: str) -> 
 
 
 def test_idle_timeout_closes_a_silent_client_but_not_a_talking_one(backend: str) -> None:
-    args = ("--backend", backend, "--port", "0", "--idle-timeout", "0.5")
+    # Margin, not a marker: a 1.5 s timeout against pings every 0.1 s leaves a busy
+    # machine 1.4 s of stall (it had 0.4 s with 0.5 s), and talking for 2.5 s still
+    # outlasts the timeout, so a timer that is never reset closes the talker.
+    args = ("--backend", backend, "--port", "0", "--idle-timeout", "1.5")
     with echod(*args) as server, server.connect() as silent, server.connect() as talking:
-        deadline = time.monotonic() + 1.5
+        deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
             assert round_trip(talking, b"ok") == b"ok"
             time.sleep(0.1)
@@ -189,11 +197,13 @@ def test_max_connections_makes_new_clients_wait_in_the_backlog(backend: str) -> 
         third.close()
 
 
-def _chatter(sock: socket.socket) -> None:
+def _chatter(sock: socket.socket, talking: threading.Event | None = None) -> None:
     try:
         while True:
             sock.sendall(b"y" * 10)
             sock.recv(10)
+            if talking is not None:
+                talking.set()
     except OSError:
         pass
 

@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from echod import backends
-from tests.support import Echod, exchange, require_tool, wait_until
+from tests.support import (
+    LISTENING,
+    Echod,
+    exchange,
+    require_ipv6,
+    require_tool,
+    start_on_a_free_port,
+    wait_until,
+)
 
 BACKENDS = backends.available()
 WATCHDOG_USEC = 400_000
@@ -89,25 +97,20 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     listener.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def managed(notify: NotifySocket, backend: str, workers: str, port: int, **env: str) -> Echod:
-    """echod as a unit with Type=notify starts it: it talks to ``notify``."""
-    return Echod(
+def managed(notify: NotifySocket, backend: str, workers: str, **env: str) -> tuple[Echod, int]:
+    """echod as a unit with Type=notify starts it: it talks to ``notify``. Port 0, read
+    back from the log: a port chosen here and bound later could be taken in between."""
+    server = Echod(
         "--backend",
         backend,
         "--port",
-        str(port),
+        "0",
         "--workers",
         workers,
         env={"NOTIFY_SOCKET": notify.path, **env},
         wait=False,
     )
+    return server, int(server.wait_for(LISTENING).group(2))
 
 
 def socket_activate() -> str:
@@ -133,13 +136,13 @@ def first_echo(host: str, port: int, message: bytes) -> bytes:
             return exchange(sock, message)
 
 
+@pytest.mark.timing  # the 0.4 s WATCHDOG_USEC is what catches pings at the wrong interval
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ready_status_watchdog_and_stopping(
     notify: NotifySocket, backend: str, workers: str
 ) -> None:
-    port = free_port()
-    server = managed(notify, backend, workers, port, WATCHDOG_USEC=str(WATCHDOG_USEC))
+    server, port = managed(notify, backend, workers, WATCHDOG_USEC=str(WATCHDOG_USEC))
     with server:
         ready = notify.wait_for("READY", "1")
         # READY=1 means serving: the very next connection is echoed.
@@ -150,7 +153,7 @@ def test_ready_status_watchdog_and_stopping(
             for worker in (1, 2):  # both serve (the log may trail the datagram a little)
                 server.wait_for(f"worker {worker}: listening on 127.0.0.1:{port}")
             assert "per worker open/total: 1=" in notify.wait_for("STATUS", None)["STATUS"]
-        time.sleep(1.5)
+        assert wait_until(lambda: len(notify.times("WATCHDOG")) >= 6, timeout=10)
         pings = notify.times("WATCHDOG")
         gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert len(gaps) >= 4, pings
@@ -167,8 +170,7 @@ def test_ready_status_watchdog_and_stopping(
 def test_a_reload_tells_systemd_reloading_then_ready_as_sd_notify_says(
     notify: NotifySocket, backend: str
 ) -> None:
-    port = free_port()
-    server = managed(notify, backend, "2", port)
+    server, port = managed(notify, backend, "2")
     with server:
         notify.wait_for("READY", "1")
         server.signal(signal.SIGHUP)
@@ -186,8 +188,7 @@ def test_a_reload_tells_systemd_reloading_then_ready_as_sd_notify_says(
 def test_reload_and_upgrade_without_a_supervisor_are_one_line_and_serving_goes_on(
     notify: NotifySocket, backend: str
 ) -> None:
-    port = free_port()
-    server = managed(notify, backend, "1", port)
+    server, port = managed(notify, backend, "1")
     with server:
         notify.wait_for("READY", "1")
         for signum, what in ((signal.SIGHUP, "a reload"), (signal.SIGUSR2, "an upgrade")):
@@ -201,10 +202,13 @@ def test_reload_and_upgrade_without_a_supervisor_are_one_line_and_serving_goes_o
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_socket_activation_with_one_socket(backend: str, workers: str) -> None:
-    port = free_port()
     tool = socket_activate()
-    wrapper = [tool, "-l", f"127.0.0.1:{port}", "-E", "PYTHONUNBUFFERED=1"]
-    server = Echod("--backend", backend, "--workers", workers, wrapper=wrapper, wait=False)
+
+    def start(port: int) -> Echod:
+        wrapper = [tool, "-l", f"127.0.0.1:{port}", "-E", "PYTHONUNBUFFERED=1"]
+        return Echod("--backend", backend, "--workers", workers, wrapper=wrapper, wait=False)
+
+    server, port = start_on_a_free_port(start)
     with server:
         # The tool starts echod on the first connection; that connection must be served.
         assert first_echo("127.0.0.1", port, b"first") == b"first"
@@ -217,21 +221,17 @@ def test_socket_activation_with_one_socket(backend: str, workers: str) -> None:
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_socket_activation_with_ipv4_and_ipv6_sockets(backend: str, workers: str) -> None:
-    port = free_port()
     tool = socket_activate()
-    wrapper = [
-        tool,
-        "-l",
-        f"127.0.0.1:{port}",
-        "-l",
-        f"[::1]:{port}",
-        "--fdname=a:b",
-        "-E",
-        "PYTHONUNBUFFERED=1",
-    ]
-    # --port would be ignored: the sockets come from the manager, not from the options.
-    args = ("--backend", backend, "--workers", workers, "--port", "1")
-    server = Echod(*args, wrapper=wrapper, wait=False)
+    require_ipv6()
+
+    def start(port: int) -> Echod:
+        wrapper = [tool, "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "--fdname=a:b",
+                   "-E", "PYTHONUNBUFFERED=1"]  # fmt: skip
+        # --port would be ignored: the sockets come from the manager, not from the options.
+        args = ("--backend", backend, "--workers", workers, "--port", "1")
+        return Echod(*args, wrapper=wrapper, wait=False)
+
+    server, port = start_on_a_free_port(start, listeners=2)
     with server:
         assert first_echo("127.0.0.1", port, b"v4") == b"v4"
         server.wait_for(f"listening on \\[::1\\]:{port}")

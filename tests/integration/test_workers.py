@@ -21,6 +21,7 @@ from tests.support import (
     echod,
     exchange,
     missing,
+    require_root,
     require_tool,
     round_trip,
     wait_until,
@@ -265,12 +266,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 # --user ---------------------------------------------------------------------------------
 def nobody() -> str:
-    if os.geteuid() != 0:
-        pytest.skip(f"--user needs root to switch users; running as uid {os.geteuid()}")
+    require_root("--user switches users")
     try:
         pwd.getpwnam("nobody")
     except KeyError:
-        pytest.skip("no user 'nobody' on this machine")
+        missing("no user 'nobody' on this machine")
     return "nobody"
 
 
@@ -292,7 +292,7 @@ def test_user_drops_root_after_binding_and_keeps_echoing(backend: str) -> None:
         try:
             probe.bind(("127.0.0.1", 7))
         except OSError:
-            pytest.skip("port 7 is taken on this machine")
+            missing("port 7 is taken on this machine")
     with echod("--port", "7", "--user", user, "--backend", backend) as server:
         assert uid_of(server.pid) == nobody_uid
         for _ in range(3):

@@ -26,14 +26,12 @@ if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not in
 from bench import generators, run, servers  # noqa: E402
 from bench.matrix import QUICK, Timing, named  # noqa: E402
 from bench.query import C_CLIENT, ECHOD_BENCH, Results  # noqa: E402
+from tests.support import missing  # noqa: E402
 
 
 def need_cc() -> None:
     if shutil.which("cc") is None:
-        message = "no C compiler (cc): the C client cannot be built"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no C compiler (cc): the C client cannot be built")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ import resource
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
 from bench.matrix import C100K, C100K_SMALL, FULL  # noqa: E402
-from bench.run import obstacle  # noqa: E402
+from bench.run import kernel_thread_limit, obstacle  # noqa: E402
 from bench.servers import ServerSpec  # noqa: E402
 
 # Ports one source address has towards one server port (Linux default range).
@@ -42,12 +44,20 @@ def test_select_is_reported_with_its_reason_not_dropped() -> None:
     assert obstacle(spec("select"), C100K[0]) is None
 
 
-def test_threads_are_held_to_the_kernel_thread_limit() -> None:
-    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    big = next((c for c in C100K if c.connections > pid_max), None)
-    if big is not None:
-        reason = obstacle(spec("threads"), big)
-        assert reason is not None and "pid_max" in reason
+@pytest.mark.parametrize("limit", [32_768, 4_194_304])
+def test_threads_are_held_to_the_kernel_thread_limit(limit: int) -> None:
+    """Both sides, whatever this machine's own limit: 32,768 is the old pid_max default
+    (100k threads cannot start), 4,194,304 today's (they can)."""
+    for cell in C100K:
+        reason = obstacle(spec("threads"), cell, threads=limit)
+        if cell.connections > limit - 1024:
+            assert reason is not None and f"allow {limit:,}" in reason, (cell, reason)
+        else:
+            assert reason is None or "pid_max" not in reason, (cell, reason)
+    # Only threads spend a thread per connection.
+    assert "pid_max" not in (obstacle(spec("epoll"), C100K[-1], threads=1000) or "")
+    found = kernel_thread_limit()
+    assert found is not None and found >= 1024  # read from this machine's /proc
 
 
 def test_a_descriptor_limit_too_low_is_the_reason_for_every_backend() -> None:

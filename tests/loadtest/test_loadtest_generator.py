@@ -127,16 +127,14 @@ def test_stalled_server_shows_timeouts_and_the_run_ends_on_time(
     assert set(run.figures["errors"]) == {"timeout", "lost"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_refused_address_is_one_line_and_exit_2(tmp_path: Path) -> None:
     began = time.monotonic()
-    run = run_bench(tmp_path, "--port", str(free_port()), "--connect-timeout", "2", *SHORT)
+    # Bound and never listening, and held for the run: connecting is refused, and no
+    # other program can take the port meanwhile.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        run = run_bench(tmp_path, "--port", str(port), "--connect-timeout", "2", *SHORT)
     assert time.monotonic() - began < 10
     assert run.status == 2
     assert run.stderr.count("\n") == 1 and "refused" in run.stderr.lower()

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tests/ is a directory of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from tests.support import Echod, echod  # noqa: E402
+from tests.support import Echod, echod, require_ipv6  # noqa: E402
 
 # Time for three interpreters to start and connect on a loaded 2-core machine.
 LEAD_S = 8.0
@@ -336,8 +336,7 @@ def test_source_addresses_are_spread_over_the_connections() -> None:
 
 
 def test_ipv6_source_address_binds_and_connects() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 here")
+    require_ipv6()
     with echod("--host", "::1", "--port", "0", "--backend", "epoll") as six:
         result = run_bench(
             "--host", "::1", "--port", str(six.port), "--connections", "4", "--warmup", "0",

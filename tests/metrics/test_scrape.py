@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -103,12 +104,27 @@ def check_under_load(server: Echod, rounds: int = 1) -> Figures:
 def test_counters_match_what_was_sent_on_every_backend(backend: str) -> None:
     with echod("--port", "0", "--backend", backend, "--metrics", "127.0.0.1:0") as server:
         final = check_under_load(server)
+        # Enough echoing for the worker's CPU time to pass one 10 ms tick, then its series
+        # against /proc read after the scrape: above 0, and not above what /proc says.
+        with server.connect() as sock:
+            assert exchange(sock, bytes(16 << 20)) == bytes(16 << 20)
+        cpu = 0.0
+
+        def worker_cpu() -> float:
+            nonlocal cpu
+            cpu = per_worker(scrape(address_of(server)), "echod_worker_cpu_seconds_total")["1"]
+            return cpu
+
+        assert wait_until(lambda: worker_cpu() > 0)  # a scrape within 0.1 s is the last one
+        (worker,) = server.children()
+        stat = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu_now = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     assert value(final, "echod_build_info", version="0.1.0", backend=backend) == 1
     assert per_worker(final, "echod_worker_up") == {"1": 1}
     assert value(final, "process_open_fds") > 0
     assert value(final, "process_max_fds") > 0
     assert value(final, "process_resident_memory_bytes") > 1 << 20
-    assert per_worker(final, "echod_worker_cpu_seconds_total")["1"] >= 0  # ticks of 10 ms
+    assert 0 < cpu <= cpu_now
 
 
 def test_two_workers_one_scrape_for_the_whole_service() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from echod.net.activation import ActivationError, inherited_sockets
 from echod.net.listeners import ListenerError
-from tests.support import require_tool
+from tests.support import Echod, require_tool, start_on_a_free_port
 
 # Runs in a fresh interpreter so that fds 3, 4, ... are free. Moves the fds
 # it was given to 3, 4, ..., sets LISTEN_PID to itself as a service manager
@@ -119,9 +119,6 @@ def test_names_default_to_unknown_without_listen_fdnames() -> None:
 
 def test_with_systemd_socket_activate(tmp_path: Path) -> None:
     tool = require_tool("systemd-socket-activate")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     path = str(tmp_path / "echo.sock")
     out = tmp_path / "report.json"
     script = textwrap.dedent(
@@ -136,23 +133,15 @@ def test_with_systemd_socket_activate(tmp_path: Path) -> None:
         """
     )
     # The tool binds, then starts the service on the first connection.
-    proc = subprocess.Popen(
-        [
-            tool,
-            "-l",
-            f"127.0.0.1:{port}",
-            "-l",
-            path,
-            "--fdname=tcp:local",
-            "-E",
-            "PYTHONPATH=" + os.pathsep.join(sys.path),
-            sys.executable,
-            "-c",
-            script,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
+
+    def start(port: int) -> Echod:
+        wrapper = [tool, "-l", f"127.0.0.1:{port}", "-l", path, "--fdname=tcp:local"]
+        if os.path.exists(path):
+            os.unlink(path)  # a try whose TCP port was taken left it behind
+        return Echod(wrapper=wrapper, program=("-c", script), wait=False)
+
+    tool_run, port = start_on_a_free_port(start, listeners=2)
+    with tool_run:
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -162,10 +151,7 @@ def test_with_systemd_socket_activate(tmp_path: Path) -> None:
             except (FileNotFoundError, ConnectionRefusedError):
                 assert time.monotonic() < deadline, "systemd-socket-activate never listened"
                 time.sleep(0.05)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait()
+        assert tool_run.proc.wait(timeout=30) == 0, tool_run.log
     report = json.loads(out.read_text())
     assert report == {
         "sockets": [["tcp", "AF_INET", ["127.0.0.1", port]], ["local", "AF_UNIX", path]],

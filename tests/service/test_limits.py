@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -106,7 +105,7 @@ def test_a_refused_setrlimit_is_survived() -> None:
     assert "WARNING open-file limit is 256 but the configuration needs about 1000" in stderr
 
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+root_only = pytest.mark.usefixtures("as_root")  # switching users needs root
 
 
 @root_only

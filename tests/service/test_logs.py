@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from echod.lifecycle import Stats
 from echod.logs import RateLimitedLog, configure_logging
 from tests.support import echod, exchange
 
@@ -272,6 +273,8 @@ def test_real_echod_logs_json_lines_only(workers: str) -> None:
     counts = [e["counts"] for e in stats if "counts" in e and "stats: " in str(e["message"])]
     assert sum(c["connections_total"] for c in counts) == 5  # type: ignore[index]
     assert sum(c["bytes_in"] for c in counts) == 25  # type: ignore[index]
+    # Every figure of the text line has its key: dropped= too.
+    assert all(c["connections_dropped"] == 0 for c in counts), counts  # type: ignore[index]
     if workers != "1":
         assert {e["worker"] for e in events if "worker" in e} == {1, 2}
 
@@ -294,3 +297,13 @@ def test_a_bad_log_format_is_one_line_and_exit_2() -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "echod: error: ECHOD_LOG_FORMAT='xml': choose from text, json\n"
+
+
+def test_json_counts_carry_what_the_text_line_prints() -> None:
+    stats = Stats(connections_open=1, connections_total=4, refused_fd_setsize=2,
+                  refused_resources=1, bytes_in=10, bytes_out=9)  # fmt: skip
+    counts = stats.counts()
+    assert "dropped=3 " in stats.summary()
+    assert counts["connections_dropped"] == 3
+    assert (counts["connections_open"], counts["connections_total"]) == (1, 4)
+    assert (counts["bytes_in"], counts["bytes_out"]) == (10, 9)

@@ -251,3 +251,14 @@ def test_memory_deny_write_execute_suits_the_event_loops(probe: str) -> None:
         assert refused, "the probe no longer sees writable executable memory"
     else:
         assert refused == []
+
+
+def test_the_guide_names_every_variable_the_units_set() -> None:
+    """systemd/README.md says what the units set: each ``Environment=ECHOD_*`` with its
+    value, so an administrator reading the guide sees every setting in force."""
+    guide = (SYSTEMD_DIR / "README.md").read_text()
+    for unit in UNITS:
+        for name, value in re.findall(
+            r"^Environment=(ECHOD_\w+)=(\S+)", (SYSTEMD_DIR / unit).read_text(), re.M
+        ):
+            assert f"`{name}={value}`" in guide, f"{unit} sets {name}={value}"

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, ipv6_loopback, missing, require_ipv6
 from tests.udp.udp_support import (
     UDP_BACKENDS,
     UdpEchod,
     client,
-    ipv6_available,
     receive_all,
     udp_echod,
 )
@@ -26,7 +25,7 @@ SIZES = [0, 1, 1472, 8192, 65_507]
 @pytest.fixture(params=UDP_BACKENDS, scope="module")
 def server(request: pytest.FixtureRequest) -> Iterator[UdpEchod]:
     listen = ["--listen", "127.0.0.1:0", "--listen", "udp:127.0.0.1:0"]
-    if ipv6_available():
+    if ipv6_loopback():
         listen += ["--listen", "udp:[::1]:0"]
     with udp_echod("--backend", request.param, *listen, listeners=len(listen) // 2 - 1) as running:
         yield running
@@ -35,8 +34,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[UdpEchod]:
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("size", SIZES)
 def test_each_datagram_comes_back_once_exactly(server: UdpEchod, size: int, family: str) -> None:
-    if family == "ipv6" and len(server.udp) < 2:
-        pytest.skip("no IPv6 loopback here")
+    if family == "ipv6":
+        require_ipv6()
     address = server.udp[0 if family == "ipv4" else 1]
     payload = os.urandom(size)
     with client(address[0]) as sock:
@@ -48,8 +47,7 @@ def test_each_datagram_comes_back_once_exactly(server: UdpEchod, size: int, fami
 
 
 def test_ipv6_carries_more_than_ipv4_can(server: UdpEchod) -> None:
-    if len(server.udp) < 2:
-        pytest.skip("no IPv6 loopback here")
+    require_ipv6()
     payload = os.urandom(65_527)  # the largest UDP payload over IPv6
     with client("::1") as sock:
         sock.sendto(payload, server.udp[1])
@@ -85,7 +83,7 @@ def test_backends_without_udp_say_so_in_one_line(backend: str) -> None:
         cwd=ROOT,
     )
     if "not available" in result.stderr:
-        pytest.skip(result.stderr.strip())
+        missing(result.stderr.strip())
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"echod: error: backend {backend} does not serve UDP listeners; use a reactor "
@@ -95,7 +93,7 @@ def test_backends_without_udp_say_so_in_one_line(backend: str) -> None:
 
 @pytest.mark.parametrize(
     ("listen", "status"),
-    # Malformed is a bad setting (2); well-formed but unusable is an address error (1).
+    # Malformed: a bad setting (2). Well-formed but unusable: a listener error (1).
     [("udp:unix:/tmp/x", 2), ("udp:127.0.0.1:99999", 2), ("udp:nowhere.invalid:7", 1)],
 )
 def test_bad_udp_addresses_are_one_line(listen: str, status: int) -> None:
@@ -106,9 +104,10 @@ def test_bad_udp_addresses_are_one_line(listen: str, status: int) -> None:
         timeout=30,
         cwd=ROOT,
     )
-    assert result.returncode == status
+    assert result.returncode == status, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("echod: error:") and "Traceback" not in result.stderr
+    assert listen in result.stderr  # udp: prefix and all
 
 
 @pytest.mark.parametrize("backend", UDP_BACKENDS)

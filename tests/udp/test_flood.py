@@ -7,7 +7,7 @@ import time
 import pytest
 
 from echod.udp.guard import Refusal
-from tests.udp.udp_support import UDP_BACKENDS, client, receive_all, udp_echod
+from tests.udp.udp_support import UDP_BACKENDS, client, receive_all, settled, udp_echod
 
 SOURCES = 3000
 PER_SOURCE = 20
@@ -43,7 +43,7 @@ def test_flood_from_many_sources_stays_within_rates_and_table(backend: str) -> N
                 for _ in range(PER_SOURCE):
                     for sock in socks:
                         sock.sendto(b"flood", srv.udp[0])
-                time.sleep(0.2)
+                settled(srv)  # every answer echod will send is on the sockets now
                 for sock in socks:
                     got = len(receive_all(sock, quiet=0.001))
                     most = max(most, got)

@@ -7,39 +7,41 @@ tests; elsewhere those cases are skipped with the reason printed.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from echod.udp.guard import Refusal
+from tests.support import missing
 from tests.udp.udp_support import (
     UDP_BACKENDS,
     UdpEchod,
     client,
     receive_all,
+    settled,
     spoofed,
     udp_echod,
     wait_until_count,
 )
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="binding source ports below 1024 and spoofing sources need root"
-)
+REFUSALS = [reason.value for reason in Refusal]
+
+# Binding source ports below 1024 and spoofing sources need root.
+needs_root = pytest.mark.usefixtures("as_root")
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-LISTED = free_udp_port()
+@pytest.fixture(scope="module")
+def listed() -> Iterator[socket.socket]:
+    """The client socket of the listed reflector port, bound before echod is told the
+    port and held until the end: no other program can take the port in between."""
+    with client("127.0.0.1", bind=("127.0.0.1", 0)) as sock:
+        yield sock
 
 
 @pytest.fixture(params=UDP_BACKENDS, scope="module")
-def server(request: pytest.FixtureRequest) -> Iterator[UdpEchod]:
+def server(request: pytest.FixtureRequest, listed: socket.socket) -> Iterator[UdpEchod]:
     with udp_echod(
         "--backend",
         request.param,
@@ -48,7 +50,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[UdpEchod]:
         "--listen",
         "udp:127.0.0.1:0",
         "--udp-refuse-ports",
-        str(LISTED),
+        str(listed.getsockname()[1]),
     ) as running:
         yield running
 
@@ -57,10 +59,26 @@ def answered(server: UdpEchod, source: tuple[str, int], payload: bytes = b"probe
     try:
         sock = client("127.0.0.1", bind=source)
     except OSError as exc:
-        pytest.skip(f"cannot bind source {source}: {exc}")
+        missing(f"cannot bind source {source}: {exc}")
     with sock:
-        sock.sendto(payload, server.udp[0])
-        return receive_all(sock, quiet=0.3) == [payload]
+        return answered_on(server, sock, payload)
+
+
+def answered_on(server: UdpEchod, sock: socket.socket, payload: bytes = b"probe") -> bool:
+    """Whether echod answers a datagram from ``sock``; a refusal is waited for on its
+    counters, not guessed from a quiet spell."""
+    before = server.stats()
+    sock.sendto(payload, server.udp[0])
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            return sock.recv(65_536) == payload and receive_all(sock, quiet=0.05) == []
+        except TimeoutError:
+            stats = server.stats()
+            if sum(stats[k] for k in REFUSALS) > sum(before[k] for k in REFUSALS):
+                return False
+    raise AssertionError("echod neither answered nor refused within 10 s")
 
 
 def refused_by(server: UdpEchod, reason: str, send: object) -> None:
@@ -84,8 +102,10 @@ def test_source_port_1024_is_served(server: UdpEchod) -> None:
     assert answered(server, ("127.0.0.1", 1024))
 
 
-def test_listed_reflector_port_is_refused_and_its_neighbour_served(server: UdpEchod) -> None:
-    assert not answered(server, ("127.0.0.1", LISTED))
+def test_listed_reflector_port_is_refused_and_its_neighbour_served(
+    server: UdpEchod, listed: socket.socket
+) -> None:
+    assert not answered_on(server, listed)
     assert server.stats()["listed-port"] >= 1
     assert answered(server, ("127.0.0.1", 0))
 
@@ -159,12 +179,11 @@ def test_global_budget_holds_across_sources() -> None:
                 for sock in socks:
                     sock.sendto(bytes(1000), srv.udp[0])
             elapsed = time.monotonic() - start
-            time.sleep(0.3)
+            stats = settled(srv)
             received = sum(len(receive_all(sock, quiet=0.05)) for sock in socks)
         finally:
             for sock in socks:
                 sock.close()
-        stats = srv.stats()
         allowed = (102_400 * (1 + elapsed + 0.5)) // 1000
         assert received <= allowed, (received, elapsed)
         # Every datagram echod read (the kernel may drop some first) was answered or

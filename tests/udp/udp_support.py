@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import socket
 import struct
 import time
@@ -11,13 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from echod import backends
-from echod.udp.serving import UNSUPPORTED
 from tests.support import Echod
 
 TCP_LISTENING = re.compile(r"listening on (?!udp:)(\[[^\]]+\]|[^ :]+):(\d+)")
 UDP_LISTENING = re.compile(r"listening on udp:(\[[^\]]+\]|[^ :]+):(\d+)")
-UDP_BACKENDS = [name for name in backends.available() if name not in UNSUPPORTED]
-STATS = re.compile(r"stats: (.*udp in=.*)")
+UDP_BACKENDS = [name for name in backends.available() if backends.serves_udp(name)]
 
 
 class UdpEchod(Echod):
@@ -29,17 +26,14 @@ class UdpEchod(Echod):
         self.udp = [
             (m.group(1).strip("[]"), int(m.group(2))) for m in UDP_LISTENING.finditer(self.log)
         ]
-        self._reports = 0
         tcp = TCP_LISTENING.search(self.log)
         if tcp:
             self.host, self.port = tcp.group(1).strip("[]"), int(tcp.group(2))
 
     def stats(self) -> dict[str, int]:
-        """Fresh counters, from the line a SIGUSR1 makes echod log."""
-        self._reports += 1
-        self.signal(signal.SIGUSR1)
-        self.wait_for(re.compile(r"(?s)(?:stats: [^\n]*\n.*?){" + str(self._reports) + "}"))
-        line = STATS.findall(self.log)[-1]
+        """Fresh counters, from the line a SIGUSR1 makes echod log (the first after the
+        signal: a pattern counting every stats line so far grew slower with each call)."""
+        line = self.report()
         udp = line[line.index("udp in=") :]
         return {key: int(value) for key, value in re.findall(r"([a-z-]+)=(\d+)", udp)}
 
@@ -76,15 +70,6 @@ def receive_all(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
             return received
 
 
-def ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 def spoofed(source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> None:
     """Send one IPv4 UDP datagram from any source address and port (needs root).
 
@@ -108,6 +93,21 @@ def spoofed(source: tuple[str, int], destination: tuple[str, int], payload: byte
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
         raw.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
         raw.sendto(header + udp, (destination[0], 0))
+
+
+def settled(server: UdpEchod, timeout: float = 10.0) -> dict[str, int]:
+    """The counters once echod has read every datagram it will: ``in`` the same in two
+    reports 0.1 s apart. Answers are on the clients' sockets by then (loopback delivers
+    in the sender's sendto), so what a client reads next is all it will get."""
+    deadline = time.monotonic() + timeout
+    last = server.stats()
+    while True:
+        time.sleep(0.1)
+        stats = server.stats()
+        if stats["in"] == last["in"]:
+            return stats
+        assert time.monotonic() < deadline, f"echod still reading after {timeout} s: {stats}"
+        last = stats
 
 
 def wait_until_count(

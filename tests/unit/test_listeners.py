@@ -20,6 +20,7 @@ from echod.net.listeners import (
     parse_address,
     unix_paths,
 )
+from tests.support import missing, require_ipv6
 
 
 @pytest.mark.parametrize(
@@ -70,12 +71,11 @@ def test_unresolvable_host_is_one_clear_message() -> None:
 
 
 def test_ipv6_any_is_dual_stack() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+    require_ipv6()
     try:
         sock = bind(Address("::", 0), backlog=8)
     except ListenerError as exc:
-        pytest.skip(f"cannot bind [::] here: {exc}")
+        missing(f"cannot bind [::] here: {exc}")
     try:
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
         port = sock.getsockname()[1]

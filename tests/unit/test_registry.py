@@ -3,13 +3,16 @@ dependency is imported only when its backend is chosen."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from echod import backends
-from tests.support import echod, require_module
+from tests.support import Echod, echod, exchange, require_module, require_tool
 
 # What each platform must offer, written out: the registry must agree with this list,
 # not with a second copy of its own rules.
@@ -29,9 +32,36 @@ def test_the_platforms_own_selectors_are_offered_and_no_others() -> None:
     assert not names & absent
 
 
-@pytest.mark.parametrize("name", backends.available())
-def test_each_name_loads_the_backend_of_that_name(name: str) -> None:
-    assert backends.load(name).name == name
+# The system call each reactor name must wait in, observed with strace: a registry row
+# pointing at the wrong selector would still load a backend that calls itself by the name.
+WAITS_IN = {
+    "epoll": {"epoll_wait", "epoll_pwait", "epoll_pwait2"},
+    "poll": {"poll", "ppoll"},
+    "select": {"select", "pselect6"},
+    "selectors": {"epoll_wait", "epoll_pwait", "epoll_pwait2"},  # DefaultSelector on Linux
+}
+WAITS = sorted(set().union(*WAITS_IN.values()))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the system calls are Linux's")
+@pytest.mark.parametrize("name", sorted(WAITS_IN))
+def test_each_reactor_name_waits_in_its_own_system_call(name: str, tmp_path: Path) -> None:
+    strace = require_tool("strace")
+    trace = tmp_path / "trace"
+    server = Echod(
+        "--backend", name, "--port", "0",
+        wrapper=(strace, "-f", "-qq", "-o", str(trace), "-e", "trace=" + ",".join(WAITS)),
+    )  # fmt: skip
+    try:
+        with server.connect() as sock:
+            assert exchange(sock, b"which wait?") == b"which wait?"
+    finally:
+        for pid in server.children():  # echod under strace: its own SIGTERM, its own exit
+            os.kill(pid, signal.SIGTERM)
+        assert server.stop() == 0, server.log
+    called = {line.split("(")[0].split()[-1] for line in trace.read_text().splitlines()}
+    assert called & WAITS_IN[name], (name, called)
+    assert not called & (set(WAITS) - WAITS_IN[name]), (name, called)
 
 
 def test_the_optional_backends_of_the_dev_install_are_offered() -> None:
