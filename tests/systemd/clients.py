@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import select
 import subprocess
 import time
@@ -30,8 +31,16 @@ class Loop:
     finishing ends it (by PID) within a bounded wait.
     """
 
-    def __init__(self, machine: Machine, port: int, after: int = 200, limit: float = 90.0) -> None:
-        argv = [PYTHON, PROBE, "loop", str(port), "--after", str(after), "--limit", str(limit)]
+    def __init__(
+        self,
+        machine: Machine,
+        port: int,
+        persistent: int = 4,
+        after: int = 200,
+        limit: float = 90.0,
+    ) -> None:
+        argv = [PYTHON, PROBE, "loop", str(port), "--persistent", str(persistent)]
+        argv += ["--after", str(after), "--limit", str(limit)]
         self.proc = subprocess.Popen(
             machine.enter(*argv),
             stdin=subprocess.PIPE,
@@ -84,6 +93,13 @@ class Loop:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def listening_inodes(machine: Machine, port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` in the machine: the same ones
+    after a restart mean the fd store handed them back, not a fresh bind."""
+    out = machine.run("ss", "-Hltne", f"sport = :{port}").stdout
+    return set(re.findall(r"ino:(\d+)", out))
 
 
 def wait_for(condition: Any, what: str, timeout: float = 30.0) -> Any:
