@@ -14,7 +14,8 @@ from tests.systemd.clients import Loop, echo, listening_inodes, wait_for
 from tests.systemd.conftest import CONFIG, log_on_failure
 from tests.systemd.machine import Machine
 
-pytestmark = pytest.mark.slow
+# The first test also waits for the machine: a wheel, a boot and a venv.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SHIPPED = (ROOT / "systemd/echod.toml").read_text()
 # Every way a client can be let down; all must stay at zero.

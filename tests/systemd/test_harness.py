@@ -8,7 +8,8 @@ import pytest
 from tests.systemd.clients import Loop, echo, listening_inodes, wait_for
 from tests.systemd.machine import PYTHON, Machine, MachineError
 
-pytestmark = pytest.mark.slow
+# The first test also waits for the machine: a wheel, a boot and a venv.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # Echoes its first connection whole, drops the first byte of the next 19, then exits:
 # the client loop must count those and then refusals.
