@@ -30,8 +30,16 @@ class Loop:
     finishing ends it (by PID) within a bounded wait.
     """
 
-    def __init__(self, machine: Machine, port: int, after: int = 200, limit: float = 90.0) -> None:
-        argv = [PYTHON, PROBE, "loop", str(port), "--after", str(after), "--limit", str(limit)]
+    def __init__(
+        self,
+        machine: Machine,
+        port: int,
+        persistent: int = 4,
+        after: int = 200,
+        limit: float = 120.0,
+    ) -> None:
+        argv = [PYTHON, PROBE, "loop", str(port), "--persistent", str(persistent)]
+        argv += ["--after", str(after), "--limit", str(limit)]
         self.proc = subprocess.Popen(
             machine.enter(*argv),
             stdin=subprocess.PIPE,
@@ -43,7 +51,7 @@ class Loop:
 
     def __enter__(self) -> Loop:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60.0)
         line = self.proc.stdout.readline() if ready else ""
         if line.strip() != "ready":
             self.close()
@@ -86,7 +94,22 @@ class Loop:
         self.close()
 
 
-def wait_for(condition: Any, what: str, timeout: float = 30.0) -> Any:
+def listening_inodes(machine: Machine, port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` in the machine: the same ones
+    after a restart mean the fd store handed them back, not a fresh bind.
+
+    Read from /proc/net/tcp and tcp6 (the machine's namespace), so no ss is needed."""
+    out = machine.run("cat", "/proc/net/tcp", "/proc/net/tcp6").stdout
+    inodes = set()
+    for line in out.splitlines():
+        fields = line.split()
+        # local_address is ADDRESS:PORT in hex; state 0A is LISTEN; field 9 the inode.
+        if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
+            inodes.add(fields[9])
+    return inodes
+
+
+def wait_for(condition: Any, what: str, timeout: float = 60.0) -> Any:
     """Poll ``condition()`` until it returns something true; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:

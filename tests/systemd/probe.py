@@ -24,7 +24,9 @@ import time
 from collections import Counter
 
 HOST = "127.0.0.1"
-TIMEOUT = 10.0
+# Generous: a connection that waits in the accept queue while echod restarts on a
+# loaded machine is slow, not lost; only a refusal, a reset or a wrong byte fails.
+TIMEOUT = 30.0
 
 
 def pattern(size: int, seed: int = 0) -> bytes:
@@ -128,7 +130,7 @@ def main() -> None:
     many.add_argument("port", type=int)
     many.add_argument("--persistent", type=int, default=4)
     many.add_argument("--after", type=int, default=200)
-    many.add_argument("--limit", type=float, default=60.0)
+    many.add_argument("--limit", type=float, default=120.0)
     args = parser.parse_args()
     if args.mode == "echo":
         result = echo(args.port, args.size)
