@@ -433,8 +433,6 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self._retire(worker, status)
-            elif self.change is not None and pid == self.change.successor:
-                self._upgrade_failed(f"the new echod (pid {pid}) {describe_exit(status)}")
         if self.stopping and not self.workers:
             self._finish()
 
@@ -661,10 +659,14 @@ class Supervisor:
 
     def _on_successor(self, messages: list[Message] | None) -> None:
         change = self.change
-        if messages is None or change is None or change.kind != "upgrade":
+        if change is None or change.kind != "upgrade":
             return
-        if any(message.kind == channel.READY for message in messages):
+        if any(message.kind == channel.READY for message in messages or ()):
             self._handed_over(change)
+        elif messages is None:  # it is not our child: its channel's end is its exit
+            self._upgrade_failed(
+                f"the new echod (pid {change.successor}) exited before it was ready"
+            )
 
     def _handed_over(self, change: Change) -> None:
         """The new code serves: drain, then hand the totals over and exit."""

@@ -33,34 +33,62 @@ MAINPID = "MAINPID"  # old → new: systemd has been told the new one is the mai
 def start_successor(
     argv: Sequence[str], listeners: Sequence[Named], link: Channel, environ: Mapping[str, str]
 ) -> int:
-    """Fork and exec ``python -m echod ARGV`` with ``listeners`` and ``link`` at fds 3...
+    """Start ``python -m echod ARGV`` with ``listeners`` and ``link`` at fds 3...
 
-    Returns the child's pid; raises OSError if it cannot fork.
+    Forked twice, so that the new process is not our child: its parent becomes the
+    service manager (systemd is every service's subreaper) or init. systemd 252 tracks a
+    main process named with ``MAINPID=`` properly, draining it on stop, only if it is
+    its own child; we learn that it ended from ``link`` closing. Returns its pid; raises
+    OSError if it cannot fork.
     """
     passed = [*listeners, Named(link.sock, UPGRADE_FD_NAME)]
     env = dict(environ)
     env["LISTEN_FDS"] = str(len(passed))
     env["LISTEN_FDNAMES"] = ":".join(named.name for named in passed)
     command = [sys.executable, "-m", "echod", *argv]
-    pid = os.fork()
-    if pid:
-        return pid
-    try:  # the child: nothing here may return into the parent's code
-        # Out of the way first, so that putting one at 3 + i never closes another.
-        high = [os.dup(named.sock.fileno()) for named in passed]
-        for number, fd in enumerate(high, SD_LISTEN_FDS_START):
-            os.dup2(fd, number)  # dup2 leaves the copy inheritable
-        for fd in high:
-            os.close(fd)
-        env["LISTEN_PID"] = str(os.getpid())
-        if "WATCHDOG_USEC" in env:  # the watchdog is the new main process's to ping
-            env["WATCHDOG_PID"] = str(os.getpid())
-        os.closerange(SD_LISTEN_FDS_START + len(passed), _max_fd())
-        os.execve(command[0], command, env)
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            os.write(2, f"echod: error: cannot start the new code: {exc}\n".encode())
-    os._exit(127)
+    read_end, write_end = os.pipe()
+    try:
+        middle = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    if middle == 0:  # nothing here may return into the parent's code
+        try:
+            os.close(read_end)
+            pid = os.fork()
+            if pid:
+                os.write(write_end, str(pid).encode())
+            else:
+                os.close(write_end)
+                _exec(command, passed, env)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                os.write(2, f"echod: error: cannot start the new code: {exc}\n".encode())
+        os._exit(0)
+    os.close(write_end)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(middle, 0)
+    with os.fdopen(read_end, "rb") as answer:
+        text = answer.read()
+    if not text.isdigit():
+        raise OSError(f"the new process was not started (fork: {text!r})")
+    return int(text)
+
+
+def _exec(command: list[str], passed: Sequence[Named], env: dict[str, str]) -> None:
+    """In the new process: the sockets at 3..., its own LISTEN_PID, then exec."""
+    # Out of the way first, so that putting one at 3 + i never closes another.
+    high = [os.dup(named.sock.fileno()) for named in passed]
+    for number, fd in enumerate(high, SD_LISTEN_FDS_START):
+        os.dup2(fd, number)  # dup2 leaves the copy inheritable
+    for fd in high:
+        os.close(fd)
+    env["LISTEN_PID"] = str(os.getpid())
+    if "WATCHDOG_USEC" in env:  # the watchdog is the new main process's to ping
+        env["WATCHDOG_PID"] = str(os.getpid())
+    os.closerange(SD_LISTEN_FDS_START + len(passed), _max_fd())
+    os.execve(command[0], command, env)
 
 
 def _max_fd() -> int:

@@ -125,7 +125,7 @@ def test_new_code_that_fails_to_start_leaves_the_old_serving(tmp_path: Path) -> 
         path.write_text("workers = 'many'\n")  # the new process exits 2 at start
         server.signal(signal.SIGUSR2)
         server.wait_for(
-            r"upgrade failed, serving on: the new echod \(pid \d+\) exited with status 2"
+            r"upgrade failed, serving on: the new echod \(pid \d+\) exited before it was ready"
         )
         assert server.alive() and echoes(server.host, server.port)
         # Fixed, the next upgrade goes through and the counters carry over.

@@ -149,17 +149,10 @@ def test_standalone_restart_keeps_its_sockets_and_refuses_nothing(machine: Machi
     assert listening_inodes(machine, 7) == sockets, log_on_failure(machine, unit)
 
 
-# Seen on systemd 252 with the units' NotifyAccess=main: the new supervisor's own
-# MAINPID= is refused, the old one exits after its drain, and systemd SIGKILLs the new
-# one with the unit. Under NotifyAccess=all (exposure +0.2) the PID moves, but a later
-# `systemctl stop` SIGKILLs the new supervisor at once, no drain: systemd waits only
-# for a main process that was its own child when named. A helper process that names a
-# double-forked successor (parent: PID 1) is stopped with SIGTERM and drained.
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the upgrade to hand over MAINPID= from the old supervisor (NotifyAccess=main) "
-    "naming a successor whose parent is systemd (double fork)",
-)
+# Seen on systemd 252 with the units' NotifyAccess=main: a supervisor's own MAINPID= is
+# refused, and a main process named while it is not systemd's own child is SIGKILLed at
+# the next stop, with no drain. So echod's new code is forked twice (its parent becomes
+# systemd) and the old supervisor, still the main process, names it.
 def test_upgrade_under_load_moves_the_main_pid_and_refuses_nothing(machine: Machine) -> None:
     machine.run("systemctl", "start", "echod.socket")
     assert echo(machine, 7, 1000)["match"]
