@@ -83,6 +83,11 @@ def test_a_reload_applies_backend_mode_workers_and_listeners_whole(tmp_path: Pat
         # The connection opened before the reload is still served, by its old worker.
         assert round_trip(persistent, b"after") == b"after"
         persistent.close()
+        # The mode changed, so the old reuseport sockets close with their last worker; a
+        # client that reaches one in that instant may be reset (docs/control.md), so the
+        # next connection waits until they are gone.
+        for pid in workers_of(server.log, 1):
+            server.wait_for(f"\\(pid {pid}\\) exited")
         assert echoes(server.host, server.port)
         with socket.socket(type=socket.SOCK_DGRAM) as client:
             client.settimeout(10)
