@@ -195,19 +195,23 @@ def run_cell(
     """One server, one cell, one generator: start, measure, stop."""
     reason = obstacle(spec, cell)
     if reason:
-        return {
-            "server": spec.name,
-            "cell": cell.name,
-            "backend": spec.backend or spec.name,
-            "workers": spec.workers,
-            "generator": generator,
-            "error": reason,
-        }
+        return {**record_header(spec, cell, generator), "error": reason}
     with LoadWatch() as watch:
         record = measure(spec, cell, timing, server_cpus, generator_cpus, generator)
     if watch.seen:
         record["contended"] = sorted(watch.seen)
     return record
+
+
+def record_header(spec: ServerSpec, cell: Cell, generator: str) -> dict[str, Any]:
+    """What every run record starts with, run or not: the server, the cell, the generator."""
+    return {
+        "server": spec.name,
+        "cell": cell.name,
+        "backend": spec.backend or spec.name,
+        "workers": spec.workers,
+        "generator": generator,
+    }
 
 
 def measure(
@@ -218,14 +222,7 @@ def measure(
     generator_cpus: set[int] | None,
     generator: str = ECHOD_BENCH,
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "server": spec.name,
-        "cell": cell.name,
-        "backend": spec.backend or spec.name,
-        "workers": spec.workers,
-        "pinned": server_cpus is not None,
-        "generator": generator,
-    }
+    record = {**record_header(spec, cell, generator), "pinned": server_cpus is not None}
     try:
         server = RunningServer(spec, server_cpus)
     except ServerFailed as exc:

@@ -43,9 +43,10 @@ class Abort(Exception):
         self.status = status
 
 
-def resolve(params: Params) -> tuple[int, tuple[Any, ...]]:
+def resolve(params: Params, kind: int = socket.SOCK_STREAM) -> tuple[int, tuple[Any, ...]]:
+    """The family and address of the target, for TCP or (``SOCK_DGRAM``) ``--udp``."""
     try:
-        infos = socket.getaddrinfo(params.host, params.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(params.host, params.port, type=kind)
     except socket.gaierror as exc:
         raise Abort(f"cannot resolve {params.host}: {exc.strerror}") from exc
     family, _, _, _, address = infos[0]

@@ -15,18 +15,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from loadtest.params import Parser
-from loadtest.report import EXIT_BAD_INPUT, exit_status, table
+from loadtest.report import EXIT_BAD_INPUT, Histograms, document, table
 from loadtest.results import (
-    FORMAT,
     ResultError,
     decode_histogram,
-    histogram_text,
     interval_record,
     load,
     unwritable,
     write,
 )
-from loadtest.stats import new_histogram, summarize
+from loadtest.stats import new_histogram
 
 # Runs overlapping less than this share of the shortest window are merged with a
 # warning: their sum of rates holds for the overlap only.
@@ -149,46 +147,32 @@ def merge_results(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         key: sum(f["connections"][key] for f in results)
         for key in ("requested", "active", "established")
     }
-    return {
-        "format": FORMAT,
-        "generator": results[0].get("generator", {"name": "echod-bench"}),
-        "parameters": parameters,
-        "environment": results[0].get("environment"),
-        "window_s": max(f["window_s"] for f in results),
-        "window": {
+    return document(
+        generator=results[0].get("generator", {"name": "echod-bench"}),
+        parameters=parameters,
+        environment=results[0].get("environment"),
+        window_s=max(f["window_s"] for f in results),
+        window={
             "start": min(f["window"]["start"] for f in results),
             "end": max(f["window"]["end"] for f in results),
         },
-        "connections": connections,
-        "messages": messages,
+        connections=connections,
+        messages=messages,
         # Each run's rate over its own window, summed: the load all of them offered.
-        "requests_per_s": round(sum(f["requests_per_s"] for f in results), 1),
-        "bytes_echoed": sum(f["bytes_echoed"] for f in results),
-        "mb_per_s": round(sum(f["mb_per_s"] for f in results), 3),
-        "latency_us": summarize(latency),
-        "latency_uncorrected_us": summarize(uncorrected),
-        "drain": {
-            "messages": sum(f.get("drain", {}).get("messages", 0) for f in results),
-            "latency_us": summarize(drain_latency),
-        },
-        "loop": results[0].get("loop"),
-        "connect_us": summarize(connect),
-        "errors": errors,
-        "errors_total": sum(errors.values()),
-        "unsent": sum(f["unsent"] for f in results),
-        "server": _server(runs, messages, connections["requested"]),
-        "workers": workers,
-        "warnings": warnings,
-        "exit_status": exit_status(errors),
-        "histograms": {
-            "latency": histogram_text(latency.encode()),
-            "latency_uncorrected": histogram_text(uncorrected.encode()),
-            "drain_latency": histogram_text(drain_latency.encode()),
-            "connect": histogram_text(connect.encode()),
-        },
-        "intervals": intervals,
-        "merged": inputs,
-    }
+        requests_per_s=round(sum(f["requests_per_s"] for f in results), 1),
+        bytes_echoed=sum(f["bytes_echoed"] for f in results),
+        mb_per_s=round(sum(f["mb_per_s"] for f in results), 3),
+        histograms=Histograms(latency, uncorrected, drain_latency, connect),
+        drained=sum(f.get("drain", {}).get("messages", 0) for f in results),
+        loop=results[0].get("loop"),
+        errors=errors,
+        unsent=sum(f["unsent"] for f in results),
+        server=_server(runs, messages, connections["requested"]),
+        workers=workers,
+        warnings=warnings,
+        intervals=intervals,
+        merged=inputs,
+    )
 
 
 def build_parser() -> Parser:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+from typing import Any, NamedTuple
+
+from hdrh.histogram import HdrHistogram
 
 from loadtest import __version__
 from loadtest.monitor import ServerFigures
@@ -113,53 +115,111 @@ def build(
                 (server.rss_peak - server.rss_start) / params.connections, 1
             ),
         }
-    latency = merge([r.latency for r in results])
-    uncorrected = merge([r.latency_uncorrected for r in results])
-    drain_latency = merge([r.drain_latency for r in results])
-    connect = merge([r.connect for r in results])
-    return {
-        "format": FORMAT,
-        "generator": {"name": "echod-bench", "version": __version__},
-        "parameters": {**params.as_dict(), "processes": processes},
-        "environment": environment(),
-        "window_s": round(window, 4),
+    return document(
+        generator={"name": "echod-bench", "version": __version__},
+        parameters={**params.as_dict(), "processes": processes},
+        environment=environment(),
+        window_s=round(window, 4),
         # Wall clock, Unix seconds: the earliest start and latest end over the workers.
-        "window": {
+        window={
             "start": min((r.window_start_wall for r in results), default=0.0),
             "end": max((r.window_end_wall for r in results), default=0.0),
         },
-        "connections": {
+        connections={
             "requested": params.connections,
             "active": params.active_connections,
             "established": sum(r.established for r in results),
         },
+        messages=messages,
+        requests_per_s=round(messages / window, 1) if window else 0.0,
+        bytes_echoed=echoed,
+        mb_per_s=round(echoed / window / 1e6, 3) if window else 0.0,
+        histograms=Histograms(
+            merge([r.latency for r in results]),
+            merge([r.latency_uncorrected for r in results]),
+            merge([r.drain_latency for r in results]),
+            merge([r.connect for r in results]),
+        ),
+        drained=sum(r.drained for r in results),
+        loop=results[0].loop if results else None,
+        errors=errors,
+        unsent=unsent,
+        server=server_figures,
+        workers=workers,
+        warnings=warnings,
+        intervals=intervals or [],
+    )
+
+
+class Histograms(NamedTuple):
+    """The four histograms a result carries, each encoded so that results add exactly."""
+
+    latency: HdrHistogram
+    uncorrected: HdrHistogram
+    drain: HdrHistogram
+    connect: HdrHistogram
+
+
+def document(
+    *,
+    generator: dict[str, Any],
+    parameters: dict[str, Any],
+    environment: dict[str, Any] | None,
+    window_s: float,
+    window: dict[str, float],
+    connections: dict[str, int],
+    messages: int,
+    requests_per_s: float,
+    bytes_echoed: int,
+    mb_per_s: float,
+    histograms: Histograms,
+    drained: int,
+    loop: str | None,
+    errors: dict[str, int],
+    unsent: int,
+    server: dict[str, Any] | None,
+    workers: list[dict[str, Any]],
+    warnings: list[str],
+    intervals: list[dict[str, Any]],
+    merged: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The result document --json writes, for one run (:func:`build`) and for several
+    merged (``loadtest.merge``): its fields are laid out here alone."""
+    found = {
+        "format": FORMAT,
+        "generator": generator,
+        "parameters": parameters,
+        "environment": environment,
+        "window_s": window_s,
+        "window": window,
+        "connections": connections,
         "messages": messages,
-        "requests_per_s": round(messages / window, 1) if window else 0.0,
-        "bytes_echoed": echoed,
-        "mb_per_s": round(echoed / window / 1e6, 3) if window else 0.0,
-        "latency_us": summarize(latency),
-        "latency_uncorrected_us": summarize(uncorrected),
-        "drain": {
-            "messages": sum(r.drained for r in results),
-            "latency_us": summarize(drain_latency),
-        },
-        "loop": results[0].loop if results else None,
-        "connect_us": summarize(connect),
+        "requests_per_s": requests_per_s,
+        "bytes_echoed": bytes_echoed,
+        "mb_per_s": mb_per_s,
+        "latency_us": summarize(histograms.latency),
+        "latency_uncorrected_us": summarize(histograms.uncorrected),
+        "drain": {"messages": drained, "latency_us": summarize(histograms.drain)},
+        "loop": loop,
+        "connect_us": summarize(histograms.connect),
         "errors": errors,
         "errors_total": sum(errors.values()),
         "unsent": unsent,
-        "server": server_figures,
+        "server": server,
         "workers": workers,
         "warnings": warnings,
         "exit_status": exit_status(errors),
         "histograms": {
-            "latency": histogram_text(latency.encode()),
-            "latency_uncorrected": histogram_text(uncorrected.encode()),
-            "drain_latency": histogram_text(drain_latency.encode()),
-            "connect": histogram_text(connect.encode()),
+            "latency": histogram_text(histograms.latency.encode()),
+            "latency_uncorrected": histogram_text(histograms.uncorrected.encode()),
+            "drain_latency": histogram_text(histograms.drain.encode()),
+            "connect": histogram_text(histograms.connect.encode()),
         },
-        "intervals": intervals or [],
+        "intervals": intervals,
     }
+    if merged is not None:
+        found["merged"] = merged
+    return found
 
 
 def _count(value: float) -> str:

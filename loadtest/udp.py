@@ -40,7 +40,7 @@ from loadtest.stats import encode_counts, merge, summarize
 
 # flow id, sequence number: what makes every datagram of a run unique.
 HEADER = struct.Struct("!IQ")
-LARGEST = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}
+LARGEST: dict[int, int] = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}
 LOSS_TIMEOUT_CAP = 1.0
 # Sends per flow per loop turn in open loop, so a generator behind still reads.
 MAX_ISSUE_PER_TURN = 4096
@@ -294,11 +294,13 @@ def _worker_main(params: Params, address: tuple[Any, ...], family: int, first: i
 
 
 def resolve(params: Params) -> tuple[int, tuple[Any, ...]]:
+    from loadtest.cli import Abort
+    from loadtest.cli import resolve as resolve_target
+
     try:
-        infos = socket.getaddrinfo(params.host, params.port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise UdpAbort(f"cannot resolve {params.host}: {exc.strerror}") from exc
-    family, _, _, _, address = infos[0]
+        family, address = resolve_target(params, socket.SOCK_DGRAM)
+    except Abort as exc:
+        raise UdpAbort(str(exc)) from exc
     largest = LARGEST.get(family, 65_507)
     if not HEADER.size <= params.size <= largest:
         raise UdpAbort(

@@ -499,12 +499,15 @@ class EchoConnection(Connection):
         super().close()
 
     def fail(self, kind: str) -> None:
-        # Messages in flight died with the connection (counted by ``kind``); an
-        # open-loop backlog stays due and goes out on the next connection.
+        self.forget_in_flight()
+        super().fail(kind)
+
+    def forget_in_flight(self) -> None:
+        """Messages in flight died with the connection (counted by ``fail``'s kind); an
+        open-loop backlog stays due and goes out on the next connection."""
         for _ in range(self.released - self.done):
             self.dues.popleft()
         self.released = self.done
-        super().fail(kind)
 
 
 class RateConnection(EchoConnection):
@@ -603,8 +606,8 @@ class StreamConnection(EchoConnection):
             self.target = received + self.window
             self.flush()
 
-    def fail(self, kind: str) -> None:
-        Connection.fail(self, kind)
+    def forget_in_flight(self) -> None:
+        """Bytes, not messages, are in flight: no due times to forget."""
 
 
 class ChurnConnection(EchoConnection):
@@ -644,7 +647,7 @@ class ChurnConnection(EchoConnection):
         if self.link.phase != DRAINING:
             self.link.again(self)
 
-    def fail(self, kind: str) -> None:
+    def forget_in_flight(self) -> None:
+        """The one transaction died with its connection; the next starts afresh."""
         self.dues.clear()
         self.released = self.done
-        Connection.fail(self, kind)
