@@ -52,7 +52,7 @@ test-fast: $(VENV)/.dev-installed
 # backend matrix.
 UNIT_TESTS = tests/unit tests/metrics/test_exposition.py tests/metrics/test_units.py \
 	tests/metrics/test_freshness.py tests/udp/test_guard.py tests/loadtest/test_loadtest_units.py \
-	tests/loadtest/test_bench_report.py tests/service/test_worker_pipe.py \
+	tests/loadtest/test_bench_report.py tests/service/test_channel.py \
 	tests/packaging/test_manpages.py::test_committed_pages_match_the_option_tables
 test-unit: $(VENV)/.dev-installed
 	$(BIN)/pytest --durations=10 $(UNIT_TESTS) $(PYTEST_ARGS)
