@@ -78,7 +78,12 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
 
     res = Results(data)
     drawn: dict[str, Figure] = {}
-    cells = [c["name"] for c in res.cells]
+    # A cell nothing ran in (every server "not run") would be an empty group.
+    cells = [
+        c["name"]
+        for c in res.cells
+        if any(res.median(s, c["name"], query.rate) is not None for s in res.servers)
+    ]
     width = 0.8 / max(1, len(res.servers))
 
     def grouped(

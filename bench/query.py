@@ -78,6 +78,10 @@ class Results:
         # Cells where the C client drove every server too: the generator ceiling's.
         self.compared = [c for c in self.cells if c.get("c_client")]
         self.reference: str | None = data.get("reference")
+        # The C rows (c-epoll, c-uring): limits to compare with, not echod backends.
+        self.references: set[str] = set(data.get("references") or []) | (
+            {self.reference} if self.reference else set()
+        )
         # The "Which IO model?" pair: the same load over few and over many connections.
         self.few = next((c for c in self.cells if c.get("role") == "few"), None)
         self.many = next((c for c in self.cells if c.get("role") == "many"), None)
@@ -229,6 +233,8 @@ class Results:
             total[kind] = total.get(kind, 0) + count
 
         for r in self.runs(server, cell, generator):
+            if str(r.get("error", "")).startswith("not run"):
+                continue  # not a fault: said once in Notes (``problems``), "not run" in tables
             for kind, count in (
                 r["figures"]["errors"] if "figures" in r else {"failed": 1}
             ).items():
@@ -263,10 +269,22 @@ class Results:
 
     def problems(self) -> list[str]:
         lines = []
+        # A server that cannot run in a cell is said once, not once a round and generator.
+        not_run: dict[str, list[str]] = {}
+        for r in self.data["runs"]:
+            error = str(r.get("error", ""))
+            if error.startswith("not run"):
+                where = f"{r['server']} in {r['cell']}"
+                seen = not_run.setdefault(error, [])
+                if where not in seen:
+                    seen.append(where)
+        lines += [f"{', '.join(where)}: {reason}" for reason, where in not_run.items()]
         for r in self.data["runs"]:
             where = f"round {r.get('round')}, {r['server']}, {r['cell']}"
             if r.get("generator", ECHOD_BENCH) != ECHOD_BENCH:
                 where += f", {r['generator']}"
+            if str(r.get("error", "")).startswith("not run"):
+                continue
             if "error" in r:
                 lines.append(f"{where}: {r['error']}")
             elif r.get("server_killed") or r.get("server_exit") == -signal.SIGKILL:

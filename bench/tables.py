@@ -26,7 +26,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _name(res: Results, server: str) -> str:
-    return f"**{server}**" if server == res.reference else server
+    return f"**{server}**" if server in res.references else server
 
 
 def summary_table(res: Results) -> list[str]:
