@@ -47,6 +47,11 @@ rss = server("rss_peak_bytes")
 rss_per_conn = server("rss_per_connection_bytes")
 
 
+def kernel_tcp_per_conn(f: dict[str, Any]) -> float | None:
+    """The kernel's TCP memory per connection, both loopback ends (C100k cells)."""
+    return _number((f.get("kernel_tcp") or {}).get("mem_per_connection_bytes"))
+
+
 class Spread:
     """Median, min and max of one figure over the rounds."""
 

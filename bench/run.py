@@ -259,6 +259,17 @@ def measure(
     try:
         if generator == C_CLIENT:
             record.update(drive_c_client(server.port, cell, timing, generator_cpus, limit))
+        elif cell.role == "c100k":
+            with SockstatPeak() as sockstat:
+                record.update(drive_echod_bench(server, cell, timing, generator_cpus, limit))
+            if "figures" in record:
+                record["figures"]["kernel_tcp"] = {
+                    "inuse_peak": sockstat.inuse,
+                    "mem_peak_bytes": sockstat.pages * resource.getpagesize(),
+                    "mem_per_connection_bytes": sockstat.pages
+                    * resource.getpagesize()
+                    / cell.connections,
+                }
         else:
             record.update(drive_echod_bench(server, cell, timing, generator_cpus, limit))
     except subprocess.TimeoutExpired:
@@ -275,6 +286,39 @@ def measure(
             else f"server exited {record['server_exit']} on SIGTERM",
         )
     return record
+
+
+class SockstatPeak:
+    """The kernel's TCP socket memory at its peak while a cell runs (/proc/net/sockstat).
+
+    On loopback it holds both ends of every connection: the C100k ladder reports it
+    per connection beside the server's RSS, since RSS does not include it.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.inuse = 0
+        self.pages = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+
+    def __enter__(self) -> SockstatPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                text = Path("/proc/net/sockstat").read_text()
+            except OSError:
+                return
+            found = re.search(r"^TCP: inuse (\d+) .* mem (\d+)", text, re.M)
+            if found:
+                self.inuse = max(self.inuse, int(found.group(1)))
+                self.pages = max(self.pages, int(found.group(2)))
 
 
 def drive_echod_bench(
