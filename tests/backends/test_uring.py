@@ -63,8 +63,11 @@ def test_uring_serves_under_the_units_system_call_filter(unit: str) -> None:
 
 
 def run_filtered(wrapper: Sequence[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m echod ARGS`` (or ``python -c ...`` when ARGS start with -c) under
+    ``wrapper``."""
+    program = [] if args[:1] == ("-c",) else ["-m", "echod"]
     return subprocess.run(
-        [*wrapper, sys.executable, "-m", "echod", *args],
+        [*wrapper, sys.executable, *program, *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -86,3 +89,20 @@ def test_uring_refused_by_seccomp_exits_2_in_one_line() -> None:
     assert "uring" not in listed.stdout.split()
     assert "epoll" in listed.stdout.split()
     assert "uring unavailable: io_uring is refused here" in listed.stderr
+
+
+# Runs echod as an install built without liburing is: no echod._uring extension.
+WITHOUT_EXTENSION = (
+    "import sys; sys.modules['echod._uring'] = None; "
+    "from echod.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_built_without_liburing_uring_is_refused_in_one_line() -> None:
+    refused = run_filtered((), "-c", WITHOUT_EXTENSION, "--backend", "uring", "--port", "0")
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1 and "built without liburing" in lines[0], lines
+    listed = run_filtered((), "-c", WITHOUT_EXTENSION, "--list-backends")
+    assert listed.returncode == 0 and "uring" not in listed.stdout.split()
+    assert "uring unavailable: echod was built without liburing" in listed.stderr
