@@ -67,7 +67,9 @@ def ceiling_findings(res: Results) -> list[str]:
         ratio = res.ceiling_ratio(judged)
         if not ours or not theirs or ratio is None:
             continue
-        shares = {s: res.share_of_ceiling(s, judged) for s in res.servers if s != res.reference}
+        shares = {
+            s: res.share_of_ceiling(s, judged) for s in res.servers if s not in res.references
+        }
         bound = [s for s, v in shares.items() if v is not None and v >= query.CEILING_SHARE]
         text = (
             f"**{cell['label']}:** echod-bench drove the C reference at {_fmt_rate(ours)}, "
@@ -127,7 +129,7 @@ def _fmt_us(value: float) -> str:
 def iomodel_findings(res: Results) -> list[str]:
     """Conclusions computed from the figures: each sentence names the numbers it rests on."""
     few, many, n_few, n_many = _pair(res)
-    ours = [s for s in res.servers if s != res.reference]
+    ours = [s for s in res.servers if s not in res.references]
     ref = res.reference
 
     def value(server: str, cell: str, metric: Metric) -> float:

@@ -52,6 +52,11 @@ rss = server("rss_peak_bytes")
 rss_per_conn = server("rss_per_connection_bytes")
 
 
+def kernel_tcp_per_conn(f: dict[str, Any]) -> float | None:
+    """The kernel's TCP memory per connection, both loopback ends (C100k cells)."""
+    return _number((f.get("kernel_tcp") or {}).get("mem_per_connection_bytes"))
+
+
 class Spread:
     """Median, min and max of one figure over the rounds."""
 
@@ -83,6 +88,10 @@ class Results:
         # Cells where the C client drove every server too: the generator ceiling's.
         self.compared = [c for c in self.cells if c.get("c_client")]
         self.reference: str | None = data.get("reference")
+        # The C rows (c-epoll, c-uring): limits to compare with, not echod backends.
+        self.references: set[str] = set(data.get("references") or []) | (
+            {self.reference} if self.reference else set()
+        )
         # The "Which IO model?" pair: the same load over few and over many connections.
         self.few = next((c for c in self.cells if c.get("role") == "few"), None)
         self.many = next((c for c in self.cells if c.get("role") == "many"), None)

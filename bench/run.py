@@ -33,11 +33,13 @@ from bench.matrix import C100K_SMALL, FULL, FULL_TIMING, QUICK, QUICK_TIMING, Ce
 from bench.query import C_CLIENT, ECHOD_BENCH
 from bench.servers import (
     REFERENCE,
+    REFERENCES,
     RunningServer,
     ServerFailed,
     ServerSpec,
     build_client,
     build_reference,
+    build_uring_reference,
     echod_backends,
     pin,
     specs,
@@ -127,7 +129,7 @@ def raise_open_files(cells: list[Cell]) -> str | None:
     Past the hard limit only ``prlimit`` (with CAP_SYS_RESOURCE) helps; returns a note
     when it cannot, and ``obstacle`` then reports the cells that need more.
     """
-    needed = max((c.connections for c in cells), default=0) + 1024
+    needed = max((per_process(c) for c in cells), default=0) + 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
         proc = subprocess.run(
@@ -154,6 +156,19 @@ def kernel_thread_limit() -> int | None:
     return min(limits) if limits else None
 
 
+def per_process(cell: Cell) -> int:
+    """Connections one process (a worker, a generator process) holds in ``cell``."""
+    return -(-cell.connections // max(cell.spread, 1))
+
+
+def spread_over_workers(spec: ServerSpec, cell: Cell) -> ServerSpec:
+    """The server as a spread cell runs it: ``--workers`` in reuseport mode."""
+    if not cell.spread or spec.backend not in cell.spread_backends:
+        return spec
+    argv = (*spec.argv, "--workers", str(cell.spread), "--listen-mode", "reuseport")
+    return dataclasses.replace(spec, argv=argv, workers=cell.spread)
+
+
 def obstacle(spec: ServerSpec, cell: Cell, threads: int | None = None) -> str | None:
     """Why a server cannot hold a cell's connections on this machine, said up front.
 
@@ -167,9 +182,23 @@ def obstacle(spec: ServerSpec, cell: Cell, threads: int | None = None) -> str | 
         limit = threads if threads is not None else kernel_thread_limit()
         if limit is not None and cell.connections > limit - 1024:
             return f"not run: one thread per connection, and kernel.pid_max/threads-max allow {limit:,}"
+    # A C reference is one process: it meets the hard limit below.
+    if cell.spread and spec.backend and spec.backend not in cell.spread_backends:
+        if spec.backend == "poll":
+            return (
+                "not run: poll(2) hands the kernel every descriptor on every wait "
+                f"(see the growth to 10,000); {cell.connections:,} run on "
+                + ", ".join(cell.spread_backends)
+            )
+        if spec.backend != "select":
+            return (
+                f"not run: {cell.connections:,} connections are spread over {cell.spread} "
+                f"workers for {', '.join(cell.spread_backends)} only"
+            )
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and cell.connections + 64 > hard:
-        return f"not run: {cell.connections:,} connections need more open files than the hard limit {hard:,} (see the prlimit note)"
+    held = per_process(cell) if spec.workers == cell.spread > 1 else cell.connections
+    if hard != resource.RLIM_INFINITY and held + 64 > hard:
+        return f"not run: {held:,} connections in one process need more open files than the hard limit {hard:,} (see the prlimit note)"
     return None
 
 
@@ -193,6 +222,7 @@ def run_cell(
     generator: str = ECHOD_BENCH,
 ) -> dict[str, Any]:
     """One server, one cell, one generator: start, measure, stop."""
+    spec = spread_over_workers(spec, cell)
     reason = obstacle(spec, cell)
     if reason:
         return {**record_header(spec, cell, generator), "error": reason}
@@ -232,6 +262,17 @@ def measure(
     try:
         if generator == C_CLIENT:
             record.update(drive_c_client(server.port, cell, timing, generator_cpus, limit))
+        elif cell.role == "c100k":
+            with SockstatPeak() as sockstat:
+                record.update(drive_echod_bench(server, cell, timing, generator_cpus, limit))
+            if "figures" in record:
+                record["figures"]["kernel_tcp"] = {
+                    "inuse_peak": sockstat.inuse,
+                    "mem_peak_bytes": sockstat.pages * resource.getpagesize(),
+                    "mem_per_connection_bytes": sockstat.pages
+                    * resource.getpagesize()
+                    / cell.connections,
+                }
         else:
             record.update(drive_echod_bench(server, cell, timing, generator_cpus, limit))
     except subprocess.TimeoutExpired:
@@ -248,6 +289,39 @@ def measure(
             else f"server exited {record['server_exit']} on SIGTERM",
         )
     return record
+
+
+class SockstatPeak:
+    """The kernel's TCP socket memory at its peak while a cell runs (/proc/net/sockstat).
+
+    On loopback it holds both ends of every connection: the C100k ladder reports it
+    per connection beside the server's RSS, since RSS does not include it.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.inuse = 0
+        self.pages = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+
+    def __enter__(self) -> SockstatPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                text = Path("/proc/net/sockstat").read_text()
+            except OSError:
+                return
+            found = re.search(r"^TCP: inuse (\d+) .* mem (\d+)", text, re.M)
+            if found:
+                self.inuse = max(self.inuse, int(found.group(1)))
+                self.pages = max(self.pages, int(found.group(2)))
 
 
 def drive_echod_bench(
@@ -427,7 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     client_problem = build_client() if with_reference else None
     if client_problem:
         notes.append(client_problem)
-    servers = specs(backends, with_reference=with_reference)
+    uring_problem = None if args.no_reference else build_uring_reference()
+    if uring_problem:
+        notes.append(uring_problem)
+    servers = specs(
+        backends,
+        with_reference=with_reference,
+        with_uring_reference=not args.no_reference and uring_problem is None,
+    )
     if not servers:
         print("bench: nothing to measure", file=sys.stderr)
         return 2
@@ -479,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "servers": [s.name for s in servers],
         "reference": REFERENCE if any(s.name == REFERENCE for s in servers) else None,
+        # Every C row: none of them is an echod backend in the report's comparisons.
+        "references": [s.name for s in servers if s.name in REFERENCES],
         "cells": [
             {
                 "name": c.name,

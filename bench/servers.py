@@ -23,6 +23,12 @@ HERE = Path(__file__).resolve().parent
 REFERENCE_SOURCE = HERE / "reference" / "echo_epoll.c"
 REFERENCE_BINARY = HERE / "reference" / "echo-epoll"
 REFERENCE = "c-epoll"
+# The completion model's limit row (issue 17), beside the C epoll one; the ratios
+# ("vs C") stay against c-epoll.
+URING_SOURCE = HERE / "reference" / "echo_uring.c"
+URING_BINARY = HERE / "reference" / "echo-uring"
+URING_REFERENCE = "c-uring"
+REFERENCES = (REFERENCE, URING_REFERENCE)
 CLIENT_SOURCE = HERE / "reference" / "echo_client.c"
 CLIENT_BINARY = HERE / "reference" / "echo-client"
 LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
@@ -61,7 +67,7 @@ def echod_backends(python: str = sys.executable) -> list[str]:
     return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
 
 
-def build(source: Path, binary: Path) -> str | None:
+def build(source: Path, binary: Path, libraries: tuple[str, ...] = ()) -> str | None:
     """Build one C file with the system ``cc`` unless the binary is newer; returns why
     not, or None."""
     compiler = shutil.which("cc")
@@ -70,7 +76,7 @@ def build(source: Path, binary: Path) -> str | None:
     if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return None
     proc = subprocess.run(
-        [compiler, "-O2", "-Wall", "-o", str(binary), str(source)],
+        [compiler, "-O2", "-Wall", "-o", str(binary), str(source), *libraries],
         capture_output=True,
         text=True,
     )
@@ -85,6 +91,12 @@ def build_reference() -> str | None:
     return None if problem is None else f"{problem}: the C reference row is skipped"
 
 
+def build_uring_reference() -> str | None:
+    """Build the C io_uring reference server (needs liburing); a note when it cannot."""
+    problem = build(URING_SOURCE, URING_BINARY, ("-luring",))
+    return None if problem is None else f"{problem}: the C uring reference row is skipped"
+
+
 def build_client() -> str | None:
     """Build the C client the generator ceiling is measured with; a note when it cannot."""
     problem = build(CLIENT_SOURCE, CLIENT_BINARY)
@@ -92,11 +104,16 @@ def build_client() -> str | None:
 
 
 def specs(
-    backends: list[str], with_reference: bool, python: str = sys.executable
+    backends: list[str],
+    with_reference: bool,
+    python: str = sys.executable,
+    with_uring_reference: bool = False,
 ) -> list[ServerSpec]:
     result = [ServerSpec(name, echod_argv(name, python), name) for name in backends]
     if with_reference:
         result.append(ServerSpec(REFERENCE, (str(REFERENCE_BINARY), "127.0.0.1", "0")))
+    if with_uring_reference:
+        result.append(ServerSpec(URING_REFERENCE, (str(URING_BINARY), "127.0.0.1", "0")))
     return result
 
 

@@ -26,7 +26,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _name(res: Results, server: str) -> str:
-    return f"**{server}**" if server == res.reference else server
+    return f"**{server}**" if server in res.references else server
 
 
 def summary_table(res: Results) -> list[str]:
@@ -178,12 +178,13 @@ def ladder_table(res: Results) -> list[str]:
     cells = [c["name"] for c in res.ladder]
     counts = [query.count(c["connections"]) for c in res.ladder]
     header = ["backend"]
-    for what in ("CPU µs/req", "p99 µs", "RSS/conn"):
+    for what in ("CPU µs/req", "p99 µs", "RSS/conn", "kernel TCP/conn"):
         header += [f"{what}, {n}" for n in counts]
     shows: list[tuple[query.Metric, Callable[[query.Spread], str]]] = [
         (query.cpu, lambda s: s.show("{:.2f}", spread=False)),
         (query.p99, lambda s: s.show(spread=False)),
         (query.rss_per_conn, lambda s: kib(s.median)),
+        (query.kernel_tcp_per_conn, lambda s: kib(s.median)),
     ]
     rows = []
     for server in res.servers:

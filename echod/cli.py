@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.list_only:
             for name in backends.available():
                 print(name)
+            # Standard output stays one available name per line (the bench and the
+            # tests parse it); what is here but refused says why on stderr.
+            for name, reason in backends.refused():
+                print(f"echod: {name} unavailable: {reason}", file=sys.stderr)
             return 0
         backend = backends.load(config.backend or backends.default_name())
         if settings.check_only:

@@ -6,6 +6,7 @@ reactor plugins are), so an optional dependency never loads unless it is asked f
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -23,12 +24,24 @@ class Entry:
     # Serves UDP listeners: a loop that can watch a descriptor (echod.udp.serving).
     # A backend that blocks a thread or greenlet per socket cannot.
     udp: bool = True
+    # "module:function" returning why the backend cannot run here, or None: a runtime
+    # check for what an import cannot tell (io_uring refused by a sysctl or seccomp).
+    probe: str = ""
 
     def available(self) -> bool:
+        return self.present() and self.refusal() is None
+
+    def present(self) -> bool:
         module, _, attribute = self.requires.partition(":")
         if importlib.util.find_spec(module) is None:
             return False
         return not attribute or hasattr(importlib.import_module(module), attribute)
+
+    def refusal(self) -> str | None:
+        """Why a present backend cannot run here (from ``probe``), or None."""
+        if not self.probe:
+            return None
+        return _probe(self.probe)
 
 
 _REACTOR = "echod.backends.selector_backends"
@@ -43,8 +56,17 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("uvloop", "echod.backends.aio:UVLOOP", "uvloop", "asyncio.Protocol on uvloop (libuv)", "pip install uvloop"),
     Entry("threads", "echod.backends.threads:THREADS", "threading", "blocking sockets, one thread per connection", udp=False),
     Entry("gevent", "echod.backends.green:GEVENT", "gevent", "one greenlet per connection on gevent, no monkey-patching", "pip install 'echod[gevent]'", udp=False),
+    Entry("uring", "echod.backends.uring:URING", "select:epoll", "completions on io_uring (Linux): multishot accept, send linked to receive", "apt-get install liburing-dev, then reinstall echod", probe="echod.backends.uring:unavailable"),
 )  # fmt: skip
 BY_NAME = {entry.name: entry for entry in ENTRIES}
+
+
+@functools.cache
+def _probe(target: str) -> str | None:
+    module, _, attribute = target.partition(":")
+    check = getattr(importlib.import_module(module), attribute)
+    reason: str | None = check()
+    return reason
 
 
 class BackendUnavailable(LookupError):
@@ -60,6 +82,15 @@ def serves_udp(name: str) -> bool:
     return entry is not None and entry.udp
 
 
+def refused() -> list[tuple[str, str]]:
+    """Backends this platform has that cannot run here, with why (for --list-backends)."""
+    return [
+        (entry.name, reason)
+        for entry in ENTRIES
+        if entry.present() and (reason := entry.refusal()) is not None
+    ]
+
+
 def default_name() -> str:
     """The best reactor selector this platform has (the ENTRIES order ranks them)."""
     return available()[0]
@@ -70,6 +101,11 @@ def load(name: str) -> Backend:
     if entry is None:
         raise BackendUnavailable(
             f"unknown backend {name!r}; available here: {', '.join(available())}"
+        )
+    reason = entry.refusal() if entry.present() else None
+    if reason is not None:
+        raise BackendUnavailable(
+            f"backend {name!r} cannot run here: {reason}; available here: {', '.join(available())}"
         )
     if not entry.available():
         hint = f" (install it: {entry.install})" if entry.install else ""

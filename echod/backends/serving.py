@@ -23,17 +23,25 @@ A backend supplies only what differs: how it waits (:meth:`~ServingCore.wait`,
 (:meth:`~ServingCore.begin`: a reactor callback, a thread, a greenlet, a protocol), and
 how it watches its listeners (:meth:`~ServingCore.watch_listeners` and ``unwatch``).
 It reports a closed connection with :meth:`~ServingCore.release`, from its loop's thread.
+
+A **completion** backend (io_uring) is told that an operation finished rather than that
+one may start. Its entry points are here too: :meth:`~ServingCore.accept_completed`
+(a new descriptor, or an error such as EMFILE arriving as a completion),
+:meth:`~ServingCore.receive_completed` and :meth:`~ServingCore.send_completed`. The
+backend supplies the submissions (a connection's ``echo`` and ``receive``).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from echod.backends.base import (
     ACCEPT_BACKOFF,
@@ -55,6 +63,28 @@ from echod.udp.serving import DatagramService
 log = logging.getLogger("echod")
 
 Conn = TypeVar("Conn", bound=Sweepable)
+
+
+# Completion results that only mean "try again": the operation is submitted anew.
+RETRY = frozenset({-errno.EAGAIN, -errno.EINTR})
+
+
+class Completion(Sweepable, Protocol):
+    """A connection served by completions: the backend's submissions for it.
+
+    ``echo(offset, length)`` sends that part of the connection's receive buffer and then
+    receives into the buffer again (the buffer is not reused before its bytes are
+    sent); ``receive()`` only receives. ``in_flight`` is the byte count of the send
+    whose completion has not been seen, ``offset`` where it starts in the buffer.
+    """
+
+    in_flight: int
+    offset: int
+
+    def echo(self, offset: int, length: int, /) -> object: ...
+    def receive(self) -> object: ...
+    def end(self) -> None:
+        """Close with nothing in flight (its last completion just came): no cancel."""
 
 
 class CannotStart(Exception):
@@ -141,6 +171,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.listeners_closed = False
         self.backing_off = False  # out of descriptors with no spare to shed with
         self._spare = SpareDescriptor()
+        # Completion backends: descriptors the kernel accepted after accepting paused.
+        self.parked: deque[tuple[socket.socket, bool]] = deque()
         self._sweeper: Cancellable | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
 
@@ -332,6 +364,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
             for sock in self.listeners:
                 sock.close()
             self.udp.close()  # a graceful stop has no datagram to finish
+            while self.parked:  # never served: closed as the backlog is
+                self.parked.popleft()[0].close()
 
     # Admit -----------------------------------------------------------------------------
     def accept_from(self, listener: socket.socket) -> None:
@@ -359,6 +393,38 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     return
                 raise  # a listener gone bad is a bug to report, not a state to serve in
             self.admit(sock, tcp)
+
+    def accept_completed(self, listener: socket.socket, result: int) -> None:
+        """A completion backend's accept finished: ``result`` is the new descriptor, or
+        ``-errno`` (EMFILE arrives here as a completion, not as a readable listener).
+
+        The kernel accepts before the loop hears that accepting paused (the cap, a
+        back-off, a drain): such a descriptor is parked until a release makes room,
+        as a client waits in the backlog, or closed once the listeners are.
+        """
+        if result < 0:
+            code = -result
+            if result in RETRY:
+                return
+            if code in PEER_GONE:
+                self.stats.accept_errors_peer_gone += 1
+                return
+            if code in EXHAUSTED:
+                self.stats.accept_errors_exhausted += 1
+                self.out_of_resources(os.strerror(code))
+                return
+            raise OSError(code, os.strerror(code))  # a listener gone bad, as accept_from
+        sock = socket.socket(listener.family, listener.type, listener.proto, result)
+        tcp = listener.family != socket.AF_UNIX
+        if self.listeners_closed:
+            sock.close()
+        elif not self.accepting or self.full():
+            self.parked.append((sock, tcp))
+            self.pause_accepting()
+        else:
+            self.admit(sock, tcp)
+            if self.full():
+                self.pause_accepting()
 
     def admit(self, sock: socket.socket, tcp: bool) -> Conn | None:
         """Start serving an accepted socket, counted and tracked; None if refused."""
@@ -412,6 +478,51 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.backing_off = False
             self.resume_accepting()
 
+    # Echo by completions ---------------------------------------------------------------
+    # These two run once per echoed read: the conditions are ordered for the common case
+    # and nothing is called that the result does not need.
+    def receive_completed(self, conn: Completion, result: int, flags: int = 0) -> None:
+        """``result`` bytes arrived in ``conn``'s buffer (0: end of input, < 0: -errno).
+        ``flags`` are the completion's (unused: a receive here is single-shot).
+
+        Its earlier echo was sent in full (the receive was linked behind it), so the
+        bytes are sent straight from the buffer. They are counted out when submitted;
+        a send that fails takes back what it did not send.
+        """
+        if result > 0:
+            conn.idle_ticks = 0
+            stats = self.stats
+            stats.bytes_in += result
+            stats.bytes_out += result
+            conn.in_flight = result
+            conn.offset = 0
+            conn.echo(0, result)
+        elif result in RETRY:
+            conn.in_flight = 0
+            conn.receive()
+        else:  # end of input with nothing left to send, or the peer is gone
+            conn.in_flight = 0
+            conn.end()
+
+    def send_completed(self, conn: Completion, result: int, flags: int = 0) -> None:
+        """A send finished short of its length: ``result`` bytes went, or -errno.
+
+        Successful sends post no completion. A short count means the socket failed
+        part-way; what is left is sent again and its error, if it stays, closes it.
+        """
+        if result >= 0 or result in RETRY:
+            sent = max(result, 0)
+            conn.offset += sent
+            conn.in_flight -= sent
+            if conn.in_flight > 0:
+                conn.echo(conn.offset, conn.in_flight)
+            else:
+                conn.receive()
+            return
+        self.stats.bytes_out -= conn.in_flight
+        conn.in_flight = 0
+        conn.end()  # EPIPE, ECONNRESET: the peer is gone, and so is its echo
+
     # Release ---------------------------------------------------------------------------
     def release(self, conn: Conn) -> None:
         """A connection closed (its descriptor is free): count it, then act on it."""
@@ -422,6 +533,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if self.lifecycle.draining:
             if not self.connections:
                 self.finish()
-        elif not self.accepting:
+            return
+        while self.parked and not self.full():
+            self.admit(*self.parked.popleft())
+        if not self.accepting:
             self.backing_off = False  # the descriptor just freed ends any back-off
             self.resume_accepting()

@@ -16,6 +16,7 @@ EXPECTED = {
     "kqueue": r"waits on selectors\.KqueueSelector \(public selectors API\)",
     "selectors": r"waits on selectors\.\w+Selector \(public selectors API\)",
     "threads": r"waits on selectors\.\w+Selector \(public selectors API\)",
+    "uring": r"waits on io_uring \(echod\._uring over liburing; SQ \d+, CQ \d+ entries;",
 }
 
 

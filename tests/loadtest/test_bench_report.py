@@ -495,6 +495,27 @@ def test_c100k_ladder_shows_growth_and_says_not_run_instead_of_a_figure() -> Non
     assert any(s.key == "c100k" for s in report.sections(res))
 
 
+def test_a_cell_not_run_is_said_once_is_no_fault_and_draws_no_empty_group() -> None:
+    data = results()
+    data["cells"].append(
+        {"name": "c100k-100k", "label": "100,000 conns", "args": ["--active", "100"],
+         "connections": 100_000, "role": "c100k"}
+    )  # fmt: skip
+    for server in data["servers"]:
+        for round_index in (1, 2, 3):
+            data["runs"].append(
+                {"server": server, "cell": "c100k-100k", "round": round_index,
+                 "error": "not run: the hard limit"}
+            )  # fmt: skip
+    res = query.Results(data)
+    said = [p for p in res.problems() if "not run" in p]
+    assert len(said) == 1 and all(f"{s} in c100k-100k" in said[0] for s in data["servers"])
+    assert not any(res.faults(s, "c100k-100k") for s in data["servers"])
+    drawn = charts.figures(data)
+    groups = [t.get_text() for t in drawn["throughput"].axes[0].get_xticklabels()]
+    assert "c100k-100k" not in groups
+
+
 def test_echod_bench_against_the_c_client_is_paired_by_round() -> None:
     """The machine drifts between rounds; each round's pair drifts together, so the
     ratio is the median of the rounds' ratios, not the ratio of two medians."""

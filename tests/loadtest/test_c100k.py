@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not in
     sys.path.insert(0, str(ROOT))
 
 from bench.matrix import C100K, C100K_SMALL, FULL  # noqa: E402
-from bench.run import kernel_thread_limit, obstacle  # noqa: E402
+from bench.run import kernel_thread_limit, obstacle, per_process, spread_over_workers  # noqa: E402
 from bench.servers import ServerSpec  # noqa: E402
 
 # Ports one source address has towards one server port (Linux default range).
@@ -63,8 +63,28 @@ def test_threads_are_held_to_the_kernel_thread_limit(limit: int) -> None:
 def test_a_descriptor_limit_too_low_is_the_reason_for_every_backend() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     for cell in C100K:
-        reason = obstacle(spec("epoll"), cell)
-        if hard != resource.RLIM_INFINITY and cell.connections + 64 > hard:
+        server = spread_over_workers(spec("epoll"), cell)
+        reason = obstacle(server, cell)
+        if hard != resource.RLIM_INFINITY and per_process(cell) + 64 > hard:
             assert reason is not None and "hard limit" in reason
         else:
             assert reason is None
+
+
+def test_the_100k_cell_spreads_epoll_uvloop_uring_over_workers_and_says_why_not_others() -> None:
+    big = C100K[-1]
+    assert big.spread and per_process(big) + 1024 < 20_000, "each process under 20,000 files"
+    assert big.args[big.args.index("--processes") + 1] == str(big.spread)
+    for backend in ("epoll", "uvloop", "uring"):
+        server = spread_over_workers(spec(backend), big)
+        assert server.argv[-4:] == ("--workers", str(big.spread), "--listen-mode", "reuseport")
+        assert server.workers == big.spread
+    poll = obstacle(spread_over_workers(spec("poll"), big), big)
+    assert poll is not None and "poll(2)" in poll
+    asyncio = obstacle(spread_over_workers(spec("asyncio"), big), big)
+    assert asyncio is not None and "spread over" in asyncio
+    reference = ServerSpec("c-epoll", ("echo-epoll",))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and big.connections + 64 > hard:
+        found = obstacle(spread_over_workers(reference, big), big)
+        assert found is not None and "hard limit" in found

@@ -28,8 +28,11 @@ def test_a_connection_closed_by_the_idle_timeout_is_counted() -> None:
         assert wait_until(lambda: latest(where, "echod_idle_closed_total") == 1, timeout=TIMEOUT)
 
 
-# threads' blocking sendall has no high-water mark to pause at (see docs/architecture.md).
-@pytest.mark.parametrize("backend", [b for b in backends.available() if b != "threads"])
+# threads' blocking sendall has no high-water mark to pause at, nor has uring's send linked
+# to the next receive, whose success posts no completion (see docs/architecture.md).
+@pytest.mark.parametrize(
+    "backend", [b for b in backends.available() if b not in ("threads", "uring")]
+)
 def test_a_client_that_sends_without_reading_is_paused_and_counted(backend: str) -> None:
     with echod(
         "--port", "0", "--backend", backend, "--metrics", "127.0.0.1:0",

@@ -7,6 +7,7 @@ core asked of it.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Callable, Iterator
 
@@ -208,3 +209,92 @@ def test_spare_descriptor_refuses_every_waiting_client(listener: socket.socket) 
             sock.close()
     finally:
         spare.close()
+
+
+# Completion entry points (the uring backend's): the kernel hands over a descriptor or an
+# error; the core decides what it means, as it does for a readable listener.
+def _accepted_fd(listener: socket.socket) -> int:
+    """What a completed accept hands over: a new descriptor the core now owns."""
+    sock, _ = listener.accept()
+    return sock.detach()
+
+
+def test_a_descriptor_accepted_past_the_cap_waits_for_a_release(listener: socket.socket) -> None:
+    core = Recorder([listener], Config(max_connections=1))
+    core.start("recorder")
+    clients = _clients(listener, 2)
+    core.accept_completed(listener, _accepted_fd(listener))
+    assert len(core.connections) == 1 and not core.watched
+    # The kernel had accepted the second before it heard that accepting paused.
+    core.accept_completed(listener, _accepted_fd(listener))
+    assert len(core.connections) == 1 and len(core.parked) == 1
+    next(iter(core.connections)).close()
+    assert len(core.connections) == 1 and not core.parked, "the parked one is served"
+    assert core.stats.connections_total == 2
+    for sock in clients:
+        sock.close()
+    core.stop()
+
+
+def test_emfile_arriving_as_a_completion_sheds_the_waiting_clients(
+    listener: socket.socket,
+) -> None:
+    core = Recorder([listener], Config())
+    core.start("recorder")
+    clients = _clients(listener, 3)
+    core.accept_completed(listener, -errno.EMFILE)
+    assert core.stats.accept_errors_exhausted == 1
+    assert core.stats.refused_resources == 3
+    assert all(_refused(sock) for sock in clients)
+    core.accept_completed(listener, -errno.ECONNABORTED)
+    assert core.stats.accept_errors_peer_gone == 1
+    with pytest.raises(OSError):
+        core.accept_completed(listener, -errno.EBADF)  # a listener gone bad is a bug
+    core.stop()
+
+
+class Completed:
+    """A completion connection that records what the core submitted for it."""
+
+    def __init__(self) -> None:
+        self.idle_ticks = 3
+        self.in_flight = 0
+        self.offset = 0
+        self.submitted: list[tuple[str, int, int]] = []
+        self.ended = False
+
+    def echo(self, offset: int, length: int) -> None:
+        self.submitted.append(("echo", offset, length))
+
+    def receive(self) -> None:
+        self.submitted.append(("receive", 0, 0))
+
+    def end(self) -> None:
+        self.ended = True
+
+    def has_pending(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self.ended = True
+
+
+def test_a_receive_is_echoed_and_a_short_send_sends_the_rest(listener: socket.socket) -> None:
+    core = Recorder([listener], Config())
+    conn = Completed()
+    core.receive_completed(conn, 1000)
+    assert conn.submitted == [("echo", 0, 1000)] and conn.idle_ticks == 0
+    core.send_completed(conn, 300)  # failed after 300 bytes: the rest again
+    assert conn.submitted[-1] == ("echo", 300, 700)
+    core.send_completed(conn, -errno.EPIPE)  # the peer is gone
+    assert conn.ended
+    assert (core.stats.bytes_in, core.stats.bytes_out) == (1000, 300)
+    other = Completed()
+    core.receive_completed(other, -errno.EINTR)
+    assert other.submitted == [("receive", 0, 0)] and not other.ended
+    core.receive_completed(other, 0)  # end of input, nothing in flight
+    assert other.ended
+    core.stop()
