@@ -24,6 +24,7 @@ from echod.service import ServiceError, worker_process
 from echod.service.arbiter import Supervisor
 from echod.service.limits import check_identity, raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
+from echod.tls import TlsEndpoint, check_tls_backend
 from echod.udp.serving import check_backend
 
 EXIT_USAGE = 2
@@ -94,16 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         backend = backends.load(config.backend or backends.default_name())
         configure_logging(config.log_level, log_format=config.log_format)
+        # Certificates and keys are read now, as root if started so: a root-only key
+        # stays readable after --user.
+        tls = TlsEndpoint.from_config(config)
     except (ConfigError, backends.BackendUnavailable) as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return serve(config, backend)
+        return serve(config, backend, tls)
     except KeyboardInterrupt:  # before the backend took over SIGINT
         return 130
 
 
-def serve(config: Config, backend: Backend) -> int:
+def serve(config: Config, backend: Backend, tls: TlsEndpoint | None = None) -> int:
     """Settings → listeners → one serving process, or a supervisor and its workers."""
     workers = config.workers > 1
     try:
@@ -112,6 +116,7 @@ def serve(config: Config, backend: Backend) -> int:
             config.backlog,
             per_worker=workers and config.listen_mode == "reuseport",
             metrics=config.metrics,
+            tls=tls,
         )
     except ListenerError as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
@@ -121,6 +126,7 @@ def serve(config: Config, backend: Backend) -> int:
     notifier = Notifier.from_env()
     try:
         check_backend(backend.name, listeners.shared)
+        check_tls_backend(backend.name, listeners)
         # Metrics are served by the supervisor, which never touches a client socket.
         if not workers and listeners.metrics is None:
             stats = Stats()

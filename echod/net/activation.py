@@ -18,7 +18,7 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from echod.net.listeners import ListenerError
+from echod.net.listeners import ListenerError, ListeningSocket
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -90,7 +90,7 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
     if not stat.S_ISSOCK(mode):
         raise ActivationError(f"{where} is not a socket")
     # family, type and proto are read from the fd itself (getsockopt).
-    sock = socket.socket(fileno=fd)
+    sock = ListeningSocket(fileno=fd)
     try:
         # A datagram socket (ListenDatagram=) is served as UDP echo, told apart by its type.
         if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):

@@ -11,16 +11,22 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from echod.net.activation import inherited_sockets
 from echod.net.listeners import (
     Address,
+    ListenerError,
+    ListeningSocket,
     bind,
     close_all,
     parse_address,
     reserve,
     unix_paths,
 )
+
+if TYPE_CHECKING:
+    from echod.tls import TlsEndpoint
 
 METRICS_FD_NAME = "metrics"  # FileDescriptorName= of echod-metrics.socket
 METRICS_BACKLOG = 64  # scrapers are few; the endpoint caps how many it serves at once
@@ -36,11 +42,22 @@ class Listeners:
     owned_paths: list[str] = field(default_factory=list)  # Unix socket files to remove
     # --metrics, or systemd's socket named METRICS_FD_NAME: served by the supervisor alone.
     metrics: socket.socket | None = None
+    # What every tls: listener wraps its connections with (one per process).
+    tls: TlsEndpoint | None = None
 
     def bind_own(self, backlog: int) -> list[socket.socket]:
         """In a worker: its own SO_REUSEPORT sockets, then every socket it serves."""
-        own = [bind(address, backlog, reuse_port=True) for address in self.per_worker]
+        own = [
+            self.layered(bind(address, backlog, reuse_port=True), address)
+            for address in self.per_worker
+        ]
         return [*self.shared, *own]
+
+    def layered(self, sock: socket.socket, address: Address) -> socket.socket:
+        """``sock`` with what ``address``'s prefixes ask for (tls:)."""
+        if address.tls and isinstance(sock, ListeningSocket):
+            sock.tls = self.tls
+        return sock
 
     def close(self) -> None:
         metrics = [self.metrics] if self.metrics is not None else []
@@ -48,19 +65,32 @@ class Listeners:
 
 
 def open_listeners(
-    addresses: Sequence[str], backlog: int, *, per_worker: bool, metrics: str | None = None
+    addresses: Sequence[str],
+    backlog: int,
+    *,
+    per_worker: bool,
+    metrics: str | None = None,
+    tls: TlsEndpoint | None = None,
 ) -> Listeners:
     """Inherit systemd's sockets, or bind ``addresses`` (or reserve them, ``per_worker``).
 
-    Raises :class:`~echod.net.listeners.ListenerError` with one line for the operator,
-    having closed whatever it had opened.
+    An inherited socket whose ``FileDescriptorName=`` starts with ``tls:`` (spelled as
+    ``--listen`` is) serves TLS with ``tls``. Raises
+    :class:`~echod.net.listeners.ListenerError` with one line for the operator, having
+    closed whatever it had opened.
     """
-    listeners = Listeners()
+    listeners = Listeners(tls=tls)
     try:
         inherited = inherited_sockets()
         for entry in inherited:
             if entry.name == METRICS_FD_NAME and listeners.metrics is None:
                 listeners.metrics = entry.sock
+            elif entry.name.startswith("tls:") or entry.name == "tls":
+                if tls is None:
+                    raise ListenerError(
+                        f"inherited socket {entry.name!r} serves TLS: give --tls-cert"
+                    )
+                listeners.shared.append(listeners.layered(entry.sock, Address(tls=True)))
             else:
                 listeners.shared.append(entry.sock)
         if listeners.metrics is None and metrics is not None:
@@ -75,7 +105,7 @@ def open_listeners(
                 listeners.reservations.append(reservation)
                 listeners.per_worker.append(resolved)
             else:
-                listeners.shared.append(bind(address, backlog))
+                listeners.shared.append(listeners.layered(bind(address, backlog), address))
     except BaseException:
         listeners.close()
         raise
