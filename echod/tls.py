@@ -167,8 +167,11 @@ def _sni_callback(
         chosen = by_name.get(name)
         if chosen is None and "." in name:
             chosen = by_name.get("*." + name.partition(".")[2])
-        if chosen is not None:
-            conn.context = chosen
+        if chosen is None:
+            return
+        # gevent hands over a stand-in that holds a weak reference to its SSLSocket.
+        owner = getattr(conn, "_sslsock", None)
+        (owner() if owner is not None else conn).context = chosen
 
     return choose
 
