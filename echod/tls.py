@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from echod.config import TLS_VERSIONS, Config, ConfigError, SniEntry
 from echod.net.listener_set import Listeners
 from echod.net.listeners import tls_of
 from echod.service import ServiceError
+from echod.tls_counters import FAILURE_REASONS, TlsCounters
 
 log = logging.getLogger("echod")
 
@@ -177,14 +178,6 @@ def _sni_callback(
 
 
 # Handshakes and their failures ----------------------------------------------------------
-FAILURE_REASONS = (
-    "protocol_version",
-    "no_shared_cipher",
-    "bad_certificate",
-    "unexpected_record",
-    "timeout",
-    "other",
-)
 # OpenSSL reason codes (ssl.SSLError.reason) → the reason counted.
 _REASONS = {
     "UNSUPPORTED_PROTOCOL": "protocol_version",
@@ -226,58 +219,13 @@ def failure_reason(exc: BaseException) -> str:
     return "other"
 
 
-@dataclass
-class TlsCounters:
-    """Handshakes by (version, cipher) and failures by reason, of one serving process."""
-
-    handshakes: dict[tuple[str, str], int] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-
-    def handshake(self, version: str | None, cipher: str | None) -> None:
-        key = (version or "unknown", cipher or "unknown")
-        self.handshakes[key] = self.handshakes.get(key, 0) + 1
-
-    def failed(self, reason: str) -> None:
-        self.failures[reason] = self.failures.get(reason, 0) + 1
-
-    def add(self, other: TlsCounters) -> None:
-        for key, count in other.handshakes.items():
-            self.handshakes[key] = self.handshakes.get(key, 0) + count
-        for reason, count in other.failures.items():
-            self.failures[reason] = self.failures.get(reason, 0) + count
-
-    def encode(self) -> list[str]:
-        """Words for a worker's STATS line: ``h:VERSION:CIPHER=N`` and ``f:REASON=N``."""
-        words = [f"h:{v}:{c}={n}" for (v, c), n in sorted(self.handshakes.items())]
-        return words + [f"f:{reason}={n}" for reason, n in sorted(self.failures.items())]
-
-    @classmethod
-    def decode(cls, words: Iterable[str]) -> TlsCounters:
-        counters = cls()
-        for word in words:
-            key, sep, number = word.rpartition("=")
-            kind, _, rest = key.partition(":")
-            if not sep or not number.isdigit() or kind not in ("h", "f"):
-                raise ValueError(f"not a TLS counter: {word!r}")
-            if kind == "h":
-                tls_version, _, cipher = rest.partition(":")
-                counters.handshakes[(tls_version, cipher)] = int(number)
-            else:
-                counters.failures[rest] = int(number)
-        return counters
-
-    @property
-    def total(self) -> int:
-        return sum(self.handshakes.values())
-
-
 class TlsEndpoint:
     """What every ``tls:`` listener of a process carries: the current context, swappable.
 
     ``counters`` is the process's; backends count each handshake and failure in it.
     """
 
-    __slots__ = ("context", "counters", "handshake_timeout", "settings")
+    __slots__ = ("context", "counters", "expiry", "handshake_timeout", "settings")
 
     def __init__(
         self, settings: TlsSettings, context: ssl.SSLContext, handshake_timeout: float
@@ -286,6 +234,8 @@ class TlsEndpoint:
         self.context = context
         self.handshake_timeout = handshake_timeout
         self.counters = TlsCounters()
+        # notAfter by certificate name, of the certificates being served.
+        self.expiry = expiry_by_name(settings)
 
     @classmethod
     def from_config(cls, config: Config) -> TlsEndpoint | None:
@@ -299,6 +249,7 @@ class TlsEndpoint:
         """Serve new connections with ``context`` (a reload); open ones keep theirs."""
         self.settings = settings
         self.context = context
+        self.expiry = expiry_by_name(settings)
 
     def completed(self, conn: ssl.SSLSocket | ssl.SSLObject) -> None:
         """A handshake succeeded: count it; log the ALPN protocol chosen, if any."""
@@ -330,3 +281,6 @@ def expiry_by_name(settings: TlsSettings) -> dict[str, float]:
         if when is not None:
             expiry[name] = when
     return expiry
+
+
+assert set(_REASONS.values()) < set(FAILURE_REASONS)

@@ -144,6 +144,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self._spare = SpareDescriptor()
         self._sweeper: Cancellable | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
+        for sock in self.listeners:
+            tls = tls_of(sock)
+            if tls is not None:  # one endpoint per process: its counters are the stats'
+                self.stats.tls = tls.counters
 
     # What a backend supplies -----------------------------------------------------------
     @abc.abstractmethod

@@ -16,6 +16,7 @@ from echod import __version__
 from echod.lifecycle import Stats
 from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
+from echod.tls_counters import FAILURE_REASONS, TlsCounters
 from echod.udp.guard import UdpCounters
 
 if TYPE_CHECKING:
@@ -84,8 +85,10 @@ def families(
     backend: str,
     own: process.ProcessFigures | None,
     workers: Mapping[int, process.ProcessFigures],
+    tls_expiry: Mapping[str, float] | None = None,
 ) -> list[Family]:
-    """Every series of one scrape; `own` is the supervisor, `workers` by slot."""
+    """Every series of one scrape; `own` is the supervisor, `workers` by slot;
+    `tls_expiry` the served certificates' notAfter by name, when there is TLS."""
     total = Stats()
     for s in slots:
         total.add(s.counters)
@@ -147,6 +150,7 @@ def families(
         ),
     ]
     result += _udp([s.counters.udp for s in slots if s.counters.udp is not None])
+    result += _tls([s.counters.tls for s in slots if s.counters.tls is not None], tls_expiry)
     result += _worker_process(workers)
     result += _process(own)
     return result
@@ -182,6 +186,42 @@ def _udp(parts: Sequence[UdpCounters]) -> list[Family]:
             "gauge",
             "sources in the per-source rate table (bounded by --udp-sources)",
             samples=(Sample(udp.sources),),
+        ),
+    ]
+
+
+def _tls(parts: Sequence[TlsCounters], expiry: Mapping[str, float] | None) -> list[Family]:
+    """TLS series, present only when there are tls: listeners."""
+    if not parts and expiry is None:
+        return []
+    tls = TlsCounters()
+    for part in parts:
+        tls.add(part)
+    handshakes = tuple(
+        Sample(count, (("version", version), ("cipher", cipher)))
+        for (version, cipher), count in sorted(tls.handshakes.items())
+    )
+    return [
+        Family(
+            "echod_tls_handshakes",
+            "counter",
+            "TLS handshakes completed, by protocol version and cipher",
+            samples=handshakes,
+        ),
+        _labelled(
+            "echod_tls_handshake_failures",
+            "TLS handshakes that failed or timed out (--tls-handshake-timeout), by reason",
+            "reason",
+            {reason: tls.failures.get(reason, 0) for reason in FAILURE_REASONS},
+        ),
+        Family(
+            "echod_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of each certificate served (default, or its --tls-sni name), "
+            "seconds since the epoch",
+            samples=tuple(
+                Sample(when, (("name", name),)) for name, when in sorted((expiry or {}).items())
+            ),
         ),
     ]
 
@@ -240,4 +280,11 @@ def scrape(supervisor: Supervisor) -> list[Family]:
         figures = process.read(s.pid) if s.pid is not None else None
         if figures is not None:
             workers[s.slot] = figures
-    return families(slots, supervisor.backend.name, process.read(), workers)
+    tls = supervisor.listeners.tls
+    return families(
+        slots,
+        supervisor.backend.name,
+        process.read(),
+        workers,
+        tls.expiry if tls is not None else None,
+    )
