@@ -64,6 +64,12 @@ class Listeners:
         close_all([*self.shared, *self.reservations, *metrics], remove=self.owned_paths)
 
 
+def is_tls_name(name: str) -> bool:
+    """``FileDescriptorName=tls`` or ``tls-NAME``: the --listen prefix ``tls:`` as a
+    name can spell it (systemd refuses ':' in names, its LISTEN_FDNAMES separator)."""
+    return name == "tls" or name.startswith("tls-")
+
+
 def open_listeners(
     addresses: Sequence[str],
     backlog: int,
@@ -74,8 +80,8 @@ def open_listeners(
 ) -> Listeners:
     """Inherit systemd's sockets, or bind ``addresses`` (or reserve them, ``per_worker``).
 
-    An inherited socket whose ``FileDescriptorName=`` starts with ``tls:`` (spelled as
-    ``--listen`` is) serves TLS with ``tls``. Raises
+    An inherited socket named ``tls`` or ``tls-...`` (``FileDescriptorName=``) serves
+    TLS with ``tls``. Raises
     :class:`~echod.net.listeners.ListenerError` with one line for the operator, having
     closed whatever it had opened.
     """
@@ -85,7 +91,7 @@ def open_listeners(
         for entry in inherited:
             if entry.name == METRICS_FD_NAME and listeners.metrics is None:
                 listeners.metrics = entry.sock
-            elif entry.name.startswith("tls:") or entry.name == "tls":
+            elif is_tls_name(entry.name):
                 if tls is None:
                     raise ListenerError(
                         f"inherited socket {entry.name!r} serves TLS: give --tls-cert"
