@@ -23,6 +23,9 @@ HERE = Path(__file__).resolve().parent
 REFERENCE_SOURCE = HERE / "reference" / "echo_epoll.c"
 REFERENCE_BINARY = HERE / "reference" / "echo-epoll"
 REFERENCE = "c-epoll"
+TLS_REFERENCE_SOURCE = HERE / "reference" / "echo_tls.c"
+TLS_REFERENCE_BINARY = HERE / "reference" / "echo-tls"
+TLS_REFERENCE = "c-tls"
 CLIENT_SOURCE = HERE / "reference" / "echo_client.c"
 CLIENT_BINARY = HERE / "reference" / "echo-client"
 LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
@@ -61,7 +64,7 @@ def echod_backends(python: str = sys.executable) -> list[str]:
     return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
 
 
-def build(source: Path, binary: Path) -> str | None:
+def build(source: Path, binary: Path, libs: tuple[str, ...] = ()) -> str | None:
     """Build one C file with the system ``cc`` unless the binary is newer; returns why
     not, or None."""
     compiler = shutil.which("cc")
@@ -70,7 +73,7 @@ def build(source: Path, binary: Path) -> str | None:
     if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return None
     proc = subprocess.run(
-        [compiler, "-O2", "-Wall", "-o", str(binary), str(source)],
+        [compiler, "-O2", "-Wall", "-o", str(binary), str(source), *libs],
         capture_output=True,
         text=True,
     )
@@ -83,6 +86,12 @@ def build_reference() -> str | None:
     """Build the C reference server; returns a note when it cannot."""
     problem = build(REFERENCE_SOURCE, REFERENCE_BINARY)
     return None if problem is None else f"{problem}: the C reference row is skipped"
+
+
+def build_tls_reference() -> str | None:
+    """Build the C TLS reference server (OpenSSL, libssl-dev); a note when it cannot."""
+    problem = build(TLS_REFERENCE_SOURCE, TLS_REFERENCE_BINARY, ("-lssl", "-lcrypto"))
+    return None if problem is None else f"{problem}: the C TLS reference row is skipped"
 
 
 def build_client() -> str | None:
