@@ -167,7 +167,7 @@ def reserve(address: Address) -> tuple[socket.socket, Address]:
     ever waits on it. Returns the socket and the address workers bind (port 0 resolved).
     """
     sock = bind(address, 0, reuse_port=True, listen=False)
-    return sock, Address(host=address.host, port=sock.getsockname()[1])
+    return sock, dataclasses.replace(address, port=sock.getsockname()[1])
 
 
 def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
