@@ -12,9 +12,10 @@ Connection`); what TLS changes is how a read or a write can block:
   records, and must be called again with the same bytes (a longer buffer is allowed).
   ``pending`` always starts with exactly those bytes, since output is only ever
   appended to it, so every retry is ``send(pending)``;
-* plaintext already decrypted inside OpenSSL never wakes the selector: after a readable
-  event the connection reads until it would block, and whenever reading resumes
-  (a drained write, the handshake's end) it reads what ``pending()`` holds at once;
+* plaintext already decrypted inside OpenSSL never wakes the selector: after a read the
+  connection reads again while ``pending()`` says OpenSSL holds some (ciphertext still
+  in the kernel wakes the level-triggered selector again), and whenever reading
+  resumes (a drained write, the handshake's end) it reads what OpenSSL holds at once;
 * a clean close_notify from the client reads as 0 bytes and ends only the client's
   direction: the echo still owed is sent, then echod's own close_notify, which waits
   for the socket to take it (see :mod:`echod.tls` on TLS 1.2). A TCP FIN without
@@ -33,10 +34,6 @@ from echod.tls import TlsEndpoint
 
 if TYPE_CHECKING:
     from echod.backends.selector_backends import ReactorServer
-
-# Reads per readable event before letting other connections run; past it, only bytes
-# OpenSSL already holds are read (the selector will not report them).
-READ_BATCH = 16
 
 
 class TlsConnection(Connection):
@@ -94,7 +91,6 @@ class TlsConnection(Connection):
         buffer = server.buffer
         view = server.view
         stats = server.stats
-        reads = 0
         while self.events & WANT_READ:
             try:
                 received = sock.recv_into(buffer)
@@ -128,9 +124,12 @@ class TlsConnection(Connection):
                     return
                 else:
                     stats.bytes_out += received
-            reads += 1
-            if reads >= READ_BATCH and not sock.pending():
-                return  # the rest is in the kernel: the selector reports it again
+            # One record per read. More in the kernel makes the selector report the
+            # socket again (level-triggered); only plaintext already inside OpenSSL
+            # would not, so only that is read now. Reading on until SSLWantRead
+            # instead costs an exception per message (see the commit's figures).
+            if not sock.pending():
+                return
 
     def on_writable(self, mask: int) -> None:
         if self.read_wants_write:
