@@ -123,11 +123,11 @@ class Stats:
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
         udp = f" {self.udp.summary()}" if self.udp is not None else ""
-        udp += f" {self.tls.summary()}" if self.tls is not None else ""
+        tls = f" {self.tls.summary()}" if self.tls is not None else ""
         return (
             f"connections open={self.connections_open} total={self.connections_total} "
             f"dropped={self.connections_dropped} bytes in={self.bytes_in} "
-            f"out={self.bytes_out}{udp} uptime={uptime:.0f}s"
+            f"out={self.bytes_out}{udp}{tls} uptime={uptime:.0f}s"
         )
 
 

@@ -252,16 +252,26 @@ class TlsEndpoint:
         self.expiry = expiry_by_name(settings)
 
     def completed(self, conn: ssl.SSLSocket | ssl.SSLObject) -> None:
-        """A handshake succeeded: count it; log the ALPN protocol chosen, if any."""
-        cipher = conn.cipher()
-        self.counters.handshake(conn.version(), cipher[0] if cipher else None)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("tls: %s %s alpn=%s", conn.version(), cipher, conn.selected_alpn_protocol())
+        """A handshake succeeded: count it (from the thread that owns the counters)."""
+        self.counters.handshake(*handshake_of(conn))
 
     def failed(self, exc: BaseException) -> None:
-        reason = failure_reason(exc)
-        self.counters.failed(reason)
-        log.debug("tls: handshake failed (%s): %s", reason, exc)
+        self.counters.failed(failure_of(exc))
+
+
+def handshake_of(conn: ssl.SSLSocket | ssl.SSLObject) -> tuple[str | None, str | None]:
+    """(version, cipher) of a finished handshake; logs them and ALPN's choice at debug."""
+    cipher = conn.cipher()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("tls: %s %s alpn=%s", conn.version(), cipher, conn.selected_alpn_protocol())
+    return conn.version(), cipher[0] if cipher else None
+
+
+def failure_of(exc: BaseException) -> str:
+    """The reason a failed handshake counts under; logged at debug."""
+    reason = failure_reason(exc)
+    log.debug("tls: handshake failed (%s): %s", reason, exc)
+    return reason
 
 
 def certificate_expiry(path: str) -> float | None:

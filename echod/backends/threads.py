@@ -56,7 +56,7 @@ from echod.backends.reactor import Reactor, io_manager
 from echod.backends.serving import CannotStart
 from echod.config import Config
 from echod.lifecycle import Lifecycle
-from echod.tls import TlsEndpoint
+from echod.tls import TlsEndpoint, failure_of, handshake_of
 
 log = logging.getLogger("echod")
 
@@ -157,11 +157,13 @@ class Connection:
             sock.do_handshake()
             sock.settimeout(None)
         except (OSError, ValueError) as exc:  # TimeoutError is an OSError
-            with self.server.lock:  # the counters are shared by every thread
-                tls.failed(exc)
+            reason = failure_of(exc)
+            # Counted by the main thread, which alone touches the counters (the
+            # heartbeat encodes them there).
+            self.server.reactor.call_soon_threadsafe(lambda: tls.counters.failed(reason))
             return False
-        with self.server.lock:
-            tls.completed(sock)
+        outcome = handshake_of(sock)
+        self.server.reactor.call_soon_threadsafe(lambda: tls.counters.handshake(*outcome))
         return True
 
     # As the sweeps in the main thread see it ------------------------------------------

@@ -8,6 +8,8 @@ import socket
 import ssl
 import subprocess
 
+import pytest
+
 from echod.lifecycle import Stats
 from echod.tls_counters import TlsCounters
 from tests.metrics.scrape import address_of, scrape, value
@@ -23,9 +25,10 @@ def not_after(path: str) -> float:
     return float(ssl.cert_time_to_seconds(text.strip().removeprefix("notAfter=")))
 
 
-def test_handshakes_failures_and_expiry_are_scraped(pki: Pki) -> None:
+@pytest.mark.parametrize("backend", ["epoll", "asyncio", "threads", "gevent"])
+def test_handshakes_failures_and_expiry_are_scraped(pki: Pki, backend: str) -> None:
     with echod(
-        "--listen", "tls:127.0.0.1:0", *pki.server_args(), "--metrics", "127.0.0.1:0",
+        "--backend", backend, "--listen", "tls:127.0.0.1:0", *pki.server_args(), "--metrics", "127.0.0.1:0",
         "--tls-sni", f"other.test={pki.path('other.pem')},{pki.path('other.key')}",
     ) as server:  # fmt: skip
         where = address_of(server)
