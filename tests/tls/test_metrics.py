@@ -71,3 +71,44 @@ def test_tls_counters_cross_a_workers_pipe() -> None:
     assert decoded.bytes_in == 5
     assert decoded.tls == stats.tls
     assert Stats.decode(Stats().encode()).tls is None
+
+
+@pytest.mark.parametrize("backend", ["epoll", "asyncio", "threads", "gevent"])
+def test_each_failure_is_counted_under_its_reason(pki: Pki, backend: str) -> None:
+    with echod(
+        "--backend", backend, "--listen", "tls:127.0.0.1:0", *pki.server_args(),
+        "--metrics", "127.0.0.1:0", "--tls-min-version", "1.3", "--tls-client-ca", pki.ca,
+        "--tls-handshake-timeout", "0.3",
+    ) as server:  # fmt: skip
+        where = address_of(server)
+        address = (server.host, server.port)
+        # protocol_version: a client that offers TLS 1.2 only.
+        with (
+            TlsClient(address, client_context(pki, "1.2", cert="client")) as old,
+            contextlib.suppress(ssl.SSLError, ConnectionError),
+        ):
+            old.handshake()
+        # bad_certificate: no client certificate where one is required.
+        with (
+            TlsClient(address, client_context(pki, "1.3")) as anonymous,
+            contextlib.suppress(ssl.SSLError, ConnectionError),
+        ):
+            anonymous.handshake()
+            anonymous.exchange(b"x")
+        # timeout: a client that never says hello.
+        with socket.create_connection(address) as silent:
+            silent.settimeout(TIMEOUT)
+            with contextlib.suppress(ConnectionError):
+                assert silent.recv(1) == b""
+
+        def failures(reason: str) -> float | None:
+            return scrape(where).get(("echod_tls_handshake_failures_total", (("reason", reason),)))
+
+        for reason in ("protocol_version", "bad_certificate", "timeout"):
+            assert wait_until(lambda reason=reason: failures(reason) == 1), (  # type: ignore[misc]
+                reason,
+                {
+                    r: failures(r)
+                    for r in ("protocol_version", "bad_certificate", "timeout", "other")
+                },
+            )
