@@ -8,6 +8,7 @@ that cannot be used), never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,8 @@ from echod.service.limits import check_identity, raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
 from echod.tls import TlsEndpoint, check_tls_backend
 from echod.udp.serving import check_backend
+
+log = logging.getLogger("echod")
 
 EXIT_USAGE = 2
 EXIT_LISTEN = 1
@@ -127,6 +130,8 @@ def serve(config: Config, backend: Backend, tls: TlsEndpoint | None = None) -> i
     try:
         check_backend(backend.name, listeners.shared)
         check_tls_backend(backend.name, listeners)
+        if tls is not None:
+            log.info("tls: %s", tls.describe())
         # Metrics are served by the supervisor, which never touches a client socket.
         if not workers and listeners.metrics is None:
             stats = Stats()

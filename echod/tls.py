@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -250,6 +251,15 @@ class TlsEndpoint:
         self.settings = settings
         self.context = context
         self.expiry = expiry_by_name(settings)
+
+    def describe(self) -> str:
+        """One line for the start-up log: versions, certificates and their expiry."""
+        names = ", ".join(
+            f"{name} until {time.strftime('%Y-%m-%d', time.gmtime(when))}"
+            for name, when in sorted(self.expiry.items())
+        )
+        mutual = "; client certificates required" if self.settings.client_ca else ""
+        return f"TLS {self.settings.min_version}+, certificates: {names or 'unreadable'}{mutual}"
 
     def completed(self, conn: ssl.SSLSocket | ssl.SSLObject) -> None:
         """A handshake succeeded: count it (from the thread that owns the counters)."""
