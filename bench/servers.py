@@ -29,6 +29,9 @@ URING_SOURCE = HERE / "reference" / "echo_uring.c"
 URING_BINARY = HERE / "reference" / "echo-uring"
 URING_REFERENCE = "c-uring"
 REFERENCES = (REFERENCE, URING_REFERENCE)
+TLS_REFERENCE_SOURCE = HERE / "reference" / "echo_tls.c"
+TLS_REFERENCE_BINARY = HERE / "reference" / "echo-tls"
+TLS_REFERENCE = "c-tls"
 CLIENT_SOURCE = HERE / "reference" / "echo_client.c"
 CLIENT_BINARY = HERE / "reference" / "echo-client"
 LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
@@ -95,6 +98,12 @@ def build_uring_reference() -> str | None:
     """Build the C io_uring reference server (needs liburing); a note when it cannot."""
     problem = build(URING_SOURCE, URING_BINARY, ("-luring",))
     return None if problem is None else f"{problem}: the C uring reference row is skipped"
+
+
+def build_tls_reference() -> str | None:
+    """Build the C TLS reference server (OpenSSL, libssl-dev); a note when it cannot."""
+    problem = build(TLS_REFERENCE_SOURCE, TLS_REFERENCE_BINARY, ("-lssl", "-lcrypto"))
+    return None if problem is None else f"{problem}: the C TLS reference row is skipped"
 
 
 def build_client() -> str | None:

@@ -37,6 +37,7 @@ from echod.service.arbiter import Served, Supervisor
 from echod.service.channel import Channel
 from echod.service.limits import raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
+from echod.tls import TlsEndpoint, check_tls_backend
 from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
@@ -144,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"echod: {name} unavailable: {reason}", file=sys.stderr)
             return 0
         backend = backends.load(config.backend or backends.default_name())
+        # Certificates and keys are read now, as root if started so: a root-only key
+        # stays readable after --user; --check-config reads them too.
+        tls = TlsEndpoint.from_config(config)
         if settings.check_only:
             return check(settings, backend)
         configure_logging(config.log_level, log_format=config.log_format)
@@ -152,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     warn_overridden(settings)
     try:
-        return serve(settings, backend, argv)
+        return serve(settings, backend, argv, tls)
     except KeyboardInterrupt:  # before the backend took over SIGINT
         return 130
 
@@ -199,7 +203,9 @@ def supervised(settings: Settings) -> bool:
     return config.workers > 1 or config.metrics is not None or settings.config_file is not None
 
 
-def serve(settings: Settings, backend: Backend, argv: Sequence[str]) -> int:
+def serve(
+    settings: Settings, backend: Backend, argv: Sequence[str], tls: TlsEndpoint | None
+) -> int:
     """Settings → listeners → one serving process, or a supervisor and its workers."""
     config = settings.config
     try:
@@ -213,6 +219,7 @@ def serve(settings: Settings, backend: Backend, argv: Sequence[str]) -> int:
             slots=config.workers if with_supervisor and config.listen_mode == "reuseport" else 0,
             metrics=config.metrics,
             available=inherited,
+            tls=tls,
         )
     except ListenerError as exc:
         print(f"echod: error: {exc}", file=sys.stderr)
@@ -228,6 +235,9 @@ def serve(settings: Settings, backend: Backend, argv: Sequence[str]) -> int:
     supervisor: Supervisor | None = None
     try:
         check_backend(backend.name, listeners.for_slot(None))
+        check_tls_backend(backend.name, listeners)
+        if tls is not None:
+            log.info("tls: %s", tls.describe())
         if not with_supervisor:
             lifecycle = Lifecycle(
                 Stats(), notifier if notifier.enabled else None, watchdog_interval()

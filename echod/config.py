@@ -157,6 +157,35 @@ def _integer(text: str) -> int:
         raise ConfigError(f"{text!r} is not a whole number") from None
 
 
+@dataclass(frozen=True)
+class SniEntry:
+    """``--tls-sni NAME=CERT[,KEY]``: the certificate served to clients asking for NAME."""
+
+    name: str  # lower case, no trailing dot; "*.example.com" matches one label
+    cert: str
+    key: str | None = None
+
+
+def sni_entry(text: str) -> SniEntry:
+    name, sep, files = text.partition("=")
+    cert, _, key = files.partition(",")
+    if not sep or not name.strip() or not cert:
+        raise ConfigError(f"{text!r} is not NAME=CERT[,KEY]")
+    return SniEntry(name.strip().lower().rstrip("."), cert, key or None)
+
+
+def tls_version(text: str) -> str:
+    text = text.strip().removeprefix("TLSv").removeprefix("tlsv")
+    if text not in TLS_VERSIONS:
+        raise ConfigError(f"TLS version {text!r} is not one of {', '.join(TLS_VERSIONS)}")
+    return text
+
+
+def alpn_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+TLS_VERSIONS = ("1.2", "1.3")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LISTEN_MODES = ("shared", "reuseport")
 
@@ -206,7 +235,7 @@ OPTIONS: tuple[Option, ...] = (
         "listen",
         listen_address,
         (),
-        "listen on HOST:PORT, [V6]:PORT, unix:/PATH or udp:HOST:PORT instead of --host/--port; repeat for more",
+        "listen on HOST:PORT, [V6]:PORT, unix:/PATH, udp:HOST:PORT or tls:HOST:PORT instead of --host/--port; repeat for more",
         "ADDRESS",
         repeated=True,
     ),
@@ -227,6 +256,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it a new source takes over the least recently seen one's bucket", "N"),
     Option("udp_refuse_ports", port_list, (53, 123, 161, 389, 1900, 5353, 11211), "UDP: source ports never answered besides those below 1024 and echod's own (none = only those)", "PORTS"),
     Option("metrics", metrics_address, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
+    Option("tls_cert", str, None, "tls: listeners: certificate chain (PEM, leaf first; may hold the key too)", "FILE"),
+    Option("tls_key", str, None, "tls: listeners: private key (PEM) when not in --tls-cert", "FILE"),
+    Option("tls_client_ca", str, None, "tls: require client certificates signed by these CAs (PEM): mutual TLS", "FILE"),
+    Option("tls_min_version", tls_version, "1.2", "tls: oldest protocol version accepted", "VERSION", choices=TLS_VERSIONS),
+    Option("tls_sni", sni_entry, (), "tls: serve CERT (and KEY) to clients asking for NAME (SNI; *.domain matches one label); repeat for more", "NAME=CERT[,KEY]", repeated=True),
+    Option("tls_alpn", alpn_list, (), "tls: ALPN protocols offered, comma-separated (the one chosen is logged at debug)", "PROTOCOLS"),
+    Option("tls_handshake_timeout", seconds, 10.0, "tls: close a connection whose handshake is not done this long after accept", "SECONDS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -273,6 +309,13 @@ class Config:
     udp_budget: int = 8 << 20
     udp_sources: int = 4096
     udp_refuse_ports: tuple[int, ...] = (53, 123, 161, 389, 1900, 5353, 11211)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_min_version: str = "1.2"
+    tls_sni: tuple[SniEntry, ...] = ()
+    tls_alpn: tuple[str, ...] = ()
+    tls_handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         try:
@@ -295,6 +338,11 @@ class Config:
             raise ConfigError(f"{self.workers} workers is above the ceiling of {max_workers()}")
         if self.group is not None and self.user is None:
             raise ConfigError("--group needs --user")
+        if self.tls_min_version not in TLS_VERSIONS:
+            raise ConfigError(f"TLS version {self.tls_min_version!r} is not one of 1.2, 1.3")
+        tls = [address for address in self.listen if address.startswith("tls:")]
+        if tls and self.tls_cert is None:
+            raise ConfigError(f"listen address {tls[0]!r} needs --tls-cert (and --tls-key)")
 
     @property
     def marks(self) -> WaterMarks:

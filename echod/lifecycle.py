@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from echod.service import channel
+from echod.tls_counters import TlsCounters
 from echod.udp.guard import UdpCounters
 
 log = logging.getLogger("echod")
@@ -51,6 +52,7 @@ class Stats:
     idle_closed: int = 0  # closed by --idle-timeout
     flow_paused: int = 0  # times a client's reading was paused at the high-water mark
     udp: UdpCounters | None = None  # set by the datagram service when there are UDP listeners
+    tls: TlsCounters | None = None  # set by the serving core when there are tls: listeners
 
     def opened(self) -> None:
         self.connections_open += 1
@@ -83,12 +85,15 @@ class Stats:
         words = [str(getattr(self, name)) for name in self.COUNTERS]
         if self.udp is not None:  # UDP listeners: their counters follow
             words += self.udp.encode()
+        if self.tls is not None:  # tls: listeners: the word tls, then theirs (KIND:...=N)
+            words += ["tls", *self.tls.encode()]
         return " ".join(words)
 
     @classmethod
     def decode(cls, text: str) -> Stats:
         """The counters :meth:`encode` wrote; ValueError for anything else."""
-        words = text.split()
+        head, tls_marker, tls_words = text.partition(" tls")
+        words = head.split()
         sizes = (len(cls.COUNTERS), len(cls.COUNTERS) + UdpCounters.WORDS)
         if len(words) not in sizes or not all(word.isdigit() for word in words):
             raise ValueError(f"not a stats record: {text!r}")
@@ -97,6 +102,8 @@ class Stats:
             setattr(stats, name, int(word))
         if len(words) > len(cls.COUNTERS):
             stats.udp = UdpCounters.decode(words[len(cls.COUNTERS) :])
+        if tls_marker:
+            stats.tls = TlsCounters.decode(tls_words.split())
         return stats
 
     def add(self, other: Stats) -> None:
@@ -106,6 +113,10 @@ class Stats:
             if self.udp is None:
                 self.udp = UdpCounters()
             self.udp.add(other.udp)
+        if other.tls is not None:
+            if self.tls is None:
+                self.tls = TlsCounters()
+            self.tls.add(other.tls)
 
     def counts(self) -> dict[str, int]:
         """The counters as one structured log field (``--log-format json``), with the
@@ -117,10 +128,11 @@ class Stats:
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
         udp = f" {self.udp.summary()}" if self.udp is not None else ""
+        tls = f" {self.tls.summary()}" if self.tls is not None else ""
         return (
             f"connections open={self.connections_open} total={self.connections_total} "
             f"dropped={self.connections_dropped} bytes in={self.bytes_in} "
-            f"out={self.bytes_out}{udp} uptime={uptime:.0f}s"
+            f"out={self.bytes_out}{udp}{tls} uptime={uptime:.0f}s"
         )
 
 

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -29,6 +30,8 @@ from loadtest.results import stream_line, write
 from loadtest.seconds import Seconds
 from loadtest.sources import check_sources
 from loadtest.stats import Interval, WorkerResult
+from loadtest.tls import TlsSetupError, client_context
+from loadtest.tls import probe as tls_probe
 from loadtest.worker import WorkerPlan, worker_main
 
 # Descriptors a worker needs besides its connections: selector, queue pipes, stdio.
@@ -62,6 +65,15 @@ def preflight(params: Params, family: int, address: tuple[Any, ...]) -> None:
         if params.source_address:  # reachable from where the load comes from
             probe.bind((params.source_address[0], 0))
         probe.connect(address)
+        if params.tls:
+            context = client_context(
+                params.tls_ca, params.insecure, params.tls_min_version, params.tls_max_version
+            )
+            tls_probe(context, probe, params.tls_sni or params.host).close()
+    except TlsSetupError as exc:
+        raise Abort(str(exc)) from exc
+    except ssl.SSLError as exc:
+        raise Abort(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
     except TimeoutError as exc:
         raise Abort(
             f"cannot connect to {where}: no answer within {params.connect_timeout:g} s"

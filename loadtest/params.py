@@ -19,7 +19,8 @@ from loadtest.sources import parse_sources
 WORKLOADS = {
     "rr": "closed loop: send --size bytes, wait for the whole echo, repeat (--pipeline in flight)",
     "rate": "open loop at --rate messages/s in total; latency counts from when each was due",
-    "churn": "connect, echo one --size message, close, repeat; connections/s and connect time",
+    "churn": "connect, echo one --size message, close, repeat; connections/s and connect time "
+    "(with --tls: the handshake rate, connect+handshake time)",
     "stream": "bulk: keep --pipeline chunks of --size bytes in flight each way; MB/s",
     "udp": "UDP datagrams of --size, --pipeline in flight per flow (--connections flows) or "
     "at --rate in total; loss, duplicates, reordering, corruption",
@@ -48,6 +49,13 @@ class Params:
     connect_rate: float | None = None
     source_address: tuple[str, ...] = ()
     progress: bool = True
+    tls: bool = False
+    tls_ca: str | None = None
+    insecure: bool = False
+    tls_sni: str | None = None
+    tls_min_version: str | None = None
+    tls_max_version: str | None = None
+    tls_resume: bool = False
 
     @property
     def active_connections(self) -> int:
@@ -126,6 +134,13 @@ def _sources(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _tls_version(text: str) -> str:
+    text = text.strip().removeprefix("TLSv")
+    if text not in ("1.2", "1.3"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1.2 or 1.3")
+    return text
+
+
 # (flag, Params field, type, help).  Defaults come from Params itself.
 OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--host", "host", str, "server address (name, IPv4 or IPv6)"),
@@ -190,7 +205,11 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
         "(127.0.0.2-127.0.0.9), spread over the connections; each allows ~28k "
         "connections to one server port",
     ),
-)
+    ("--tls-ca", "tls_ca", str, "with --tls: verify the server's certificate against these CAs (PEM)"),
+    ("--tls-sni", "tls_sni", str, "with --tls: server name sent (SNI) and verified; default --host"),
+    ("--tls-min-version", "tls_min_version", _tls_version, "with --tls: oldest version offered (1.2, 1.3)"),
+    ("--tls-max-version", "tls_max_version", _tls_version, "with --tls: newest version offered (1.2, 1.3)"),
+)  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):
@@ -232,6 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--churn", action="store_true", help="shorthand for --workload churn")
     parser.add_argument("--udp", action="store_true", help="shorthand for --workload udp")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="speak TLS to the server (needs --tls-ca or --insecure); every byte is still "
+        "verified; runs the Python loop",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --tls: accept any certificate (no verification)",
+    )
+    parser.add_argument(
+        "--tls-resume",
+        dest="tls_resume",
+        action="store_true",
+        help="with --tls and churn: resume each connection's previous TLS session",
+    )
     parser.add_argument(
         "--no-progress",
         dest="progress",
@@ -276,10 +312,33 @@ def parse(argv: list[str] | None) -> Params:
     problem = unwritable(args.json) if args.json else None
     if problem:
         parser.error(problem)
+    tls_given = [flag for flag, name in TLS_FLAGS if getattr(args, name)]
+    if not args.tls and tls_given:
+        parser.error(f"{tls_given[0]} needs --tls")
+    if args.tls:
+        if workload == "udp":
+            parser.error("--tls applies to TCP workloads, not udp")
+        if (args.tls_ca is None) == (not args.insecure):
+            parser.error("--tls needs either --tls-ca FILE or --insecure")
+        if args.tls_resume and workload != "churn":
+            parser.error("--tls-resume applies to churn (a handshake per connection)")
     values["workload"] = workload
     values["progress"] = args.progress
+    values["tls"] = args.tls
+    values["insecure"] = args.insecure
+    values["tls_resume"] = args.tls_resume
     values["json_stream"] = args.json_stream
     return Params(**values)
+
+
+TLS_FLAGS = (
+    ("--tls-ca", "tls_ca"),
+    ("--insecure", "insecure"),
+    ("--tls-sni", "tls_sni"),
+    ("--tls-min-version", "tls_min_version"),
+    ("--tls-max-version", "tls_max_version"),
+    ("--tls-resume", "tls_resume"),
+)
 
 
 def default_processes() -> int:

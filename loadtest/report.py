@@ -245,6 +245,8 @@ def table(figures: dict[str, Any]) -> str:
     p = figures["parameters"]
     conns = figures["connections"]
     rate_name = "connections/s" if p["workload"] == "churn" else "requests/s"
+    if p["workload"] == "churn" and p.get("tls"):
+        rate_name = "handshakes/s"  # one TLS handshake per connection
     shape = f"size {p['size']} B, pipeline {p['pipeline']}"
     if p["workload"] == "rate":
         shape += f", target {p['rate']:,.0f} msg/s"

@@ -30,6 +30,9 @@ TIMEOUT = "timeout"
 LOST = "lost"
 # Open loop: a message that fell due and could not be sent before the run ended.
 UNSENT = "unsent"
+# A TLS handshake the server or the client gave up (a certificate not verified, no
+# shared version); a broken record later on reads as the errno EPROTO.
+TLS_HANDSHAKE = "tls_handshake"
 _ERRNO_KINDS = {
     errno.ECONNRESET: RESET,
     errno.EPIPE: RESET,

@@ -31,6 +31,7 @@ from loadtest.params import Params
 from loadtest.pattern import Pattern
 from loadtest.pollers import Poller, best_poller
 from loadtest.stats import LOST, UNSENT, Tally, WorkerResult, encode_counts
+from loadtest.tls import LOOP_NOTE, client_context
 from loadtest.workloads import (
     CONNECTING,
     DRAINING,
@@ -82,7 +83,8 @@ class Worker:
     def __init__(self, params: Params, plan: WorkerPlan, poller: Poller | None = None) -> None:
         self.params = params
         self.plan = plan
-        self.poller = poller or best_poller(params.workload)
+        # The C loop cannot speak TLS: a TLS run takes the Python loop.
+        self.poller = poller or best_poller("" if params.tls else params.workload)
         self.tally = Tally()
         self.stopping = False
         self.pending_connects = 0
@@ -96,6 +98,15 @@ class Worker:
             depth=params.pipeline,
             timeout=params.timeout,
             connect_timeout=params.connect_timeout,
+            tls=(
+                client_context(
+                    params.tls_ca, params.insecure, params.tls_min_version, params.tls_max_version
+                )
+                if params.tls
+                else None
+            ),
+            server_hostname=(params.tls_sni or params.host) if params.tls else None,
+            resume=params.tls_resume,
         )
         self.link = Link(
             settings, self.poller, self.tally, self._connected, self._failed, self.request_connect
@@ -331,7 +342,7 @@ class Worker:
             drain_latency=encode_counts(drain_latency),
             window_start_wall=window_start_wall,
             window_end_wall=window_end_wall,
-            loop=self.poller.name,
+            loop=self.poller.name + (LOOP_NOTE if params.tls else ""),
         )
 
     def drain(self, began: float) -> tuple[int, dict[int, int]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +39,12 @@ from loadtest.stats import (
     LOST,
     MISMATCH,
     TIMEOUT,
+    TLS_HANDSHAKE,
     UNSENT,
     Tally,
     error_kind,
 )
+from loadtest.tls import plain_calls
 
 DOWN, CONNECTING, UP = 0, 1, 2
 # Up to this many bytes, the rr hot path reads and sends bytes objects rather than
@@ -66,6 +69,10 @@ class Settings:
     depth: int
     timeout: float
     connect_timeout: float
+    # --tls: the client context, the name sent and verified, whether churn resumes.
+    tls: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    resume: bool = False
 
 
 class Link:
@@ -123,6 +130,7 @@ class Connection:
         "source",
         "stalled_since",
         "state",
+        "tls_session",
     )
 
     def __init__(self, link: Link, base: int) -> None:
@@ -135,6 +143,7 @@ class Connection:
         self.mark = -1
         self.stalled_since = 0.0
         self.source: str | None = None  # local address to bind (--source-address)
+        self.tls_session: ssl.SSLSession | None = None  # --tls-resume: the last one
 
     def connect(self) -> None:
         link = self.link
@@ -164,6 +173,41 @@ class Connection:
         if code:
             self.fail(error_kind(code))
             return
+        settings = self.link.settings
+        if settings.tls is not None:
+            self.sock = settings.tls.wrap_socket(
+                sock,
+                server_hostname=settings.server_hostname,
+                do_handshake_on_connect=False,
+                session=self.tls_session if settings.resume else None,
+            )
+            self.on_handshake(0)
+            return
+        self.up_at(sock)
+
+    def on_handshake(self, _mask: int) -> None:
+        """TLS: one handshake step per readiness event; connected once it is done."""
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        poller = self.link.poller
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            poller.modify(sock.fileno(), poller.READ, self.on_handshake)
+            return
+        except ssl.SSLWantWriteError:
+            poller.modify(sock.fileno(), poller.WRITE, self.on_handshake)
+            return
+        except ssl.SSLError:
+            self.fail(TLS_HANDSHAKE)
+            return
+        except OSError as exc:
+            self.fail(error_kind(exc.errno or 0))
+            return
+        self.up_at(sock)
+
+    def up_at(self, sock: socket.socket) -> None:
+        """Connected (and handshaken): the connect time counts both."""
         now = monotonic()
         link = self.link
         counts = link.tally.connect
@@ -187,8 +231,8 @@ class Connection:
         assert sock is not None
         try:
             data = sock.recv(1)
-        except BlockingIOError:
-            return
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # TLS: a record with no data (a 1.3 session ticket)
         except OSError as exc:
             self.fail(error_kind(exc.errno or 0))
             return
@@ -297,9 +341,12 @@ class EchoConnection(Connection):
 
     def begin(self, sock: socket.socket, now: float) -> None:
         self._restart()
-        self.send = sock.send
-        self.recv = sock.recv
-        self.recv_into = sock.recv_into
+        if isinstance(sock, ssl.SSLSocket):
+            self.send, self.recv, self.recv_into = plain_calls(sock)
+        else:
+            self.send = sock.send
+            self.recv = sock.recv
+            self.recv_into = sock.recv_into
         poller = self.link.poller
         poller.modify(sock.fileno(), poller.READ, self.on_read)
         if type(self) is EchoConnection and isinstance(poller, RRPoller):
@@ -643,6 +690,8 @@ class ChurnConnection(EchoConnection):
         tally.messages += 1
         self.failures = 0
         self.dues.clear()
+        if isinstance(self.sock, ssl.SSLSocket):  # TLS 1.3 tickets came before the echo
+            self.tls_session = self.sock.session
         self.close()
         if self.link.phase != DRAINING:
             self.link.again(self)

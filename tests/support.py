@@ -356,6 +356,7 @@ PACKAGES = {
     "strace": "strace",
     "gcc": "gcc",
     "man": "man-db",
+    "openssl": "openssl",
 }
 
 

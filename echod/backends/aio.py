@@ -38,6 +38,7 @@ from echod.backends.base import RECEIVE_SIZE
 from echod.backends.serving import ServingCore
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
+from echod.tls import TlsEndpoint
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,14 @@ UVLOOP = AsyncioBackend("uvloop", "uvloop:new_event_loop")
 class EchoProtocol(asyncio.Protocol):
     """One connection: everything received is written straight back."""
 
-    __slots__ = ("idle_ticks", "server", "sock", "starting", "transport")
+    __slots__ = ("idle_ticks", "server", "sock", "starting", "tls", "transport")
 
-    def __init__(self, server: AsyncServer, sock: socket.socket) -> None:
+    def __init__(
+        self, server: AsyncServer, sock: socket.socket, tls: TlsEndpoint | None = None
+    ) -> None:
         self.server = server
         self.sock = sock
+        self.tls = tls
         self.idle_ticks = 0
         self.transport: asyncio.Transport | None = None
         self.starting: asyncio.Task[Any] | None = None
@@ -87,6 +91,8 @@ class EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if self.tls is not None:  # made once the handshake is done
+            self.tls.completed(transport.get_extra_info("ssl_object"))
         marks = self.server.marks
         self.transport.set_write_buffer_limits(high=marks.high, low=marks.low)
 
@@ -99,7 +105,11 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)  # type: ignore[union-attr]  # set by connection_made
 
     def eof_received(self) -> bool:
-        return False  # the transport sends what is buffered, then closes
+        # The transport sends what is buffered, then closes. Over TLS (asyncio's and
+        # uvloop's SSL protocol alike) the client's close_notify lands here whatever the
+        # version: the transport flushes the echo written so far, then sends its own
+        # close_notify; an SSL transport has no write_eof, and returning True is ignored.
+        return False
 
     def pause_writing(self) -> None:
         self.server.stats.flow_paused += 1
@@ -114,6 +124,8 @@ class EchoProtocol(asyncio.Protocol):
     def started(self, task: asyncio.Task[Any]) -> None:
         """The transport was made, or never will be: then the connection is over."""
         if task.cancelled() or task.exception() is not None:
+            if self.tls is not None and not task.cancelled():
+                self.tls.failed(handshake_failure(task.exception()))
             self.sock.close()
             self.server.release(self)
 
@@ -230,6 +242,20 @@ class AsyncServer(ServingCore[EchoProtocol]):
         conn.starting.add_done_callback(conn.started)
         return conn
 
+    def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> EchoProtocol:
+        sock.setblocking(False)
+        conn = self.protocol(self, sock, tls)
+        conn.starting = self.loop.create_task(
+            self.loop.connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=tls.context,
+                ssl_handshake_timeout=tls.handshake_timeout or None,
+            )
+        )
+        conn.starting.add_done_callback(conn.started)
+        return conn
+
     def watch_listeners(self) -> None:
         for sock in self.listeners:
             self.loop.add_reader(sock.fileno(), self.accept_from, sock)
@@ -266,6 +292,13 @@ class AsyncServer(ServingCore[EchoProtocol]):
             self.loop.remove_signal_handler(signum)
         for timer in self._timers:
             timer.cancel()
+
+
+def handshake_failure(exc: BaseException | None) -> BaseException:
+    """asyncio and uvloop abort a slow handshake with ConnectionAbortedError, saying so."""
+    if isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc):
+        return TimeoutError()
+    return exc if exc is not None else ConnectionError()
 
 
 class Repeating:

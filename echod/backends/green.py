@@ -41,11 +41,16 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.socket
+import gevent.ssl
 
 from echod.backends.base import RECEIVE_SIZE, Cancellable
 from echod.backends.serving import ServingCore
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
+from echod.tls import TlsEndpoint
+
+# Plaintext of one TLS record: a read never returns more.
+TLS_RECORD = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,44 @@ class Connection:
         finally:
             server.closed(self)
 
+    def run_tls(self, tls: TlsEndpoint) -> None:
+        """The greenlet of a TLS connection: handshake, then the blocking loop.
+
+        Its own buffer of one TLS record's plaintext: ``SSL_write`` is all or nothing
+        and must be retried with the same bytes, so the shared buffer's zero-timeout
+        first ``send`` does not carry over; ``sendall`` parks the greenlet as before.
+        """
+        sock = self.sock
+        stats = self.server.stats
+        buffer = bytearray(TLS_RECORD)
+        view = memoryview(buffer)
+        try:
+            try:
+                sock.settimeout(tls.handshake_timeout or None)
+                sock.do_handshake()
+                sock.settimeout(None)
+            except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+                tls.failed(exc)
+                return
+            tls.completed(sock)
+            while True:
+                received = sock.recv_into(buffer)
+                if not received:
+                    # The client's close_notify: everything read was sent, so answer
+                    # with ours whatever the version.
+                    sock.unwrap()
+                    break
+                self.idle_ticks = 0
+                stats.bytes_in += received
+                self.pending = received
+                sock.sendall(view[:received])
+                self.pending = 0
+                stats.bytes_out += received
+        except (OSError, ValueError):
+            pass  # ECONNRESET, EPIPE, or shut down by the server: the echo is over
+        finally:
+            self.server.closed(self)
+
     def has_pending(self) -> bool:
         return self.pending > 0
 
@@ -119,7 +162,9 @@ class Connection:
     def close(self) -> None:
         """Wake the greenlet, wherever it waits; it closes the socket itself."""
         with contextlib.suppress(OSError):  # ENOTCONN: the peer reset it already
-            self.sock.shutdown(socket.SHUT_RDWR)
+            # gevent.socket's, also for a TLS socket: its SSLSocket.shutdown() would
+            # drop the SSL object under the greenlet still reading through it.
+            gevent.socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
 
 class GreenServer(ServingCore[Connection]):
@@ -159,6 +204,15 @@ class GreenServer(ServingCore[Connection]):
         conn = Connection(green, self)
         self.all_closed.clear()
         gevent.spawn(conn.run)
+        return conn
+
+    def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> Connection:
+        green = gevent.ssl.SSLSocket(
+            sock, server_side=True, do_handshake_on_connect=False, _context=tls.context
+        )
+        conn = Connection(green, self)
+        self.all_closed.clear()
+        gevent.spawn(conn.run_tls, tls)
         return conn
 
     def watch_listeners(self) -> None:

@@ -22,6 +22,7 @@ from echod.config import Config
 from echod.lifecycle import Lifecycle
 from echod.loop import Reactor, io_manager
 from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
+from echod.tls import TlsEndpoint
 
 assert (selectors.EVENT_READ, selectors.EVENT_WRITE) == (WANT_READ, WANT_WRITE)
 
@@ -175,6 +176,15 @@ class ReactorServer(ReactorServingCore[Connection]):
         conn = Connection(sock, self)
         self.reactor.add(conn.fd, WANT_READ, conn.on_readable)
         return conn
+
+    def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> Connection:
+        from echod.backends.reactor_tls import begin_tls  # TLS listeners only
+
+        sock.setblocking(False)
+        wrapped = tls.context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False, suppress_ragged_eofs=False
+        )
+        return begin_tls(self, wrapped, tls)
 
     def forget(self, conn: Connection) -> None:
         self.reactor.remove(conn.fd)

@@ -57,7 +57,8 @@ from echod.backends.base import (
 from echod.config import Config
 from echod.lifecycle import Command, Lifecycle, control_signals_held, ignore_control_signals
 from echod.logs import RateLimitedLog
-from echod.net.listeners import describe
+from echod.net.listeners import describe, tls_of
+from echod.tls import TlsEndpoint
 from echod.udp.serving import DatagramService
 
 log = logging.getLogger("echod")
@@ -175,6 +176,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.parked: deque[tuple[socket.socket, bool]] = deque()
         self._sweeper: Cancellable | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
+        for sock in self.listeners:
+            tls = tls_of(sock)
+            if tls is not None:  # one endpoint per process: its counters are the stats'
+                self.stats.tls = tls.counters
 
     # What a backend supplies -----------------------------------------------------------
     @abc.abstractmethod
@@ -192,6 +197,14 @@ class ServingCore(abc.ABC, Generic[Conn]):
     @abc.abstractmethod
     def begin(self, sock: socket.socket) -> Conn:
         """Start serving an accepted socket; raise :class:`CannotStart` if it cannot."""
+
+    def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> Conn:
+        """Start serving an accepted socket of a ``tls:`` listener: wrap it with
+        ``tls.context`` as it is now (a reload swaps it for later connections only),
+        handshake within ``tls.handshake_timeout`` and count the outcome in
+        ``tls.counters``; then echo as :meth:`begin` does. Start-up refuses tls:
+        listeners for a backend without it (:func:`echod.tls.check_tls_backend`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve TLS")
 
     @abc.abstractmethod
     def watch_listeners(self) -> None:
@@ -371,6 +384,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
     def accept_from(self, listener: socket.socket) -> None:
         """Accept a bounded batch, so a connection storm cannot starve served clients."""
         tcp = listener.family != socket.AF_UNIX
+        tls = tls_of(listener)
         for _ in range(ACCEPT_BATCH):
             if not self.accepting:
                 return  # paused or draining by an earlier admit of this batch
@@ -392,7 +406,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     self.out_of_resources(os.strerror(exc.errno or 0))
                     return
                 raise  # a listener gone bad is a bug to report, not a state to serve in
-            self.admit(sock, tcp)
+            self.admit(sock, tcp, tls)
 
     def accept_completed(self, listener: socket.socket, result: int) -> None:
         """A completion backend's accept finished: ``result`` is the new descriptor, or
@@ -426,7 +440,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             if self.full():
                 self.pause_accepting()
 
-    def admit(self, sock: socket.socket, tcp: bool) -> Conn | None:
+    def admit(self, sock: socket.socket, tcp: bool, tls: TlsEndpoint | None = None) -> Conn | None:
         """Start serving an accepted socket, counted and tracked; None if refused."""
         if self.fd_limit is not None and sock.fileno() >= self.fd_limit:
             self._warn.warning(
@@ -442,7 +456,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if tcp:
             set_no_delay(sock)
         try:
-            conn = self.begin(sock)
+            conn = self.begin(sock) if tls is None else self.begin_tls(sock, tls)
         except CannotStart as exc:
             sock.close()
             self.stats.refused_resources += 1

@@ -45,6 +45,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ from echod.backends.serving import CannotStart
 from echod.config import Config
 from echod.lifecycle import Lifecycle
 from echod.loop import Reactor, io_manager
+from echod.tls import TlsEndpoint, failure_of, handshake_of
 
 log = logging.getLogger("echod")
 
@@ -104,11 +106,14 @@ class Connection:
     idle count itself (see ``idle_ticks``).
     """
 
-    __slots__ = ("_seen", "_ticks", "open", "received", "sent", "server", "sock")
+    __slots__ = ("_seen", "_ticks", "open", "received", "sent", "server", "sock", "tls")
 
-    def __init__(self, sock: socket.socket, server: ThreadServer) -> None:
+    def __init__(
+        self, sock: socket.socket, server: ThreadServer, tls: TlsEndpoint | None = None
+    ) -> None:
         self.sock = sock
         self.server = server
+        self.tls = tls
         self.received = 0
         self.sent = 0
         self.open = True
@@ -123,17 +128,43 @@ class Connection:
         recv_into = sock.recv_into
         sendall = sock.sendall
         try:
+            if self.tls is not None and not self.handshake():
+                return
             while True:
                 received = recv_into(buffer)
                 if not received:
-                    break  # end of input: all of it was sent before this read
+                    # End of input: all of it was sent before this read. Over TLS it
+                    # was the client's close_notify (TLS 1.2 or 1.3 alike, nothing is
+                    # owed): answer with ours.
+                    if self.tls is not None:
+                        sock.unwrap()  # type: ignore[attr-defined]  # an SSLSocket
+                    break
                 self.received += received
                 sendall(view[:received])
                 self.sent += received
-        except OSError:
+        except (OSError, ValueError):
             pass  # ECONNRESET, EPIPE, or shut down by the server: the echo is over
         finally:
             self.server.closed(self)
+
+    def handshake(self) -> bool:
+        """TLS: the handshake, bounded by the endpoint's timeout, counted either way."""
+        sock: ssl.SSLSocket = self.sock  # type: ignore[assignment]
+        tls = self.tls
+        assert tls is not None
+        try:
+            sock.settimeout(tls.handshake_timeout or None)
+            sock.do_handshake()
+            sock.settimeout(None)
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+            reason = failure_of(exc)
+            # Counted by the main thread, which alone touches the counters (the
+            # heartbeat encodes them there).
+            self.server.reactor.call_soon_threadsafe(lambda: tls.counters.failed(reason))
+            return False
+        outcome = handshake_of(sock)
+        self.server.reactor.call_soon_threadsafe(lambda: tls.counters.handshake(*outcome))
+        return True
 
     # As the sweeps in the main thread see it ------------------------------------------
     @property
@@ -162,7 +193,9 @@ class Connection:
         with self.server.lock:
             if self.open:  # else its thread closed it, and the number may be reused
                 with contextlib.suppress(OSError):  # ENOTCONN: the peer reset it already
-                    self.sock.shutdown(socket.SHUT_RDWR)
+                    # socket.socket's, also for an SSLSocket: its own shutdown() drops
+                    # the SSL object under the thread still reading through it.
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
 
 class ThreadServer(ReactorServingCore[Connection]):
@@ -201,6 +234,17 @@ class ThreadServer(ReactorServingCore[Connection]):
             # hand-overs are what keeps the main thread from accepting the next client.
             _thread.start_new_thread(conn.run, ())
         except RuntimeError as exc:  # "can't start new thread": out of memory or pids
+            raise CannotStart(str(exc)) from exc
+        return conn
+
+    def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> Connection:
+        sock.setblocking(True)
+        # Wrapping does no IO; the handshake is the connection's thread's first act.
+        wrapped = tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        conn = Connection(wrapped, self, tls)
+        try:
+            _thread.start_new_thread(conn.run, ())
+        except RuntimeError as exc:
             raise CannotStart(str(exc)) from exc
         return conn
 

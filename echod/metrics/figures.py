@@ -15,6 +15,7 @@ from echod import __version__
 from echod.lifecycle import Stats
 from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
+from echod.tls_counters import FAILURE_REASONS, TlsCounters
 from echod.udp.guard import UdpCounters
 
 
@@ -66,8 +67,10 @@ def families(
     own: process.ProcessFigures | None,
     workers: Mapping[int, process.ProcessFigures],
     control: ControlFigures | None = None,
+    tls_expiry: Mapping[str, float] | None = None,
 ) -> list[Family]:
-    """Every series of one scrape; `own` is the supervisor, `workers` by slot."""
+    """Every series of one scrape; `own` is the supervisor, `workers` by slot;
+    `tls_expiry` the served certificates' notAfter by name, when there is TLS."""
     total = Stats()
     if control is not None:
         total.add(control.inherited)
@@ -132,6 +135,7 @@ def families(
     ]
     result += _udp([s.counters.udp for s in slots if s.counters.udp is not None])
     result += _control(control) if control is not None else []
+    result += _tls([s.counters.tls for s in slots if s.counters.tls is not None], tls_expiry)
     result += _worker_process(workers)
     result += _process(own)
     return result
@@ -195,6 +199,42 @@ def _udp(parts: Sequence[UdpCounters]) -> list[Family]:
             "gauge",
             "sources in the per-source rate table (bounded by --udp-sources)",
             samples=(Sample(udp.sources),),
+        ),
+    ]
+
+
+def _tls(parts: Sequence[TlsCounters], expiry: Mapping[str, float] | None) -> list[Family]:
+    """TLS series, present only when there are tls: listeners."""
+    if not parts and expiry is None:
+        return []
+    tls = TlsCounters()
+    for part in parts:
+        tls.add(part)
+    handshakes = tuple(
+        Sample(count, (("version", version), ("cipher", cipher)))
+        for (version, cipher), count in sorted(tls.handshakes.items())
+    )
+    return [
+        Family(
+            "echod_tls_handshakes",
+            "counter",
+            "TLS handshakes completed, by protocol version and cipher",
+            samples=handshakes,
+        ),
+        _labelled(
+            "echod_tls_handshake_failures",
+            "TLS handshakes that failed or timed out (--tls-handshake-timeout), by reason",
+            "reason",
+            {reason: tls.failures.get(reason, 0) for reason in FAILURE_REASONS},
+        ),
+        Family(
+            "echod_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of each certificate served (default, or its --tls-sni name), "
+            "seconds since the epoch",
+            samples=tuple(
+                Sample(when, (("name", name),)) for name, when in sorted((expiry or {}).items())
+            ),
         ),
     ]
 

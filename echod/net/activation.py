@@ -18,7 +18,7 @@ import stat
 from collections.abc import MutableMapping
 
 from echod.net.listener_set import Named
-from echod.net.listeners import ListenerError
+from echod.net.listeners import ListenerError, ListeningSocket
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -90,7 +90,7 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
     if not stat.S_ISSOCK(mode):
         raise ActivationError(f"{where} is not a socket")
     # family, type and proto are read from the fd itself (getsockopt).
-    sock = socket.socket(fileno=fd)
+    sock = ListeningSocket(fileno=fd)
     if name == UPGRADE_FD_NAME and sock.type == socket.SOCK_SEQPACKET:
         sock.set_inheritable(False)
         return sock

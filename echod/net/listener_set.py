@@ -16,6 +16,9 @@ that this one already holds (a reload), and addresses bound here. Each socket ha
 ``metrics``
     the Prometheus endpoint, served by the supervisor alone.
 
+A ``tls:`` listener's name ends in ``.tls`` (a socket unit's is ``tls`` or ``tls-NAME``):
+the name carries what the socket serves, so new code takes it back as TLS.
+
 Every TCP socket bound here has ``SO_REUSEPORT``, shared ones too, so a reload that
 changes the listen mode can bind the new sockets beside the old ones while the old
 workers drain: no moment without a listener.
@@ -26,14 +29,20 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from echod.net.listeners import (
     Address,
+    ListenerError,
+    ListeningSocket,
     bind,
     close_all,
     parse_address,
     unix_paths,
 )
+
+if TYPE_CHECKING:
+    from echod.tls import TlsEndpoint
 
 METRICS_FD_NAME = "metrics"  # FileDescriptorName= of echod-metrics.socket
 METRICS_BACKLOG = 64  # scrapers are few; the endpoint caps how many it serves at once
@@ -41,6 +50,7 @@ OWN_PREFIX = "echod."  # names echod gives; anything else came from a socket uni
 SHARED = "echod.shared"
 UDP = "echod.udp"
 REUSEPORT = "echod.reuseport."
+TLS_SUFFIX = ".tls"
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class Listeners:
     metrics: Named | None = None  # served by the supervisor alone
     owned_paths: list[str] = field(default_factory=list)  # Unix socket files to remove
     from_systemd: bool = False  # a socket unit's: served as given, never rebound
+    # What every tls: listener wraps its connections with (one per configuration).
+    tls: TlsEndpoint | None = None
 
     @property
     def per_worker(self) -> bool:
@@ -85,6 +97,21 @@ class Listeners:
         """Close every socket; ``remove_paths=False`` when a successor serves them."""
         close_all([named.sock for named in self], remove=self.owned_paths if remove_paths else ())
 
+    def layer(self) -> None:
+        """Give every TLS listener this configuration's endpoint. The socket objects are
+        the supervisor's, kept across reloads: workers forked from now on take the new
+        endpoint, those forked before keep theirs (a reload that fails layers back)."""
+        for named in self:
+            if is_tls_name(named.name) and isinstance(named.sock, ListeningSocket):
+                named.sock.tls = self.tls
+
+
+def is_tls_name(name: str) -> bool:
+    """``FileDescriptorName=tls`` or ``tls-NAME``, the --listen prefix ``tls:`` as a
+    socket unit can spell it (systemd refuses ':' in names, its LISTEN_FDNAMES
+    separator), or one of echod's own names for a tls: listener."""
+    return name == "tls" or name.startswith("tls-") or name.endswith(TLS_SUFFIX)
+
 
 def open_listeners(
     addresses: Sequence[str],
@@ -93,6 +120,7 @@ def open_listeners(
     slots: int = 0,
     metrics: str | None = None,
     available: Sequence[Named] = (),
+    tls: TlsEndpoint | None = None,
 ) -> tuple[Listeners, list[Named]]:
     """The listeners for ``addresses``, and those of ``available`` left unused.
 
@@ -100,13 +128,18 @@ def open_listeners(
     socket). ``available`` are sockets inherited or already held: one is taken where
     its name and address fit, and a socket is bound for the rest. With a socket unit's
     sockets among them, those are served as they are and ``addresses`` are unused.
-    Raises :class:`~echod.net.listeners.ListenerError` with one line for the operator,
-    having closed what it bound (never what it was handed).
+    TLS listeners carry ``tls`` (:meth:`Listeners.layer`). Raises
+    :class:`~echod.net.listeners.ListenerError` with one line for the operator, having
+    closed what it bound (never what it was handed).
     """
     if any(not _is_own(named.name) for named in available):
-        return _from_socket_units(available), []
+        listeners = _from_socket_units(available)
+        listeners.tls = tls
+        _check_tls(listeners)
+        listeners.layer()
+        return listeners, []
     pool = list(available)
-    listeners = Listeners()
+    listeners = Listeners(tls=tls)
     bound: list[socket.socket] = []
     try:
         if metrics is not None:
@@ -116,24 +149,35 @@ def open_listeners(
             )
         for text in addresses:
             address = parse_address(text)
+            suffix = TLS_SUFFIX if address.tls else ""
             if address.datagram:
                 listeners.shared.append(_take(pool, UDP, address) or _bind(bound, UDP, address))
             elif slots and address.path is None:
                 for slot in range(1, slots + 1):
-                    named = _take(pool, slot_name(slot), address) or _bind(
-                        bound, slot_name(slot), address, backlog
-                    )
+                    name = slot_name(slot) + suffix
+                    named = _take(pool, name, address) or _bind(bound, name, address, backlog)
                     # Port 0 is resolved by the first slot; the others join its group.
                     address = replace(address, port=named.sock.getsockname()[1])
                     listeners.slots.setdefault(slot, []).append(named)
             else:
-                named = _take(pool, SHARED, address) or _bind(bound, SHARED, address, backlog)
-                listeners.shared.append(named)
+                name = SHARED + suffix
+                listeners.shared.append(
+                    _take(pool, name, address) or _bind(bound, name, address, backlog)
+                )
+        _check_tls(listeners)
     except BaseException:
         close_all(bound)
         raise
     listeners.owned_paths = unix_paths(bound)
+    listeners.layer()
     return listeners, pool
+
+
+def _check_tls(listeners: Listeners) -> None:
+    if listeners.tls is None:
+        for named in listeners:
+            if is_tls_name(named.name):
+                raise ListenerError(f"inherited socket {named.name!r} serves TLS: give --tls-cert")
 
 
 def _is_own(name: str) -> bool:

@@ -14,6 +14,10 @@ import socket
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from echod.tls import TlsEndpoint
 
 
 class ListenerError(OSError):
@@ -28,21 +32,53 @@ class Address:
     port: int = 0
     path: str | None = None
     datagram: bool = False  # udp:HOST:PORT
+    tls: bool = False  # tls:HOST:PORT, tls:unix:/PATH
 
     def __str__(self) -> str:
+        tls = "tls:" if self.tls else ""
         if self.path is not None:
-            return f"unix:{self.path}"
+            return f"{tls}unix:{self.path}"
         udp = "udp:" if self.datagram else ""
         return (
-            f"{udp}[{self.host}]:{self.port}"
+            f"{tls}{udp}[{self.host}]:{self.port}"
             if ":" in self.host
-            else f"{udp}{self.host}:{self.port}"
+            else f"{tls}{udp}{self.host}:{self.port}"
         )
+
+
+class ListeningSocket(socket.socket):
+    """A listener that carries what its address's prefixes asked of its connections.
+
+    ``tls`` is the :class:`~echod.tls.TlsEndpoint` every connection accepted on it is
+    wrapped with, or None. Accepted sockets are plain ``socket.socket`` (``accept``
+    builds them from the module's class, not from ``type(self)``).
+    """
+
+    __slots__ = ("tls",)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.tls: TlsEndpoint | None = None
+
+
+def tls_of(sock: socket.socket) -> TlsEndpoint | None:
+    """The TLS endpoint of a listener, None for plain TCP, Unix and UDP."""
+    return sock.tls if isinstance(sock, ListeningSocket) else None
 
 
 def parse_address(text: str) -> Address:
     """``host:port``, ``[v6]:port``, ``:port`` (all IPv4 addresses) or ``unix:/path``;
-    ``udp:`` before a host and port makes it a UDP listener."""
+    ``udp:`` before a host and port makes it a UDP listener, ``tls:`` before a stream
+    address a TLS one. Each prefix strips itself and parses the rest, so they compose."""
+    if text.startswith("tls:"):
+        address = parse_address(text[4:])
+        if address.datagram:
+            raise ListenerError(
+                f"listen address {text!r}: TLS is served over TCP, not UDP (no DTLS)"
+            )
+        if address.tls:
+            raise ListenerError(f"listen address {text!r} says tls: twice")
+        return dataclasses.replace(address, tls=True)
     if text.startswith("udp:"):
         if text.startswith("udp:unix:"):
             raise ListenerError(f"address {text!r}: UDP listens on HOST:PORT, not a path")
@@ -99,7 +135,7 @@ def bind(
             f"cannot listen on {address}: host does not resolve ({exc.strerror})"
         ) from None
     family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
+    sock = ListeningSocket(family, type_, proto)
     try:
         if not address.datagram:  # on UDP it would let a second server share the port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,7 +157,7 @@ def bind(
 
 def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
     _remove_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = ListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Bind under a restrictive umask so the socket is never briefly open to all.
         old_umask = os.umask(0o777 & ~mode)

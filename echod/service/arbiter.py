@@ -54,6 +54,7 @@ from echod.service import ServiceError, channel, upgrade
 from echod.service.channel import Channel, Message
 from echod.service.notify import Notifier
 from echod.service.worker_process import Handoff, run_worker
+from echod.tls import TlsEndpoint, check_tls_backend
 from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
@@ -564,6 +565,9 @@ class Supervisor:
                 "--user and --group take effect only at start (the supervisor "
                 "has already given up root)"
             )
+        # New certificates and keys, read whole before anything changes (a reload is
+        # how they are renewed: new connections get them, open ones keep theirs).
+        tls = TlsEndpoint.from_config(config)
         previous = list(self.listeners)
         listeners, unused = open_listeners(
             config.addresses,
@@ -571,15 +575,18 @@ class Supervisor:
             slots=config.workers if config.listen_mode == "reuseport" else 0,
             metrics=config.metrics,
             available=previous,
+            tls=tls,
         )
         bound = [named for named in listeners if named not in previous]
         try:
             check_backend(backend.name, listeners.for_slot(None))
+            check_tls_backend(backend.name, listeners)
             if config.metrics != self.config.metrics:
                 raise ConfigError("--metrics takes effect only at start, not on a reload")
         except BaseException:
             for named in bound:
                 named.sock.close()
+            self.listeners.layer()  # the sockets kept serve the old endpoint again
             raise
         listeners.owned_paths = sorted({*self.listeners.owned_paths, *listeners.owned_paths})
         return Served(config, backend, listeners, self.generation + 1), unused, bound
@@ -608,6 +615,7 @@ class Supervisor:
         self._end_change(change)
         failed = self.generation
         self.served = change.previous
+        self.listeners.layer()  # a worker restarted from now on serves the old certificates
         for worker in self.workers.values():
             if worker.generation == failed:
                 _kill(worker.pid, signal.SIGTERM)
@@ -823,9 +831,10 @@ class Supervisor:
             dict(self.reloads), self.config_generation, dict(running), self.inherited
         )
         known = {slot: figures for slot, figures in workers.items() if figures is not None}
-        return render(
-            families(slots, self.backend.name, process.read(), known, control), openmetrics
-        )
+        tls = self.listeners.tls
+        expiry = tls.expiry if tls is not None else None
+        figures = families(slots, self.backend.name, process.read(), known, control, expiry)
+        return render(figures, openmetrics)
 
     def _slot_figures(self) -> list[SlotFigures]:
         """Per slot: its past workers' last counters plus those of every worker of it still
