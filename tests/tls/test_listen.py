@@ -3,10 +3,13 @@ through a reservation, and refused where TLS cannot be served."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from echod.config import Config, ConfigError
-from echod.net.listeners import Address, ListenerError, bind, parse_address, reserve, tls_of
+from echod.net.listener_set import open_listeners
+from echod.net.listeners import Address, ListenerError, bind, parse_address, tls_of
 
 
 @pytest.mark.parametrize(
@@ -37,10 +40,30 @@ def test_a_tls_listener_needs_a_certificate() -> None:
         Config(listen=("tls:127.0.0.1:0",))
 
 
-def test_a_reservation_keeps_the_prefix() -> None:
-    sock, resolved = reserve(parse_address("tls:127.0.0.1:0"))
-    with sock:
-        assert resolved.tls and resolved.port == sock.getsockname()[1]
+def test_every_worker_slots_socket_of_a_tls_address_serves_tls(tmp_path: Path) -> None:
+    endpoint = object()  # what the sockets carry; building a real one needs certificates
+    listeners, _ = open_listeners(
+        ["tls:127.0.0.1:0", "127.0.0.1:0"],
+        4,
+        slots=2,
+        tls=endpoint,  # type: ignore[arg-type]
+    )
+    try:
+        for slot in (1, 2):
+            tls_socket, plain = listeners.slots[slot]
+            assert tls_socket.name == f"echod.reuseport.{slot}.tls"
+            assert tls_of(tls_socket.sock) is endpoint and tls_of(plain.sock) is None
+        # Handed on (an upgrade), the name alone makes it a TLS socket again.
+        again, unused = open_listeners(
+            [f"tls:127.0.0.1:{listeners.slots[1][0].sock.getsockname()[1]}"],
+            4,
+            slots=2,
+            available=[named for named in listeners if named.name.endswith(".tls")],
+            tls=endpoint,  # type: ignore[arg-type]
+        )
+        assert unused == [] and all(tls_of(s) is endpoint for s in again.for_slot(1))
+    finally:
+        listeners.close()
 
 
 def test_a_plain_listener_has_no_tls() -> None:

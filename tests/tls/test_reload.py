@@ -1,5 +1,6 @@
-"""The contract a certificate reload rides on (the SIGHUP reload calls exactly this):
-``build_context`` then ``TlsEndpoint.swap`` while serving. A TLS connection opened
+"""Renewing a certificate in one serving process, with no supervisor to fork new
+workers: ``build_context`` then ``TlsEndpoint.swap`` while serving (a SIGHUP reload
+builds a new endpoint for its new workers instead: tests/tls/test_sighup.py). A TLS connection opened
 before the swap keeps echoing with the certificate it started with; one opened after
 gets the new certificate. Run in this process, on the real backends, so the swap
 lands while their loop serves."""
