@@ -9,6 +9,7 @@ variable.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,33 @@ def port_list(text: str) -> tuple[int, ...]:
     return tuple(port_number(part) for part in text.split(","))
 
 
+def cidr(text: str) -> str:
+    """A network (``10.0.0.0/8``, ``2001:db8::/32``) or one address, as written."""
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an address or CIDR network") from None
+    return text.strip()
+
+
+def connect_rate(text: str) -> float:
+    """New connections per second; 0 turns the limit off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of connections per second") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{text!r} connections per second must be zero or more")
+    return value
+
+
+def prefix_v6(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 128:
+        raise ConfigError(f"IPv6 prefix length {value} is out of range (1-128)")
+    return value
+
+
 def _integer(text: str) -> int:
     try:
         return int(text.strip(), 10)
@@ -109,6 +137,7 @@ def _integer(text: str) -> int:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LISTEN_MODES = ("shared", "reuseport")
+SWITCHES = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -164,7 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("backlog", positive, 4096, "listen queue length (capped by net.core.somaxconn)", "N"),
     Option("high_water", byte_size, 64 * 1024, "stop reading a client once this much of its echo waits unsent", "BYTES"),
     Option("low_water", byte_size, 16 * 1024, "resume reading once its unsent echo drains to this", "BYTES"),
-    Option("max_connections", count, 0, "connections served at once by each worker; past it new ones wait in the backlog (0 = no cap)", "N"),
+    Option("max_connections", count, 0, "connections served at once by each worker; past it --fair-share decides who is served, or with it off new ones wait in the backlog (0 = no cap)", "N"),
     Option("idle_timeout", seconds, 0.0, "close a connection silent this long (0 = never)", "SECONDS"),
     Option("graceful_timeout", seconds, 30.0, "on SIGTERM, how long open connections may go on before they are closed", "SECONDS"),
     Option("log_level", str.lower, "info", "least severe message logged", "LEVEL", choices=LOG_LEVELS),
@@ -176,6 +205,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("udp_budget", byte_size, 8 << 20, "UDP: bytes per second answered in total, whatever the sources (0 = no limit)", "BYTES"),
     Option("udp_sources", positive, 4096, "UDP: source addresses whose rate is tracked; past it a new source takes over the least recently seen one's bucket", "N"),
     Option("udp_refuse_ports", port_list, (53, 123, 161, 389, 1900, 5353, 11211), "UDP: source ports never answered besides those below 1024 and echod's own (none = only those)", "PORTS"),
+    Option("allow", cidr, (), "accept TCP connections and answer UDP datagrams only from these networks (after --deny); repeat for more", "CIDR", repeated=True),
+    Option("deny", cidr, (), "refuse TCP connections and UDP datagrams from these networks, before anything is read; repeat for more", "CIDR", repeated=True),
+    Option("max_connections_per_source", count, 0, "connections one source may hold at once, per worker (0 = no limit)", "N"),
+    Option("connect_rate_per_source", connect_rate, 0.0, "new connections per second one source may open, per worker (0 = no limit)", "N"),
+    Option("connect_burst_per_source", seconds, 2.0, "seconds of --connect-rate-per-source a quiet source may open at once", "SECONDS"),
+    Option("source_prefix_v6", prefix_v6, 64, "IPv6 clients in one prefix of this length count as one source", "BITS"),
+    Option("fair_share", str.lower, "on", "when full (--max-connections or out of descriptors), a source below its share takes the longest-idle slot of the source holding the most", "SWITCH", choices=SWITCHES),
     Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
@@ -223,6 +259,13 @@ class Config:
     udp_budget: int = 8 << 20
     udp_sources: int = 4096
     udp_refuse_ports: tuple[int, ...] = (53, 123, 161, 389, 1900, 5353, 11211)
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    max_connections_per_source: int = 0
+    connect_rate_per_source: float = 0.0
+    connect_burst_per_source: float = 2.0
+    source_prefix_v6: int = 64
+    fair_share: str = "on"
 
     def __post_init__(self) -> None:
         try:
@@ -241,6 +284,8 @@ class Config:
             )
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
+        if self.fair_share not in SWITCHES:
+            raise ConfigError(f"fair share {self.fair_share!r} is not one of on, off")
         if self.group is not None and self.user is None:
             raise ConfigError("--group needs --user")
 

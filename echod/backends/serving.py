@@ -3,8 +3,9 @@
 As h11 keeps everything that moves its state machine in one file, everything that moves
 a server's state lives here once, so a fix is made once for every IO model:
 
-* **admit** a connection: the cap, select's descriptor ceiling, ``TCP_NODELAY``, count
-  it, track it;
+* **admit** a connection: select's descriptor ceiling, the admission rules
+  (:mod:`echod.admission`: deny and allow lists, per-source limits, fair share when
+  full), ``TCP_NODELAY``, count it, track it; refuse with a reset before reading;
 * **release** it: untrack, count, finish a drain when it was the last, accept again when
   there is room (or a descriptor was just freed);
 * what an **accept error** means: the client left (skip), out of descriptors or memory
@@ -31,10 +32,15 @@ import abc
 import contextlib
 import logging
 import os
+import resource
 import socket
+import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from echod import admission
+from echod.admission import Admission, Refusal
 from echod.backends.base import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -44,6 +50,7 @@ from echod.backends.base import (
     PEER_GONE,
     Cancellable,
     Sweepable,
+    owes_echo,
     sweep,
 )
 from echod.config import Config
@@ -55,6 +62,12 @@ from echod.udp.serving import DatagramService
 log = logging.getLogger("echod")
 
 Conn = TypeVar("Conn", bound=Sweepable)
+
+# With fair share on and no idle timeout, every connection's idle count goes up once per
+# this many seconds (a read sets it to zero), so the longest-idle connection is known.
+FAIR_SHARE_TICK = 1.0
+# SO_LINGER on, zero seconds: close() sends RST, and the refused client learns at once.
+RESET = struct.pack("ii", 1, 0)
 
 
 class CannotStart(Exception):
@@ -79,10 +92,16 @@ class SpareDescriptor:
         except OSError:
             return None
 
-    def shed(self, listeners: Iterable[socket.socket]) -> int:
+    def shed(
+        self,
+        listeners: Iterable[socket.socket],
+        keep: Callable[[socket.socket, socket.socket, Any], bool] | None = None,
+    ) -> int:
         """Refuse every client waiting on ``listeners``; returns how many were refused.
 
-        Afterwards ``fd`` is None if the spare could not be taken back.
+        ``keep(listener, sock, peer)``, when given, decides first (fair share): a socket
+        it keeps is its own to serve or close. Afterwards
+        ``fd`` is None if the spare could not be taken back.
         """
         if self.fd is not None:
             os.close(self.fd)
@@ -91,12 +110,17 @@ class SpareDescriptor:
         for listener in listeners:
             while True:
                 try:
-                    sock, _ = listener.accept()
+                    sock, peer = listener.accept()
                 except OSError:
                     break
+                if keep is not None and keep(listener, sock, peer):
+                    if self.fd is None:
+                        self.fd = self._open()
+                    continue
                 sock.close()
                 refused += 1
-        self.fd = self._open()
+        if self.fd is None:
+            self.fd = self._open()
         return refused
 
     def close(self) -> None:
@@ -143,6 +167,13 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self._spare = SpareDescriptor()
         self._sweeper: Cancellable | None = None
         self._warn = RateLimitedLog(log, interval=10.0)
+        self.fair_share = config.fair_share == "on"
+        self._idle_ticker: Cancellable | None = None
+        self._shedding = False
+        # Slots for fair share: the cap, else the descriptors the process may open.
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        slots = self.limit or (descriptors if descriptors != resource.RLIM_INFINITY else 1 << 20)
+        self.admission: Admission[Conn] = Admission(admission_settings(config), slots)
 
     # What a backend supplies -----------------------------------------------------------
     @abc.abstractmethod
@@ -220,6 +251,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def drain(self) -> None:
         graceful = self.config.graceful_timeout
+        if self._idle_ticker is not None:  # the drain's sweeps count idleness now
+            self._idle_ticker.cancel()
+            self._idle_ticker = None
         self.refresh_stats()
         self.lifecycle.start_draining(graceful)
         self.close_listeners()
@@ -267,6 +301,14 @@ class ServingCore(abc.ABC, Generic[Conn]):
     def start_idle_sweeps(self) -> None:
         if self.config.idle_timeout > 0:
             self.sweep_every(self.config.idle_timeout / IDLE_SWEEPS, IDLE_SWEEPS, False)
+        elif self.fair_share:
+            # Fair share needs the longest-idle connection; the idle sweeps count it
+            # when there are any. O(connections) per tick: 10,000 cost about 1 ms.
+            self._idle_ticker = self.call_every(FAIR_SHARE_TICK, self._tick_idle)
+
+    def _tick_idle(self) -> None:
+        for conn in self.connections:
+            conn.idle_ticks += 1
 
     def sweep_every(self, interval: float, ticks: int, only_drained: bool) -> None:
         if self._sweeper is not None:
@@ -284,12 +326,14 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     # Listeners -------------------------------------------------------------------------
     def full(self) -> bool:
-        return bool(self.limit) and len(self.connections) >= self.limit
+        # Connections that gave way are no longer held, even while their close is on
+        # its way (threads, greenlets, transports close later).
+        return bool(self.limit) and self.admission.held >= self.limit
 
     def resume_accepting(self) -> None:
         if self.accepting or self.listeners_closed or self.lifecycle.draining:
             return
-        if self.backing_off or self.full():
+        if self.backing_off or (self.full() and not self.fair_share):
             return
         self.accepting = True
         self.watch_listeners()
@@ -314,13 +358,15 @@ class ServingCore(abc.ABC, Generic[Conn]):
         for _ in range(ACCEPT_BATCH):
             if not self.accepting:
                 return  # paused or draining by an earlier admit of this batch
-            if self.full():
+            if self.full() and not self.fair_share:
                 # Past the cap new clients wait in the kernel's backlog, as HAProxy's
-                # maxconn does, instead of being accepted only to be dropped.
+                # maxconn does, instead of being accepted only to be dropped. Under fair
+                # share the core accepts and decides: in the backlog, a greedy source's
+                # connections would crowd out everyone else's SYNs.
                 self.pause_accepting()
                 return
             try:
-                sock, _ = listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return  # nothing waits any more: the backend waits for readiness again
             except OSError as exc:
@@ -332,10 +378,16 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     self.out_of_resources(os.strerror(exc.errno or 0))
                     return
                 raise  # a listener gone bad is a bug to report, not a state to serve in
-            self.admit(sock, tcp)
+            self.admit(sock, tcp, peer)
 
-    def admit(self, sock: socket.socket, tcp: bool) -> Conn | None:
-        """Start serving an accepted socket, counted and tracked; None if refused."""
+    def admit(
+        self, sock: socket.socket, tcp: bool, peer: Any = None, *, slots: int | None = None
+    ) -> Conn | None:
+        """Start serving an accepted socket, counted and tracked; None if refused.
+
+        ``peer`` is accept()'s address (looked up if None); ``slots``, what the process
+        holds when it is out of descriptors (full at that count).
+        """
         if self.fd_limit is not None and sock.fileno() >= self.fd_limit:
             self._warn.warning(
                 "fd-limit",
@@ -347,6 +399,25 @@ class ServingCore(abc.ABC, Generic[Conn]):
             sock.close()
             self.stats.refused_fd_setsize += 1
             return None
+        host = self.peer_host(sock, peer) if tcp else None
+        gate = self.admission
+        key, address = gate.key(host)
+        now = time.monotonic()
+        refusal = gate.refusal(key, address, now)
+        if refusal is None and (slots is not None or self.full()):
+            victim = gate.victim(key, owes_echo, slots) if self.fair_share else None
+            if victim is None:
+                refusal = Refusal.FULL
+            else:
+                self.give_way(victim, now)
+        if refusal is Refusal.FULL and slots is not None:
+            # Out of descriptors with none to give way: shed, as without fair share.
+            sock.close()
+            self.stats.refused_resources += 1
+            return None
+        if refusal is not None:
+            self.refuse(sock, refusal, host)
+            return None
         if tcp:
             set_no_delay(sock)
         try:
@@ -357,8 +428,39 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.out_of_resources(str(exc))
             return None
         self.connections.add(conn)
+        gate.add(key, conn, now)
         self.stats.opened()
         return conn
+
+    @staticmethod
+    def peer_host(sock: socket.socket, peer: Any) -> str | None:
+        """The peer's IP address as text; None for a Unix peer (or one already gone)."""
+        if peer is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                return None
+        return peer[0] if isinstance(peer, tuple) else None
+
+    def refuse(self, sock: socket.socket, refusal: Refusal, host: str | None) -> None:
+        """Close with a reset before reading a byte, count it, and say so now and then."""
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+        sock.close()
+        name = f"refused_{refusal.value}"
+        setattr(self.stats, name, getattr(self.stats, name) + 1)
+        self._warn.warning(
+            refusal,
+            "refused a connection from %s: %s",
+            host or "a Unix peer",
+            admission.REASONS[refusal],
+        )
+
+    def give_way(self, conn: Conn, now: float) -> None:
+        """Fair share: close ``conn`` (idle, owing nothing) as the idle timeout would."""
+        self.admission.remove(conn, now)
+        self.stats.gave_way += 1
+        conn.close()
 
     def out_of_resources(self, reason: str) -> None:
         """Refuse the waiting clients instead of spinning on them; accept again on release.
@@ -373,13 +475,32 @@ class ServingCore(abc.ABC, Generic[Conn]):
             reason,
             len(self.connections),
         )
-        self.stats.refused_resources += self._spare.shed(self.listeners)
+        if self._shedding:
+            return  # a connection could not start while shedding: the shed goes on
+        keep = self._keep_when_out_of_descriptors if self.fair_share else None
+        self._shedding = True
+        try:
+            shed = self._spare.shed(self.listeners, keep)  # keep counts its own refusals
+        finally:
+            self._shedding = False
+        self.stats.refused_resources += shed
         if self._spare.fd is None:
             # Not even the spare is free to shed with: stop until a connection is
             # released, or ACCEPT_BACKOFF passes.
             self.pause_accepting()
             self.backing_off = True
             self.call_later(ACCEPT_BACKOFF, self._end_back_off)
+
+    def _keep_when_out_of_descriptors(
+        self, listener: socket.socket, sock: socket.socket, peer: Any
+    ) -> bool:
+        """Fair share at the descriptor limit: the spare's descriptor let us accept
+        ``sock``, and admission decides as if full at what the process holds. Either a
+        connection gave way to it (its descriptor takes the spare's place), or it was
+        refused with a reset: handled either way."""
+        tcp = listener.family != socket.AF_UNIX
+        self.admit(sock, tcp, peer, slots=max(self.admission.held, 1))
+        return True
 
     def _end_back_off(self) -> None:
         if self.backing_off:
@@ -392,6 +513,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if conn not in self.connections:
             return
         self.connections.remove(conn)
+        self.admission.remove(conn, time.monotonic())
         self.stats.closed()
         if self.lifecycle.draining:
             if not self.connections:
@@ -399,3 +521,15 @@ class ServingCore(abc.ABC, Generic[Conn]):
         elif not self.accepting:
             self.backing_off = False  # the descriptor just freed ends any back-off
             self.resume_accepting()
+
+
+def admission_settings(config: Config) -> admission.AdmissionSettings:
+    return admission.settings_from(
+        allow=config.allow,
+        deny=config.deny,
+        per_source=config.max_connections_per_source,
+        connect_rate=config.connect_rate_per_source,
+        connect_burst=config.connect_burst_per_source,
+        prefix_v6=config.source_prefix_v6,
+        fair_share=config.fair_share == "on",
+    )

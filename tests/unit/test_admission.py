@@ -55,6 +55,16 @@ def test_source_keys(host: str, key: str) -> None:
     assert source_key(peer_address(host)) == key
 
 
+@pytest.mark.parametrize(
+    "host", ["192.0.2.7", "::ffff:192.0.2.7", "::ffff:0:192.0.2.7", "64:ff9b::192.0.2.7", "::1"]
+)
+def test_the_fast_key_agrees_with_the_parsed_one(host: str) -> None:
+    plain = admission().key(host)
+    ruled = admission(rules=AccessRules(deny=[network("10.0.0.0/8")])).key(host)
+    assert plain[0] == ruled[0] == source_key(peer_address(host))
+    assert ruled[1] == peer_address(host)
+
+
 def test_unix_peers_are_one_source() -> None:
     assert source_key(None) == UNIX
     assert admission().key(None) == (UNIX, None)
