@@ -185,7 +185,7 @@ OPTIONS: tuple[Option, ...] = (
         "listen",
         str,
         (),
-        "listen on HOST:PORT, [V6]:PORT, unix:/PATH or udp:HOST:PORT instead of --host/--port; repeat for more",
+        "listen on HOST:PORT, [V6]:PORT, unix:/PATH or udp:HOST:PORT instead of --host/--port; proxy-v1: or proxy-v2: before a TCP or Unix address: clients send a PROXY header first; repeat for more",
         "ADDRESS",
         repeated=True,
     ),
@@ -212,6 +212,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("connect_burst_per_source", seconds, 2.0, "seconds of --connect-rate-per-source a quiet source may open at once", "SECONDS"),
     Option("source_prefix_v6", prefix_v6, 64, "IPv6 clients in one prefix of this length count as one source", "BITS"),
     Option("fair_share", str.lower, "on", "when full (--max-connections or out of descriptors), a source below its share takes the longest-idle slot of the source holding the most", "SWITCH", choices=SWITCHES),
+    Option("proxy_from", cidr, (), "peers trusted to send a PROXY protocol header (proxy-v1: and proxy-v2: listeners); any other is reset before reading; repeat for more", "CIDR", repeated=True),
+    Option("proxy_timeout", seconds, 5.0, "how long a PROXY header may take to arrive before the connection is reset", "SECONDS"),
     Option("metrics", str, None, "serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT or unix:/PATH); runs the supervisor even with one worker", "ADDRESS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
@@ -266,6 +268,8 @@ class Config:
     connect_burst_per_source: float = 2.0
     source_prefix_v6: int = 64
     fair_share: str = "on"
+    proxy_from: tuple[str, ...] = ()
+    proxy_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         try:
@@ -286,6 +290,11 @@ class Config:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if self.fair_share not in SWITCHES:
             raise ConfigError(f"fair share {self.fair_share!r} is not one of on, off")
+        proxied = [text for text in self.listen if text.startswith("proxy-")]
+        if proxied and not self.proxy_from:
+            raise ConfigError(
+                f"--listen {proxied[0]} needs --proxy-from: the peers trusted to send the header"
+            )
         if self.group is not None and self.user is None:
             raise ConfigError("--group needs --user")
 

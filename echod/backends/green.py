@@ -137,6 +137,7 @@ class GreenServer(ServingCore[Connection]):
         self.acceptors: list[Any] = []
         self.timers: list[Any] = []
         self.signal_handlers: list[Any] = []
+        self.watchers: dict[int, Any] = {}  # descriptor -> hub io watcher (PROXY headers)
 
     # What the serving core asks of a backend --------------------------------------------
     def handle_signals(self) -> None:
@@ -190,6 +191,19 @@ class GreenServer(ServingCore[Connection]):
         """An acceptor died of an unexpected error: let serve() raise it."""
         self.failure = greenlet.exception
         self.finished.set()
+
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        """A hub watcher: ``callback`` runs in the hub, so it must not block (the PROXY
+        header reader's reads are non-blocking)."""
+        watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        watcher.start(callback, 0)
+        self.watchers[sock.fileno()] = watcher
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        watcher = self.watchers.pop(sock.fileno(), None)
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable:
         timer = Greenlet(gevent.spawn_later(delay, callback))

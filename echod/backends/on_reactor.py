@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 
-from echod.backends.reactor import Listening, Reactor, Timer
+from echod.backends.reactor import READ, Listening, Reactor, Timer
 from echod.backends.serving import Conn, ServingCore
 from echod.config import Config
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
@@ -48,6 +48,12 @@ class ReactorServingCore(ServingCore[Conn]):
 
     def unwatch_listeners(self) -> None:
         self.listening.stop()
+
+    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
+        self.reactor.add(sock.fileno(), READ, callback)
+
+    def unwatch_readable(self, sock: socket.socket) -> None:
+        self.reactor.remove(sock.fileno())
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         return self.reactor.call_later(delay, callback)

@@ -176,12 +176,6 @@ class ReactorServer(ReactorServingCore[Connection]):
         self.reactor.add(conn.fd, WANT_READ, conn.on_readable)
         return conn
 
-    def watch_readable(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
-        self.reactor.add(sock.fileno(), WANT_READ, callback)
-
-    def unwatch_readable(self, sock: socket.socket) -> None:
-        self.reactor.remove(sock.fileno())
-
     def forget(self, conn: Connection) -> None:
         self.reactor.remove(conn.fd)
         conn.sock.close()

@@ -6,6 +6,9 @@ a server's state lives here once, so a fix is made once for every IO model:
 * **admit** a connection: select's descriptor ceiling, the admission rules
   (:mod:`echod.admission`: deny and allow lists, per-source limits, fair share when
   full), ``TCP_NODELAY``, count it, track it; refuse with a reset before reading;
+* on a ``proxy-v1:``/``proxy-v2:`` listener, first check the peer is in
+  ``--proxy-from``, then read the **PROXY header** (:class:`PendingHeader`) before
+  echoing starts; admission, logs and metrics then use the address it carries;
 * **release** it: untrack, count, finish a drain when it was the last, accept again when
   there is room (or a descriptor was just freed);
 * what an **accept error** means: the client left (skip), out of descriptors or memory
@@ -56,7 +59,9 @@ from echod.backends.base import (
 from echod.config import Config
 from echod.lifecycle import Command, Lifecycle, ignore_report_signals, report_signals_held
 from echod.logs import RateLimitedLog
-from echod.net.listeners import describe
+from echod.net import proxy_protocol
+from echod.net.listeners import describe, proxy_version
+from echod.service import ServiceError
 from echod.udp.serving import DatagramService
 
 log = logging.getLogger("echod")
@@ -135,6 +140,60 @@ def set_no_delay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class PendingHeader:
+    """An accepted connection on a PROXY listener whose header has not all arrived.
+
+    Read non-blocking on the core's loop, never past the header's end (v2 reads exactly
+    what its length says; v1 peeks for the LF, then takes that much), so the client's
+    first bytes stay in the socket for the backend to echo. A malformed header, an end
+    of input or the header timeout resets the connection, counted as ``proxy_header``.
+    """
+
+    __slots__ = ("core", "data", "peer", "sock", "tcp", "timer", "version")
+
+    def __init__(
+        self, core: ServingCore[Any], sock: socket.socket, version: int, peer: Any, tcp: bool
+    ) -> None:
+        self.core = core
+        self.sock = sock
+        self.version = version
+        self.peer = peer
+        self.tcp = tcp
+        self.data = b""
+        self.timer: Cancellable | None = None
+
+    def on_readable(self, mask: int = 0) -> None:
+        sock = self.sock
+        want = proxy_protocol.wanted(self.version, self.data)
+        try:
+            if self.version == 1:
+                peeked = sock.recv(want, socket.MSG_PEEK)
+                end = peeked.find(b"\n")
+                chunk = sock.recv(end + 1 if end >= 0 else len(peeked)) if peeked else b""
+            else:
+                chunk = sock.recv(want)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.core.header_failed(self, f"connection lost: {exc.strerror or exc}")
+            return
+        if not chunk:
+            self.core.header_failed(self, "end of input before the header's end")
+            return
+        self.data += chunk
+        try:
+            header = proxy_protocol.parse(self.version, self.data)
+        except proxy_protocol.ProxyHeaderError as exc:
+            self.core.header_failed(self, str(exc))
+            return
+        if header is not None:
+            self.core.header_read(self, header)
+
+    def expire(self) -> None:
+        self.timer = None
+        self.core.header_failed(self, "header timeout (--proxy-timeout)")
+
+
 class ServingCore(abc.ABC, Generic[Conn]):
     """Listeners, connections, signals and phases of one serving process."""
 
@@ -174,6 +233,13 @@ class ServingCore(abc.ABC, Generic[Conn]):
         descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         slots = self.limit or (descriptors if descriptors != resource.RLIM_INFINITY else 1 << 20)
         self.admission: Admission[Conn] = Admission(admission_settings(config), slots)
+        self.proxy_from = admission.AccessRules(map(admission.network, config.proxy_from))
+        self.pending_headers: set[PendingHeader] = set()
+        proxied = [sock for sock in self.listeners if proxy_version(sock)]
+        if proxied and not config.proxy_from:
+            raise ServiceError(
+                f"{describe(proxied[0])} speaks the PROXY protocol: it needs --proxy-from"
+            )
 
     # What a backend supplies -----------------------------------------------------------
     @abc.abstractmethod
@@ -244,6 +310,14 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.start_idle_sweeps()
         self.udp.start(self.watch_readable, self.unwatch_readable)
         addresses = [describe(sock) for sock in self.listeners] + self.udp.addresses
+        for sock in self.listeners:
+            if proxy_version(sock):
+                log.info(
+                    "%s takes a PROXY protocol v%d header from %s",
+                    describe(sock),
+                    proxy_version(sock),
+                    " ".join(self.config.proxy_from),
+                )
         self.lifecycle.ready(addresses, label)
         io = self.io_description()
         if io is not None:
@@ -345,6 +419,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def close_listeners(self) -> None:
         self.pause_accepting()
+        self.close_pending_headers()  # not yet connections: nothing of theirs to echo
         if not self.listeners_closed:
             self.listeners_closed = True
             for sock in self.listeners:
@@ -378,7 +453,58 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     self.out_of_resources(os.strerror(exc.errno or 0))
                     return
                 raise  # a listener gone bad is a bug to report, not a state to serve in
-            self.admit(sock, tcp, peer)
+            version = proxy_version(listener)
+            if version:
+                self.read_header(sock, version, peer, tcp)
+            else:
+                self.admit(sock, tcp, peer)
+
+    # PROXY protocol --------------------------------------------------------------------
+    def read_header(self, sock: socket.socket, version: int, peer: Any, tcp: bool) -> None:
+        """Stage one: the peer must be a trusted proxy; stage two reads its header."""
+        host = self.peer_host(sock, peer, tcp)
+        if host is not None and not self.proxy_from.permits(admission.peer_address(host)):
+            self.refuse(sock, Refusal.PROXY_PEER, host)
+            return
+        sock.setblocking(False)
+        pending = PendingHeader(self, sock, version, peer, tcp)
+        self.pending_headers.add(pending)
+        self.watch_readable(sock, pending.on_readable)
+        pending.timer = self.call_later(self.config.proxy_timeout, pending.expire)
+
+    def _end_header(self, pending: PendingHeader) -> bool:
+        if pending not in self.pending_headers:
+            return False
+        self.pending_headers.remove(pending)
+        self.unwatch_readable(pending.sock)
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        return True
+
+    def header_read(self, pending: PendingHeader, header: proxy_protocol.ProxyHeader) -> None:
+        """The header is in: admit the connection as coming from the client it names."""
+        if not self._end_header(pending):
+            return
+        client = header.source or pending.peer
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "proxy: connection from %s via %s",
+                self.peer_host(pending.sock, client, True) or "a Unix peer",
+                self.peer_host(pending.sock, pending.peer, pending.tcp) or "a Unix peer",
+            )
+        self.admit(pending.sock, pending.tcp, client)
+
+    def header_failed(self, pending: PendingHeader, reason: str) -> None:
+        if not self._end_header(pending):
+            return
+        host = self.peer_host(pending.sock, pending.peer, pending.tcp)
+        self.refuse(pending.sock, Refusal.PROXY_HEADER, host, reason)
+
+    def close_pending_headers(self) -> None:
+        for pending in list(self.pending_headers):
+            self._end_header(pending)
+            pending.sock.close()
 
     def admit(
         self, sock: socket.socket, tcp: bool, peer: Any = None, *, slots: int | None = None
@@ -399,7 +525,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             sock.close()
             self.stats.refused_fd_setsize += 1
             return None
-        host = self.peer_host(sock, peer) if tcp else None
+        host = self.peer_host(sock, peer, tcp)
         gate = self.admission
         key, address = gate.key(host)
         now = time.monotonic()
@@ -433,16 +559,20 @@ class ServingCore(abc.ABC, Generic[Conn]):
         return conn
 
     @staticmethod
-    def peer_host(sock: socket.socket, peer: Any) -> str | None:
-        """The peer's IP address as text; None for a Unix peer (or one already gone)."""
-        if peer is None:
+    def peer_host(sock: socket.socket, peer: Any, tcp: bool) -> str | None:
+        """The peer's IP address as text; None for a Unix peer (or one already gone).
+
+        ``peer`` is accept()'s address, or the client a PROXY header named."""
+        if peer is None and tcp:
             try:
                 peer = sock.getpeername()
             except OSError:
                 return None
         return peer[0] if isinstance(peer, tuple) else None
 
-    def refuse(self, sock: socket.socket, refusal: Refusal, host: str | None) -> None:
+    def refuse(
+        self, sock: socket.socket, refusal: Refusal, host: str | None, detail: str = ""
+    ) -> None:
         """Close with a reset before reading a byte, count it, and say so now and then."""
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
@@ -451,9 +581,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
         setattr(self.stats, name, getattr(self.stats, name) + 1)
         self._warn.warning(
             refusal,
-            "refused a connection from %s: %s",
+            "refused a connection from %s: %s%s",
             host or "a Unix peer",
             admission.REASONS[refusal],
+            f" ({detail})" if detail else "",
         )
 
     def give_way(self, conn: Conn, now: float) -> None:

@@ -18,7 +18,7 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from echod.net.listeners import ListenerError
+from echod.net.listeners import ListenerError, ProxyListener, parse_scheme
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -91,6 +91,14 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
         raise ActivationError(f"{where} is not a socket")
     # family, type and proto are read from the fd itself (getsockopt).
     sock = socket.socket(fileno=fd)
+    if name.startswith("proxy-"):  # FileDescriptorName=proxy-v2, as --listen spells it
+        proxied = ProxyListener(fileno=sock.detach())
+        try:
+            proxied.proxy_version = parse_scheme(name)
+        except ListenerError as exc:
+            proxied.detach()
+            raise ActivationError(f"{where}: {exc}") from None
+        sock = proxied
     try:
         # A datagram socket (ListenDatagram=) is served as UDP echo, told apart by its type.
         if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):

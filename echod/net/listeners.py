@@ -20,6 +20,11 @@ class ListenerError(OSError):
     """A listener that cannot be made; the message is one line for the operator."""
 
 
+# Listener prefixes for the PROXY protocol (echod.net.proxy_protocol): one version per
+# listener, never guessed. Written the same in a socket unit's FileDescriptorName=.
+PROXY_PREFIXES = {"proxy-v1": 1, "proxy-v2": 2}
+
+
 @dataclass(frozen=True)
 class Address:
     """Where to listen: a TCP or UDP host and port, or a Unix stream socket path."""
@@ -28,21 +33,55 @@ class Address:
     port: int = 0
     path: str | None = None
     datagram: bool = False  # udp:HOST:PORT
+    proxy: int = 0  # PROXY protocol version its clients send first (proxy-v1:, proxy-v2:)
 
     def __str__(self) -> str:
+        proxy = f"proxy-v{self.proxy}:" if self.proxy else ""
         if self.path is not None:
-            return f"unix:{self.path}"
+            return f"{proxy}unix:{self.path}"
         udp = "udp:" if self.datagram else ""
         return (
-            f"{udp}[{self.host}]:{self.port}"
+            f"{proxy}{udp}[{self.host}]:{self.port}"
             if ":" in self.host
-            else f"{udp}{self.host}:{self.port}"
+            else f"{proxy}{udp}{self.host}:{self.port}"
         )
+
+
+class ProxyListener(socket.socket):
+    """A listening socket whose clients send a PROXY protocol header first."""
+
+    __slots__ = ("proxy_version",)
+    proxy_version: int
+
+
+def proxy_version(sock: socket.socket) -> int:
+    """The PROXY protocol version a listener's clients send (0: none)."""
+    return sock.proxy_version if isinstance(sock, ProxyListener) else 0
+
+
+def parse_scheme(text: str) -> int:
+    """The PROXY version of a ``proxy-vN`` scheme, composable with ``+``: ``proxy-v2+tls``
+    (TLS after the header) is the spelling kept for TLS listeners, not served yet."""
+    parts = text.split("+")
+    version = PROXY_PREFIXES.get(parts[0], 0)
+    if not version:
+        raise ListenerError(f"unknown listener scheme {text!r} (proxy-v1, proxy-v2)")
+    for extra in parts[1:]:
+        raise ListenerError(f"listener scheme {text!r}: {extra!r} is not available here")
+    return version
 
 
 def parse_address(text: str) -> Address:
     """``host:port``, ``[v6]:port``, ``:port`` (all IPv4 addresses) or ``unix:/path``;
-    ``udp:`` before a host and port makes it a UDP listener."""
+    ``udp:`` before a host and port makes it a UDP listener, and ``proxy-v1:`` or
+    ``proxy-v2:`` before a TCP or Unix address one whose clients send a PROXY header."""
+    if text.startswith("proxy-"):
+        scheme, _, rest = text.partition(":")
+        version = parse_scheme(scheme)
+        address = parse_address(rest)
+        if address.datagram:
+            raise ListenerError(f"listen address {text!r}: the PROXY protocol is for TCP")
+        return dataclasses.replace(address, proxy=version)
     if text.startswith("udp:"):
         if text.startswith("udp:unix:"):
             raise ListenerError(f"listen address {text!r}: UDP listens on HOST:PORT, not a path")
@@ -89,7 +128,7 @@ def bind(
     port (a :func:`reserve` reservation) and no connection queues on it.
     """
     if address.path is not None:
-        return _bind_unix(address.path, backlog, unix_mode)
+        return _bind_unix(address, backlog, unix_mode)
     try:
         infos = socket.getaddrinfo(
             address.host,
@@ -102,7 +141,7 @@ def bind(
             f"cannot listen on {address}: host does not resolve ({exc.strerror})"
         ) from None
     family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
+    sock = _socket_for(address, family, type_, proto)
     try:
         if listen and not address.datagram:  # on UDP it would let a second server share the port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,6 +161,14 @@ def bind(
     return sock
 
 
+def _socket_for(address: Address, family: int, type_: int, proto: int = 0) -> socket.socket:
+    if not address.proxy:
+        return socket.socket(family, type_, proto)
+    sock = ProxyListener(family, type_, proto)
+    sock.proxy_version = address.proxy
+    return sock
+
+
 def reserve(address: Address) -> tuple[socket.socket, Address]:
     """Hold a TCP port for per-worker SO_REUSEPORT listeners without ever listening.
 
@@ -130,13 +177,14 @@ def reserve(address: Address) -> tuple[socket.socket, Address]:
     fork; Linux queues connections only on listening members of the group, so none
     ever waits on it. Returns the socket and the address workers bind (port 0 resolved).
     """
-    sock = bind(address, 0, reuse_port=True, listen=False)
-    return sock, Address(host=address.host, port=sock.getsockname()[1])
+    sock = bind(dataclasses.replace(address, proxy=0), 0, reuse_port=True, listen=False)
+    return sock, dataclasses.replace(address, port=sock.getsockname()[1])
 
 
-def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
+def _bind_unix(address: Address, backlog: int, mode: int) -> socket.socket:
+    path = address.path or ""
     _remove_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket_for(address, socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Bind under a restrictive umask so the socket is never briefly open to all.
         old_umask = os.umask(0o777 & ~mode)

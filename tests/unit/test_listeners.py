@@ -18,6 +18,7 @@ from echod.net.listeners import (
     close_all,
     describe,
     parse_address,
+    proxy_version,
     unix_paths,
 )
 
@@ -31,6 +32,9 @@ from echod.net.listeners import (
         (":9", Address("0.0.0.0", 9)),
         ("localhost:80", Address("localhost", 80)),
         ("unix:/run/echod.sock", Address(path="/run/echod.sock")),
+        ("proxy-v1:127.0.0.1:5000", Address("127.0.0.1", 5000, proxy=1)),
+        ("proxy-v2:[::1]:7", Address("::1", 7, proxy=2)),
+        ("proxy-v2:unix:/run/echod.sock", Address(path="/run/echod.sock", proxy=2)),
     ],
 )
 def test_parses_the_address_forms(text: str, address: Address) -> None:
@@ -38,7 +42,11 @@ def test_parses_the_address_forms(text: str, address: Address) -> None:
     assert str(address) == text or text == ":9"
 
 
-@pytest.mark.parametrize("text", ["5000", "::1:5000", "[::1]5000", "host:port", "h:70000", "unix:"])
+@pytest.mark.parametrize(
+    "text",
+    ["5000", "::1:5000", "[::1]5000", "host:port", "h:70000", "unix:", "proxy-v3:h:7",
+     "proxy-v2:udp:h:7", "proxy-v2+tls:h:7", "proxy-v2:"],
+)  # fmt: skip
 def test_refuses_malformed_addresses(text: str) -> None:
     with pytest.raises(ListenerError):
         parse_address(text)
@@ -104,6 +112,25 @@ def test_unix_listener_will_not_replace_a_regular_file(tmp_path: Path) -> None:
     with pytest.raises(ListenerError, match="not a socket"):
         bind(parse_address(f"unix:{path}"), backlog=8)
     assert path.read_text() == "data"
+
+
+def test_a_proxy_listener_says_its_version_and_keeps_it_per_worker() -> None:
+    with bind(parse_address("proxy-v2:127.0.0.1:0"), 16) as sock:
+        assert proxy_version(sock) == 2
+        client = socket.create_connection(sock.getsockname(), timeout=2)
+        accepted, _ = sock.accept()
+        assert proxy_version(accepted) == 0  # accepted sockets are plain sockets
+        accepted.close()
+        client.close()
+    listeners = open_listeners(["proxy-v1:127.0.0.1:0"], 16, per_worker=True)
+    try:
+        (address,) = listeners.per_worker
+        assert address.proxy == 1 and address.port != 0
+        (own,) = listeners.bind_own(16)
+        assert proxy_version(own) == 1
+        own.close()
+    finally:
+        listeners.close()
 
 
 def test_per_worker_addresses_are_reserved_not_listened_on(tmp_path: Path) -> None:
