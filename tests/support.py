@@ -324,6 +324,7 @@ PACKAGES = {
     "strace": "strace",
     "gcc": "gcc",
     "man": "man-db",
+    "haproxy": "haproxy",
 }
 
 
