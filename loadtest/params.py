@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -45,6 +46,8 @@ class Params:
     start_at: float | None = None  # wall clock, Unix seconds
     connect_rate: float | None = None
     source_address: tuple[str, ...] = ()
+    proxy_protocol: int | None = None  # 1 or 2: a PROXY header first on every connection
+    proxy_address: str | None = None
     progress: bool = True
 
     @property
@@ -117,6 +120,20 @@ def start_time(text: str, now: float | None = None) -> float:
     return at
 
 
+def _proxy_version(text: str) -> int:
+    versions = {"v1": 1, "v2": 2}
+    if text not in versions:
+        raise argparse.ArgumentTypeError(f"{text!r} is not v1 or v2")
+    return versions[text]
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
 def _sources(text: str) -> tuple[str, ...]:
     try:
         return parse_sources(text)
@@ -187,6 +204,20 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
         "local addresses to connect from, a list (127.0.0.2,127.0.0.3) or range "
         "(127.0.0.2-127.0.0.9), spread over the connections; each allows ~28k "
         "connections to one server port",
+    ),
+    (
+        "--proxy-protocol",
+        "proxy_protocol",
+        _proxy_version,
+        "send a PROXY protocol header (v1 or v2) first on every connection, as a load "
+        "balancer would to echod's proxy-v1:/proxy-v2: listeners",
+    ),
+    (
+        "--proxy-address",
+        "proxy_address",
+        _address,
+        "with --proxy-protocol: the client address the header carries; default each "
+        "connection's own",
     ),
 )
 
@@ -268,6 +299,10 @@ def parse(argv: list[str] | None) -> Params:
     values = {name: getattr(args, name) for _, name, _, _ in OPTIONS}
     if workload == "churn" and args.connect_rate is not None:
         parser.error("--connect-rate paces the ramp-up of held connections, not churn")
+    if args.proxy_protocol and workload == "udp":
+        parser.error("--proxy-protocol is for TCP workloads, not udp")
+    if args.proxy_address is not None and not args.proxy_protocol:
+        parser.error("--proxy-address needs --proxy-protocol")
     if args.json_stream and args.json == "-":
         parser.error("--json - and --json-stream both write to stdout")
     values["workload"] = workload

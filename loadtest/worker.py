@@ -92,6 +92,8 @@ class Worker:
             depth=params.pipeline,
             timeout=params.timeout,
             connect_timeout=params.connect_timeout,
+            proxy=params.proxy_protocol or 0,
+            proxy_address=params.proxy_address,
         )
         self.link = Link(
             settings, self.poller, self.tally, self._connected, self._failed, self.request_connect

@@ -178,7 +178,10 @@ class PendingHeader:
             self.core.header_failed(self, f"connection lost: {exc.strerror or exc}")
             return
         if not chunk:
-            self.core.header_failed(self, "end of input before the header's end")
+            if self.data:
+                self.core.header_failed(self, "end of input before the header's end")
+            else:  # connected and left, as a balancer's plain TCP health check does
+                self.core.header_abandoned(self)
             return
         self.data += chunk
         try:
@@ -500,6 +503,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
             return
         host = self.peer_host(pending.sock, pending.peer, pending.tcp)
         self.refuse(pending.sock, Refusal.PROXY_HEADER, host, reason)
+
+    def header_abandoned(self, pending: PendingHeader) -> None:
+        if self._end_header(pending):
+            pending.sock.close()
 
     def close_pending_headers(self) -> None:
         for pending in list(self.pending_headers):

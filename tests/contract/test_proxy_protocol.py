@@ -117,3 +117,14 @@ def test_a_proxy_listener_without_proxy_from_is_a_bad_setting() -> None:
     server = Echod("--listen", "proxy-v2:127.0.0.1:0", wait=False)
     assert server.proc.wait(20) == 2
     assert "needs --proxy-from" in server.log and "Traceback" not in server.log
+
+
+def test_a_peer_that_connects_and_leaves_is_not_a_bad_header(proxied: Echod) -> None:
+    """A balancer's plain TCP health check: connect, close, never a byte."""
+    before = proxied.report()
+    socket.create_connection(("127.0.0.1", proxied.ports[1]), timeout=5).close()  # type: ignore[attr-defined]
+    with connect(proxied, 2) as sock:  # served after it, so the close was handled
+        sock.sendall(header(2) + b"after")
+        assert recv_exactly(sock, 5) == b"after"
+    count = re.compile(r"proxy_header=(\d+)")
+    assert count.findall(proxied.report()) == count.findall(before)
