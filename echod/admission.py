@@ -20,12 +20,14 @@ them), and its ``--source-prefix-v6`` prefix for IPv6, so one /64 cannot pose as
 sources. Unix-socket peers are exempt from 1-4 (file permissions guard them) and count
 as one source, ``unix``, for fair share.
 
-The source table has one entry per source holding a connection, never evicted, and,
-only when a connect rate is set, entries of sources that hold none (their buckets), in
-least-recently-seen order. It holds at most ``capacity`` entries: once full, a new source
-takes over the least recently seen bucket, tokens and all, so cycling through addresses
-earns no fresh burst. ``capacity`` is at least the connection slots, so every open
-connection's source always fits.
+The source table has one entry per source holding a connection, never evicted (there
+are at most as many as connections, which the slots and the descriptors bound), and,
+only when a connect rate is set, at most ``quiet_capacity`` entries of sources that
+hold none (their buckets), in least-recently-seen order: once that is full, a new
+source takes over the least recently seen bucket, tokens and all, so cycling through
+addresses earns no fresh burst. Measured with tracemalloc: about 350 B per bucket-only
+entry and 430-480 B per source holding a connection (tests/unit/test_admission.py has
+the bound; the figures are in the commit that set ``QUIET_SOURCES``).
 
 Limits are per process: with ``--workers`` each worker keeps its own table (see
 docs/admission.md for what a source gains from the kernel's hashing).
@@ -45,6 +47,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Every Unix-socket peer, as one source for fair share.
 UNIX = "unix"
+# Buckets of sources holding no connection kept for --connect-rate-per-source: a
+# bound on memory whatever the number of sources (as --udp-sources is for UDP).
+QUIET_SOURCES = 16_384
 # Connections of the heaviest source looked at, oldest first, for one that may give way:
 # enough to step over a few busy ones, few enough that a refusal stays cheap.
 VICTIM_SCAN = 64
@@ -165,10 +170,12 @@ class Admission(Generic[H]):
     :meth:`remove`. Handles are the core's connection objects, held as opaque keys.
     """
 
-    def __init__(self, settings: AdmissionSettings, slots: int, capacity: int = 0) -> None:
+    def __init__(
+        self, settings: AdmissionSettings, slots: int, quiet_capacity: int = QUIET_SOURCES
+    ) -> None:
         self.settings = settings
         self.slots = slots  # connections the process may hold: the fair share's numerator
-        self.capacity = max(capacity, slots, 1)
+        self.quiet_capacity = max(quiet_capacity, 1)
         self.rate_capacity = max(settings.connect_rate * settings.connect_burst, 1.0)
         self.holding: dict[str, Source[H]] = {}  # sources with open connections
         self.quiet: OrderedDict[str, Source[H]] = OrderedDict()  # buckets only, LRU first
@@ -315,7 +322,7 @@ class Admission(Generic[H]):
     def _new_source(self, key: str, now: float) -> Source[H]:
         if self.settings.connect_rate <= 0:
             return Source(key, 0.0, now)
-        if self.sources >= self.capacity and self.quiet:
+        if len(self.quiet) >= self.quiet_capacity:
             # Full: take over the least recently seen bucket with the tokens it has
             # left; a flood cycling through more sources than the table holds earns no
             # fresh burst per address.
@@ -324,7 +331,7 @@ class Admission(Generic[H]):
         return Source(key, self.rate_capacity, now)
 
     def _trim(self) -> None:
-        while self.sources > self.capacity and self.quiet:
+        while len(self.quiet) > self.quiet_capacity:
             self.quiet.popitem(last=False)
 
 

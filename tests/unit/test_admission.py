@@ -140,7 +140,7 @@ def test_connect_rate_allows_the_burst_then_the_rate() -> None:
 
 
 def test_a_source_cycling_addresses_earns_no_fresh_burst() -> None:
-    gate = Admission[Conn](AdmissionSettings(connect_rate=1, connect_burst=4), slots=1, capacity=8)
+    gate = Admission[Conn](AdmissionSettings(connect_rate=1, connect_burst=4), 1, quiet_capacity=8)
     # Spend every bucket the table can hold, then come back from many new addresses.
     for n in range(8):
         for _ in range(4):
@@ -152,14 +152,14 @@ def test_a_source_cycling_addresses_earns_no_fresh_burst() -> None:
 
 
 def test_sources_holding_connections_are_never_taken_over() -> None:
-    gate = Admission[Conn](AdmissionSettings(connect_rate=1, connect_burst=1), slots=2, capacity=2)
+    gate = Admission[Conn](AdmissionSettings(connect_rate=1, connect_burst=1), 2, quiet_capacity=2)
     held = Conn("held")
     assert gate.refusal("192.0.2.1", None, 0.0) is None
     gate.add("192.0.2.1", held, 0.0)
     for n in range(50):
         gate.refusal(f"198.51.100.{n}", None, 0.0)
     assert "192.0.2.1" in gate.holding
-    assert gate.sources <= 2
+    assert gate.sources <= 3
     gate.remove(held, 1.0)
     assert "192.0.2.1" in gate.quiet  # its bucket stays while there is room
 
@@ -245,3 +245,14 @@ def test_the_heaviest_source_is_always_found(steps: list[tuple[str, bool]]) -> N
         heaviest = gate.heaviest()
         assert (heaviest is None) == (not counts)
         assert heaviest is None or len(heaviest.connections) == gate.most
+
+
+def test_the_table_is_bounded_whatever_the_number_of_sources() -> None:
+    gate = Admission[Conn](AdmissionSettings(connect_rate=10), 4, quiet_capacity=100)
+    held = fill(gate, "192.0.2.1", 4)
+    for n in range(5000):
+        gate.refusal(f"10.{n >> 8}.{n & 255}.1", None, float(n))
+    assert len(gate.quiet) == 100 and len(gate.holding) == 1
+    for conn in held:
+        gate.remove(conn, 9999.0)
+    assert len(gate.quiet) == 100 and not gate.holding
