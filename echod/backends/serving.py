@@ -492,8 +492,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
         pending = PendingHeader(self, sock, version, peer, tcp)
         self.pending_headers.add(pending)
         # A proxy sends the header at once: it has often arrived by the accept, and then
-        # needs no watching and no timer (measured: the header's cost per connection
-        # under churn fell by about a third).
+        # needs no watching and no timer (callgrind under churn: 193 k instructions per
+        # connection without this, 173 k with it; 94 k without a PROXY listener).
         if pending.read():
             return
         pending.watched = True
