@@ -488,6 +488,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if host is not None and not self.proxy_from.permits(admission.peer_address(host)):
             self.refuse(sock, Refusal.PROXY_PEER, host)
             return
+        if self.fd_limit is not None and sock.fileno() >= self.fd_limit:
+            self.admit(sock, tcp, peer)  # refused there: select could not watch it
+            return
         sock.setblocking(False)
         pending = PendingHeader(self, sock, version, peer, tcp)
         self.pending_headers.add(pending)
@@ -663,6 +666,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
         ``sock``, and admission decides as if full at what the process holds. Either a
         connection gave way to it (its descriptor takes the spare's place), or it was
         refused with a reset: handled either way."""
+        if proxy_version(listener):
+            return False  # its header would need a descriptor's worth of waiting: shed
         tcp = listener.family != socket.AF_UNIX
         self.admit(sock, tcp, peer, slots=max(self.admission.held, 1))
         return True

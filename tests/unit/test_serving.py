@@ -15,6 +15,7 @@ import pytest
 from echod.backends.serving import CannotStart, ServingCore, SpareDescriptor
 from echod.config import Config
 from echod.lifecycle import Lifecycle
+from echod.net.listeners import bind, parse_address
 
 
 class Conn:
@@ -162,6 +163,30 @@ def test_a_denied_peer_is_reset_before_reading(listener: socket.socket) -> None:
     with pytest.raises(ConnectionResetError):
         client.recv(1)
     client.close()
+    core.stop()
+
+
+def test_out_of_descriptors_a_proxy_listeners_clients_are_shed_not_admitted(
+    listener: socket.socket,
+) -> None:
+    """Their header would need waiting for: under fair share they are shed, never
+    admitted headerless (the header would be echoed as payload), even where a
+    connection of another source could give way."""
+    proxied = bind(parse_address("proxy-v2:127.0.0.1:0"), 16)
+    core = Recorder([listener, proxied], Config(proxy_from=("127.0.0.1",)))
+    core.start("recorder")
+    other = socket.socket()
+    other.bind(("127.0.0.2", 0))
+    other.connect(listener.getsockname())
+    core.accept_from(listener)
+    assert len(core.connections) == 1
+    clients = _clients(proxied, 2)
+    core.out_of_resources("test")
+    assert len(core.connections) == 1 and core.stats.gave_way == 0
+    assert core.stats.refused_resources == 2
+    assert all(_refused(sock) for sock in clients)
+    for sock in [*clients, other]:
+        sock.close()
     core.stop()
 
 
