@@ -183,6 +183,8 @@ class Admission(Generic[H]):
         # Sources by how many connections they hold, to find the heaviest in O(1).
         self.by_count: dict[int, dict[str, None]] = {}
         self.most = 0
+        # Rules 1-4 all off (the default): refusal() has nothing to check.
+        self.checks = bool(settings.rules or settings.per_source or settings.connect_rate > 0)
 
     @property
     def sources(self) -> int:
@@ -282,7 +284,7 @@ class Admission(Generic[H]):
         self.owner[conn] = source
         self._move(key, count, count + 1)
 
-    def remove(self, conn: H, now: float) -> None:
+    def remove(self, conn: H) -> None:
         """``conn`` closed (or gave way); unknown or already removed is fine."""
         source = self.owner.pop(conn, None)
         if source is None:

@@ -566,13 +566,13 @@ class ServingCore(abc.ABC, Generic[Conn]):
         gate = self.admission
         key, address = gate.key(host)
         now = time.monotonic()
-        refusal = gate.refusal(key, address, now)
+        refusal = gate.refusal(key, address, now) if gate.checks else None
         if refusal is None and (slots is not None or self.full()):
             victim = gate.victim(key, owes_echo, slots) if self.fair_share else None
             if victim is None:
                 refusal = Refusal.FULL
             else:
-                self.give_way(victim, now)
+                self.give_way(victim)
         if refusal is Refusal.FULL and slots is not None:
             # Out of descriptors with none to give way: shed, as without fair share.
             sock.close()
@@ -624,9 +624,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
             f" ({detail})" if detail else "",
         )
 
-    def give_way(self, conn: Conn, now: float) -> None:
+    def give_way(self, conn: Conn) -> None:
         """Fair share: close ``conn`` (idle, owing nothing) as the idle timeout would."""
-        self.admission.remove(conn, now)
+        self.admission.remove(conn)
         self.stats.gave_way += 1
         conn.close()
 
@@ -683,7 +683,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if conn not in self.connections:
             return
         self.connections.remove(conn)
-        self.admission.remove(conn, time.monotonic())
+        self.admission.remove(conn)
         self.stats.closed()
         if self.lifecycle.draining:
             if not self.connections:

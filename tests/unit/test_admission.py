@@ -124,7 +124,7 @@ def test_per_source_cap_counts_open_connections() -> None:
         gate.add("192.0.2.1", conn, 0.0)
     assert gate.refusal("192.0.2.1", None, 0.0) is Refusal.PER_SOURCE
     assert gate.refusal("192.0.2.2", None, 0.0) is None  # another source
-    gate.remove(a1, 1.0)
+    gate.remove(a1)
     assert gate.refusal("192.0.2.1", None, 1.0) is None
     assert gate.refusal(UNIX, None, 1.0) is None  # exempt
 
@@ -160,7 +160,7 @@ def test_sources_holding_connections_are_never_taken_over() -> None:
         gate.refusal(f"198.51.100.{n}", None, 0.0)
     assert "192.0.2.1" in gate.holding
     assert gate.sources <= 3
-    gate.remove(held, 1.0)
+    gate.remove(held)
     assert "192.0.2.1" in gate.quiet  # its bucket stays while there is room
 
 
@@ -168,8 +168,8 @@ def test_without_a_rate_a_source_with_nothing_open_leaves_no_entry() -> None:
     gate = admission()
     conn = Conn("a")
     gate.add("192.0.2.1", conn, 0.0)
-    gate.remove(conn, 0.0)
-    gate.remove(conn, 0.0)  # twice is harmless
+    gate.remove(conn)
+    gate.remove(conn)  # twice is harmless
     assert gate.sources == 0
     assert gate.by_count == {}
     assert gate.most == 0
@@ -222,7 +222,7 @@ def test_shares_converge_under_a_greedy_source() -> None:
         for key in ("B", "C"):
             victim = gate.victim(key, owes)
             if victim is not None:
-                gate.remove(victim, 0.0)
+                gate.remove(victim)
                 gate.add(key, Conn(f"{key}{n}"), 0.0)
     counts = {key: len(source.connections) for key, source in gate.holding.items()}
     assert counts == {"A": 4, "B": 4, "C": 4}
@@ -238,7 +238,7 @@ def test_the_heaviest_source_is_always_found(steps: list[tuple[str, bool]]) -> N
             gate.add(key, conn, float(n))
             open_conns.append(conn)
         else:
-            gate.remove(open_conns.pop(n % len(open_conns)), float(n))
+            gate.remove(open_conns.pop(n % len(open_conns)))
         counts = [len(s.connections) for s in gate.holding.values()]
         assert gate.held == sum(counts) == len(open_conns)
         assert gate.most == max(counts, default=0)
@@ -254,5 +254,5 @@ def test_the_table_is_bounded_whatever_the_number_of_sources() -> None:
         gate.refusal(f"10.{n >> 8}.{n & 255}.1", None, float(n))
     assert len(gate.quiet) == 100 and len(gate.holding) == 1
     for conn in held:
-        gate.remove(conn, 9999.0)
+        gate.remove(conn)
     assert len(gate.quiet) == 100 and not gate.holding
