@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import resource
 import sys
@@ -150,6 +151,33 @@ def metrics_address(text: str) -> str:
     return text
 
 
+def cidr(text: str) -> str:
+    """A network (``10.0.0.0/8``, ``2001:db8::/32``) or one address, as written."""
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an address or CIDR network") from None
+    return text.strip()
+
+
+def connect_rate(text: str) -> float:
+    """New connections per second; 0 turns the limit off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of connections per second") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{text!r} connections per second must be zero or more")
+    return value
+
+
+def prefix_v6(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 128:
+        raise ConfigError(f"IPv6 prefix length {value} is out of range (1-128)")
+    return value
+
+
 def _integer(text: str) -> int:
     try:
         return int(text.strip(), 10)
@@ -188,6 +216,7 @@ def alpn_list(text: str) -> tuple[str, ...]:
 TLS_VERSIONS = ("1.2", "1.3")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LISTEN_MODES = ("shared", "reuseport")
+SWITCHES = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -235,7 +264,7 @@ OPTIONS: tuple[Option, ...] = (
         "listen",
         listen_address,
         (),
-        "listen on HOST:PORT, [V6]:PORT, unix:/PATH, udp:HOST:PORT or tls:HOST:PORT instead of --host/--port; repeat for more",
+        "listen on HOST:PORT, [V6]:PORT, unix:/PATH, udp:HOST:PORT or tls:HOST:PORT instead of --host/--port; proxy-v1: or proxy-v2: before a TCP or Unix address: clients send a PROXY header first; repeat for more",
         "ADDRESS",
         repeated=True,
     ),
@@ -243,7 +272,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("backlog", positive, 4096, "listen queue length (capped by net.core.somaxconn)", "N"),
     Option("high_water", byte_size, 64 * 1024, "stop reading a client once this much of its echo waits unsent", "BYTES"),
     Option("low_water", byte_size, 16 * 1024, "resume reading once its unsent echo drains to this", "BYTES"),
-    Option("max_connections", count, 0, "connections served at once by each worker; past it new ones wait in the backlog (0 = no cap)", "N"),
+    Option("max_connections", count, 0, "connections served at once by each worker; past it --fair-share decides who is served, or with it off new ones wait in the backlog (0 = no cap)", "N"),
     Option("idle_timeout", seconds, 0.0, "close a connection silent this long (0 = never)", "SECONDS"),
     Option("graceful_timeout", seconds, 30.0, "on SIGTERM, how long open connections may go on before they are closed", "SECONDS"),
     Option("log_level", str.lower, "info", "least severe message logged", "LEVEL", choices=LOG_LEVELS),
@@ -263,6 +292,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_sni", sni_entry, (), "tls: serve CERT (and KEY) to clients asking for NAME (SNI; *.domain matches one label); repeat for more", "NAME=CERT[,KEY]", repeated=True),
     Option("tls_alpn", alpn_list, (), "tls: ALPN protocols offered, comma-separated (the one chosen is logged at debug)", "PROTOCOLS"),
     Option("tls_handshake_timeout", seconds, 10.0, "tls: close a connection whose handshake is not done this long after accept", "SECONDS"),
+    Option("allow", cidr, (), "accept TCP connections and answer UDP datagrams only from these networks (after --deny); repeat for more", "CIDR", repeated=True),
+    Option("deny", cidr, (), "refuse TCP connections and UDP datagrams from these networks, before anything is read; repeat for more", "CIDR", repeated=True),
+    Option("max_connections_per_source", count, 0, "connections one source may hold at once, per worker (0 = no limit)", "N"),
+    Option("connect_rate_per_source", connect_rate, 0.0, "new connections per second one source may open, per worker (0 = no limit)", "N"),
+    Option("connect_burst_per_source", seconds, 2.0, "seconds of --connect-rate-per-source a quiet source may open at once", "SECONDS"),
+    Option("source_prefix_v6", prefix_v6, 64, "IPv6 clients in one prefix of this length count as one source", "BITS"),
+    Option("fair_share", str.lower, "on", "when full (--max-connections or out of descriptors), a source below its share takes the longest-idle slot of the source holding the most", "SWITCH", choices=SWITCHES),
+    Option("proxy_from", cidr, (), "peers trusted to send a PROXY protocol header (proxy-v1: and proxy-v2: listeners); any other is reset before reading; repeat for more", "CIDR", repeated=True),
+    Option("proxy_timeout", seconds, 5.0, "how long a PROXY header may take to arrive before the connection is reset", "SECONDS"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -316,6 +354,15 @@ class Config:
     tls_sni: tuple[SniEntry, ...] = ()
     tls_alpn: tuple[str, ...] = ()
     tls_handshake_timeout: float = 10.0
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    max_connections_per_source: int = 0
+    connect_rate_per_source: float = 0.0
+    connect_burst_per_source: float = 2.0
+    source_prefix_v6: int = 64
+    fair_share: str = "on"
+    proxy_from: tuple[str, ...] = ()
+    proxy_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         try:
@@ -336,6 +383,13 @@ class Config:
             raise ConfigError(f"workers must be at least 1, not {self.workers}")
         if self.workers > max_workers():
             raise ConfigError(f"{self.workers} workers is above the ceiling of {max_workers()}")
+        if self.fair_share not in SWITCHES:
+            raise ConfigError(f"fair share {self.fair_share!r} is not one of on, off")
+        proxied = [text for text in self.listen if text.startswith("proxy-")]
+        if proxied and not self.proxy_from:
+            raise ConfigError(
+                f"--listen {proxied[0]} needs --proxy-from: the peers trusted to send the header"
+            )
         if self.group is not None and self.user is None:
             raise ConfigError("--group needs --user")
         if self.tls_min_version not in TLS_VERSIONS:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from echod.admission import Refusal
 from echod.service import channel
 from echod.tls_counters import TlsCounters
 from echod.udp.guard import UdpCounters
@@ -30,6 +31,10 @@ STATUS_INTERVAL = 5.0
 def heartbeat_interval(watchdog_interval: float | None) -> float:
     """Seconds between heartbeats: every STATUS_INTERVAL, or faster for systemd's watchdog."""
     return min(STATUS_INTERVAL, watchdog_interval or STATUS_INTERVAL)
+
+
+# Stats fields of the admission's refusals, one per echod.admission.Refusal value.
+REFUSED = tuple(f"refused_{refusal.value}" for refusal in Refusal)
 
 
 @dataclass(slots=True)
@@ -50,6 +55,15 @@ class Stats:
     accept_errors_peer_gone: int = 0
     accept_errors_exhausted: int = 0
     idle_closed: int = 0  # closed by --idle-timeout
+    # Refused by the admission rules (echod.admission.Refusal), closed with a reset
+    # before any byte was read; and connections closed to give their slot away.
+    refused_denied: int = 0
+    refused_per_source: int = 0
+    refused_connect_rate: int = 0
+    refused_full: int = 0
+    refused_proxy_peer: int = 0
+    refused_proxy_header: int = 0
+    gave_way: int = 0
     flow_paused: int = 0  # times a client's reading was paused at the high-water mark
     udp: UdpCounters | None = None  # set by the datagram service when there are UDP listeners
     tls: TlsCounters | None = None  # set by the serving core when there are tls: listeners
@@ -79,6 +93,8 @@ class Stats:
         "accept_errors_exhausted",
         "idle_closed",
         "flow_paused",
+        *REFUSED,
+        "gave_way",
     )
 
     def encode(self) -> str:
@@ -125,6 +141,17 @@ class Stats:
         counts["connections_dropped"] = self.connections_dropped
         return counts
 
+    def refusals(self) -> str:
+        """The admission's refusals and fair-share closes, only those that happened."""
+        words = [
+            f"{name.removeprefix('refused_')}={getattr(self, name)}"
+            for name in REFUSED
+            if getattr(self, name)
+        ]
+        if self.gave_way:
+            words.append(f"gave_way={self.gave_way}")
+        return f" refused {' '.join(words)}" if words else ""
+
     def summary(self) -> str:
         uptime = time.monotonic() - self.started
         udp = f" {self.udp.summary()}" if self.udp is not None else ""
@@ -132,7 +159,7 @@ class Stats:
         return (
             f"connections open={self.connections_open} total={self.connections_total} "
             f"dropped={self.connections_dropped} bytes in={self.bytes_in} "
-            f"out={self.bytes_out}{udp}{tls} uptime={uptime:.0f}s"
+            f"out={self.bytes_out}{self.refusals()}{udp}{tls} uptime={uptime:.0f}s"
         )
 
 

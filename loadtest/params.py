@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -48,6 +49,8 @@ class Params:
     start_at: float | None = None  # wall clock, Unix seconds
     connect_rate: float | None = None
     source_address: tuple[str, ...] = ()
+    proxy_protocol: int | None = None  # 1 or 2: a PROXY header first on every connection
+    proxy_address: str | None = None
     progress: bool = True
     tls: bool = False
     tls_ca: str | None = None
@@ -125,6 +128,20 @@ def start_time(text: str, now: float | None = None) -> float:
             f"{text} is {(at - now) / 3600:,.1f} h ahead, more than {MAX_START_AHEAD_S // 3600} h"
         )
     return at
+
+
+def _proxy_version(text: str) -> int:
+    versions = {"v1": 1, "v2": 2}
+    if text not in versions:
+        raise argparse.ArgumentTypeError(f"{text!r} is not v1 or v2")
+    return versions[text]
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
 
 
 def _sources(text: str) -> tuple[str, ...]:
@@ -209,6 +226,20 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--tls-sni", "tls_sni", str, "with --tls: server name sent (SNI) and verified; default --host"),
     ("--tls-min-version", "tls_min_version", _tls_version, "with --tls: oldest version offered (1.2, 1.3)"),
     ("--tls-max-version", "tls_max_version", _tls_version, "with --tls: newest version offered (1.2, 1.3)"),
+    (
+        "--proxy-protocol",
+        "proxy_protocol",
+        _proxy_version,
+        "send a PROXY protocol header (v1 or v2) first on every connection, as a load "
+        "balancer would to echod's proxy-v1:/proxy-v2: listeners",
+    ),
+    (
+        "--proxy-address",
+        "proxy_address",
+        _address,
+        "with --proxy-protocol: the client address the header carries; default each "
+        "connection's own",
+    ),
 )  # fmt: skip
 
 
@@ -307,6 +338,10 @@ def parse(argv: list[str] | None) -> Params:
     values = {name: getattr(args, name) for _, name, _, _ in OPTIONS}
     if workload == "churn" and args.connect_rate is not None:
         parser.error("--connect-rate paces the ramp-up of held connections, not churn")
+    if args.proxy_protocol and workload == "udp":
+        parser.error("--proxy-protocol is for TCP workloads, not udp")
+    if args.proxy_address is not None and not args.proxy_protocol:
+        parser.error("--proxy-address needs --proxy-protocol")
     if args.json_stream and args.json == "-":
         parser.error("--json - and --json-stream both write to stdout")
     problem = unwritable(args.json) if args.json else None

@@ -107,6 +107,8 @@ class Worker:
             ),
             server_hostname=(params.tls_sni or params.host) if params.tls else None,
             resume=params.tls_resume,
+            proxy=params.proxy_protocol or 0,
+            proxy_address=params.proxy_address,
         )
         self.link = Link(
             settings, self.poller, self.tally, self._connected, self._failed, self.request_connect

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
+from echod.net.proxy_protocol import encode_v1, encode_v2
 from loadtest.pattern import CHUNK, PERIOD, Pattern
 from loadtest.pollers import Poller, RRPoller
 from loadtest.sources import BIND_ADDRESS_NO_PORT
@@ -73,6 +74,10 @@ class Settings:
     tls: ssl.SSLContext | None = None
     server_hostname: str | None = None
     resume: bool = False
+    # --proxy-protocol: the PROXY header version sent first on every connection (0:
+    # none), carrying ``proxy_address`` or, if None, the connection's own address.
+    proxy: int = 0
+    proxy_address: str | None = None
 
 
 class Link:
@@ -213,12 +218,34 @@ class Connection:
         counts = link.tally.connect
         us = int((now - self.connect_started) * 1e6)
         counts[us] = counts.get(us, 0) + 1
+        if link.settings.proxy and not self.send_proxy_header(sock):
+            return
         self.state = UP
         link.up(self)
         if link.phase == SETUP:  # before the clock starts: held open and watched, silent
             link.poller.modify(sock.fileno(), link.poller.READ, self.on_idle_read)
         else:
             self.begin(sock, now)
+
+    def send_proxy_header(self, sock: socket.socket) -> bool:
+        """The PROXY header, in one send (it fits any empty send buffer); False if failed."""
+        settings = self.link.settings
+        local = sock.getsockname()
+        peer = sock.getpeername()
+        source = (settings.proxy_address or local[0], local[1])
+        destination = (peer[0], peer[1])
+        if (":" in source[0]) != (":" in destination[0]):  # one family in a header
+            destination = ("::" if ":" in source[0] else "0.0.0.0", peer[1])
+        header = (encode_v1 if settings.proxy == 1 else encode_v2)(source, destination)
+        try:
+            sent = sock.send(header)
+        except OSError as exc:
+            self.fail(error_kind(exc.errno or errno.EIO))
+            return False
+        if sent != len(header):
+            self.fail(error_kind(errno.EAGAIN))
+            return False
+        return True
 
     def begin(self, sock: socket.socket, now: float) -> None:
         """Start the workload on a connection that is up and the clock running."""

@@ -357,6 +357,7 @@ PACKAGES = {
     "gcc": "gcc",
     "man": "man-db",
     "openssl": "openssl",
+    "haproxy": "haproxy",
 }
 
 

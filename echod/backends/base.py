@@ -68,13 +68,13 @@ def sweep(connections: Iterable[Sweepable], ticks: int, only_drained: bool) -> i
     closed = 0
     for conn in list(connections):
         conn.idle_ticks += 1
-        if conn.idle_ticks >= ticks and not (only_drained and _owes_echo(conn)):
+        if conn.idle_ticks >= ticks and not (only_drained and owes_echo(conn)):
             conn.close()
             closed += 1
     return closed
 
 
-def _owes_echo(conn: Sweepable) -> bool:
+def owes_echo(conn: Sweepable) -> bool:
     """Output still queued, or input the kernel holds that the server has not read yet.
 
     The second matters: a connection can look quiet while its bytes wait unread (a thread

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from echod import __version__
-from echod.lifecycle import Stats
+from echod.lifecycle import REFUSED, Stats
 from echod.metrics import process
 from echod.metrics.exposition import Family, Sample
 from echod.tls_counters import FAILURE_REASONS, TlsCounters
@@ -97,9 +97,21 @@ def families(
         _labelled(
             "echod_connections_refused",
             "connections accepted and closed at once, by reason: past select's FD_SETSIZE, "
-            "or out of descriptors or threads (shed with the spare descriptor)",
+            "out of descriptors or threads (shed with the spare descriptor), or refused by "
+            "the admission rules (denied, per_source, connect_rate, full: at the fair share "
+            "while full, proxy_peer, proxy_header), which reset them before reading",
             "reason",
-            {"fd_setsize": total.refused_fd_setsize, "resources": total.refused_resources},
+            {
+                "fd_setsize": total.refused_fd_setsize,
+                "resources": total.refused_resources,
+                **{name.removeprefix("refused_"): getattr(total, name) for name in REFUSED},
+            },
+        ),
+        _total(
+            "echod_connections_gave_way",
+            "connections closed to give their slot to a source below its fair share "
+            "(idle, owing nothing; --fair-share)",
+            total.gave_way,
         ),
         _labelled(
             "echod_accept_errors",

@@ -18,7 +18,7 @@ import stat
 from collections.abc import MutableMapping
 
 from echod.net.listener_set import Named
-from echod.net.listeners import ListenerError, ListeningSocket
+from echod.net.listeners import ListenerError, ListeningSocket, parse_scheme
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -94,6 +94,12 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
     if name == UPGRADE_FD_NAME and sock.type == socket.SOCK_SEQPACKET:
         sock.set_inheritable(False)
         return sock
+    if name.startswith("proxy-"):  # FileDescriptorName=proxy-v2, as --listen spells it
+        try:
+            sock.proxy_version = parse_scheme(name)
+        except ListenerError as exc:
+            sock.detach()
+            raise ActivationError(f"{where}: {exc}") from None
     try:
         # A datagram socket (ListenDatagram=) is served as UDP echo, told apart by its type.
         if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):

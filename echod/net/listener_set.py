@@ -158,12 +158,11 @@ def open_listeners(
                     named = _take(pool, name, address) or _bind(bound, name, address, backlog)
                     # Port 0 is resolved by the first slot; the others join its group.
                     address = replace(address, port=named.sock.getsockname()[1])
-                    listeners.slots.setdefault(slot, []).append(named)
+                    listeners.slots.setdefault(slot, []).append(_speaks(named, address))
             else:
                 name = SHARED + suffix
-                listeners.shared.append(
-                    _take(pool, name, address) or _bind(bound, name, address, backlog)
-                )
+                named = _take(pool, name, address) or _bind(bound, name, address, backlog)
+                listeners.shared.append(_speaks(named, address))
         _check_tls(listeners)
     except BaseException:
         close_all(bound)
@@ -171,6 +170,14 @@ def open_listeners(
     listeners.owned_paths = unix_paths(bound)
     listeners.layer()
     return listeners, pool
+
+
+def _speaks(named: Named, address: Address) -> Named:
+    """What the configuration says a kept socket's clients send first (a PROXY header):
+    a socket taken back from an earlier echod is a plain one until told."""
+    if isinstance(named.sock, ListeningSocket):
+        named.sock.proxy_version = address.proxy
+    return named
 
 
 def _check_tls(listeners: Listeners) -> None:

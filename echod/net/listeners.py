@@ -24,6 +24,11 @@ class ListenerError(OSError):
     """A listener that cannot be made; the message is one line for the operator."""
 
 
+# Listener prefixes for the PROXY protocol (echod.net.proxy_protocol): one version per
+# listener, never guessed. Written the same in a socket unit's FileDescriptorName=.
+PROXY_PREFIXES = {"proxy-v1": 1, "proxy-v2": 2}
+
+
 @dataclass(frozen=True)
 class Address:
     """Where to listen: a TCP or UDP host and port, or a Unix stream socket path."""
@@ -33,16 +38,17 @@ class Address:
     path: str | None = None
     datagram: bool = False  # udp:HOST:PORT
     tls: bool = False  # tls:HOST:PORT, tls:unix:/PATH
+    proxy: int = 0  # PROXY protocol version its clients send first (proxy-v1:, proxy-v2:)
 
     def __str__(self) -> str:
-        tls = "tls:" if self.tls else ""
+        prefix = (f"proxy-v{self.proxy}:" if self.proxy else "") + ("tls:" if self.tls else "")
         if self.path is not None:
-            return f"{tls}unix:{self.path}"
+            return f"{prefix}unix:{self.path}"
         udp = "udp:" if self.datagram else ""
         return (
-            f"{tls}{udp}[{self.host}]:{self.port}"
+            f"{prefix}{udp}[{self.host}]:{self.port}"
             if ":" in self.host
-            else f"{tls}{udp}{self.host}:{self.port}"
+            else f"{prefix}{udp}{self.host}:{self.port}"
         )
 
 
@@ -50,15 +56,17 @@ class ListeningSocket(socket.socket):
     """A listener that carries what its address's prefixes asked of its connections.
 
     ``tls`` is the :class:`~echod.tls.TlsEndpoint` every connection accepted on it is
-    wrapped with, or None. Accepted sockets are plain ``socket.socket`` (``accept``
-    builds them from the module's class, not from ``type(self)``).
+    wrapped with, or None; ``proxy_version`` the PROXY protocol version its clients send
+    first, or 0. Accepted sockets are plain ``socket.socket`` (``accept`` builds them
+    from the module's class, not from ``type(self)``).
     """
 
-    __slots__ = ("tls",)
+    __slots__ = ("proxy_version", "tls")
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.tls: TlsEndpoint | None = None
+        self.proxy_version = 0
 
 
 def tls_of(sock: socket.socket) -> TlsEndpoint | None:
@@ -66,10 +74,29 @@ def tls_of(sock: socket.socket) -> TlsEndpoint | None:
     return sock.tls if isinstance(sock, ListeningSocket) else None
 
 
+def proxy_version(sock: socket.socket) -> int:
+    """The PROXY protocol version a listener's clients send (0: none)."""
+    return sock.proxy_version if isinstance(sock, ListeningSocket) else 0
+
+
+def parse_scheme(text: str) -> int:
+    """The PROXY version of a ``proxy-vN`` scheme, composable with ``+``: ``proxy-v2+tls``
+    (TLS after the header) is the spelling kept for TLS listeners, not served yet."""
+    parts = text.split("+")
+    version = PROXY_PREFIXES.get(parts[0], 0)
+    if not version:
+        raise ListenerError(f"unknown listener scheme {text!r} (proxy-v1, proxy-v2)")
+    for extra in parts[1:]:
+        raise ListenerError(f"listener scheme {text!r}: {extra!r} is not available here")
+    return version
+
+
 def parse_address(text: str) -> Address:
     """``host:port``, ``[v6]:port``, ``:port`` (all IPv4 addresses) or ``unix:/path``;
     ``udp:`` before a host and port makes it a UDP listener, ``tls:`` before a stream
-    address a TLS one. Each prefix strips itself and parses the rest, so they compose."""
+    address a TLS one, and ``proxy-v1:`` or ``proxy-v2:`` before a TCP or Unix address one
+    whose clients send a PROXY header. Each prefix strips itself and parses the rest, so
+    they compose."""
     if text.startswith("tls:"):
         address = parse_address(text[4:])
         if address.datagram:
@@ -79,6 +106,13 @@ def parse_address(text: str) -> Address:
         if address.tls:
             raise ListenerError(f"listen address {text!r} says tls: twice")
         return dataclasses.replace(address, tls=True)
+    if text.startswith("proxy-"):
+        scheme, _, rest = text.partition(":")
+        version = parse_scheme(scheme)
+        address = parse_address(rest)
+        if address.datagram:
+            raise ListenerError(f"listen address {text!r}: the PROXY protocol is for TCP")
+        return dataclasses.replace(address, proxy=version)
     if text.startswith("udp:"):
         if text.startswith("udp:unix:"):
             raise ListenerError(f"address {text!r}: UDP listens on HOST:PORT, not a path")
@@ -122,7 +156,7 @@ def bind(
 ) -> socket.socket:
     """A non-blocking listening socket for ``address``, or a :class:`ListenerError`."""
     if address.path is not None:
-        return _bind_unix(address.path, backlog, unix_mode)
+        return _bind_unix(address, backlog, unix_mode)
     try:
         infos = socket.getaddrinfo(
             address.host,
@@ -135,7 +169,7 @@ def bind(
             f"cannot listen on {address}: host does not resolve ({exc.strerror})"
         ) from None
     family, type_, proto, _, sockaddr = infos[0]
-    sock = ListeningSocket(family, type_, proto)
+    sock = _socket_for(address, family, type_, proto)
     try:
         if not address.datagram:  # on UDP it would let a second server share the port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -155,9 +189,16 @@ def bind(
     return sock
 
 
-def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
+def _socket_for(address: Address, family: int, type_: int, proto: int = 0) -> ListeningSocket:
+    sock = ListeningSocket(family, type_, proto)
+    sock.proxy_version = address.proxy
+    return sock
+
+
+def _bind_unix(address: Address, backlog: int, mode: int) -> socket.socket:
+    path = address.path or ""
     _remove_stale(path)
-    sock = ListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket_for(address, socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Bind under a restrictive umask so the socket is never briefly open to all.
         old_umask = os.umask(0o777 & ~mode)

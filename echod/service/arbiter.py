@@ -892,7 +892,7 @@ class Supervisor:
         return (
             f"{state}workers={len(self.workers)} connections open={total.connections_open} "
             f"total={total.connections_total} dropped={total.connections_dropped} "
-            f"bytes in={total.bytes_in} out={total.bytes_out}"
+            f"bytes in={total.bytes_in} out={total.bytes_out}{total.refusals()}"
             f"{'' if total.udp is None else ' ' + total.udp.summary()}; "
             f"per worker open/total: {' '.join(per_worker)}"
         )

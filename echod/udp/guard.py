@@ -8,7 +8,8 @@ Each datagram passes, in order of cost:
    listed reflectors (``--udp-refuse-ports``), or one of echod's own listening ports
    (another echod: a loop);
 2. the source endpoint: the listener's own address and port;
-3. the source address: broadcast, multicast or unspecified (never a real sender);
+3. the source address: broadcast, multicast or unspecified (never a real sender),
+   then ``--deny`` and ``--allow`` (:class:`echod.admission.AccessRules`, as for TCP);
 4. a token bucket per source address, in datagrams and bytes per second, kept in a
    table of fixed size: when it is full a new source takes over the bucket of the
    least recently seen one (with what tokens it had left, not a fresh burst);
@@ -27,6 +28,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from echod.admission import AccessRules, peer_address
+
 # Well-known UDP reflectors and amplifiers above 1024 or worth naming anyway: DNS,
 # NTP, SNMP, CLDAP, SSDP, mDNS, memcached (US-CERT TA14-017A).
 DEFAULT_REFUSED_PORTS = (53, 123, 161, 389, 1900, 5353, 11211)
@@ -38,6 +41,7 @@ PRIVILEGED_PORTS = 1024
 class Refusal(enum.Enum):
     """Why a datagram was not answered; the value names its counter."""
 
+    DENIED = "denied"
     LOW_PORT = "low-port"
     LISTED_PORT = "listed-port"
     OWN_PORT = "own-port"
@@ -48,6 +52,7 @@ class Refusal(enum.Enum):
 
 
 REASONS = {
+    Refusal.DENIED: "source denied (--deny/--allow)",
     Refusal.LOW_PORT: f"source port below {PRIVILEGED_PORTS}",
     Refusal.LISTED_PORT: "source port is a known reflector (--udp-refuse-ports)",
     Refusal.OWN_PORT: "source port is one of echod's own listening ports (echo loop)",
@@ -68,6 +73,7 @@ class GuardSettings:
     budget_bytes_per_second: float = 8 << 20
     sources: int = 4096
     refused_ports: frozenset[int] = frozenset(DEFAULT_REFUSED_PORTS)
+    rules: AccessRules = field(default_factory=AccessRules)  # --deny, then --allow
 
 
 @dataclass
@@ -207,9 +213,12 @@ class Guard:
         entry = table.get(host)
         if entry is None:
             # Only a source seen for the first time (or evicted) is parsed: a source in
-            # the table has passed this already.
+            # the table has passed this already (a denied one never enters it).
             if not classify_address(host):
                 return Refusal.ADDRESS
+            rules = self.settings.rules
+            if rules and not rules.permits(peer_address(host)):
+                return Refusal.DENIED
             # Kept even with no limit to apply: the entry saves parsing the address
             # again (measured: parsing every datagram cost more than the buckets).
             if len(table) < self.settings.sources:

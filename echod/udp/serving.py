@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from echod import backends
+from echod.admission import AccessRules, network
 from echod.config import Config
 from echod.lifecycle import Stats
 from echod.service import ServiceError
@@ -64,6 +65,7 @@ def settings_from(config: Config) -> GuardSettings:
         budget_bytes_per_second=config.udp_budget,
         sources=config.udp_sources,
         refused_ports=frozenset(config.udp_refuse_ports),
+        rules=AccessRules(map(network, config.allow), map(network, config.deny)),
     )
 
 

@@ -181,7 +181,10 @@ def test_idle_timeout_closes_a_silent_client_but_not_a_talking_one(backend: str)
 
 
 def test_max_connections_makes_new_clients_wait_in_the_backlog(backend: str) -> None:
-    with echod("--backend", backend, "--port", "0", "--max-connections", "2") as server:
+    # Without fair share; with it (the default) a full echod accepts and decides:
+    # tests/contract/test_fair_share.py.
+    args = ("--max-connections", "2", "--fair-share", "off")
+    with echod("--backend", backend, "--port", "0", *args) as server:
         first, second = server.connect(), server.connect()
         assert round_trip(first, b"1") == b"1"
         assert round_trip(second, b"2") == b"2"

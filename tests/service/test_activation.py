@@ -235,3 +235,35 @@ def test_more_fds_announced_than_passed_is_refused() -> None:
     with listener() as sock:
         report = run_child([sock.fileno()], {"LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b"})
     assert report == {"error": "inherited fd 4 ('b') is not open: Bad file descriptor"}
+
+
+def test_a_socket_named_like_a_proxy_prefix_speaks_the_proxy_protocol() -> None:
+    child = CHILD.replace(
+        '"port": s.sock.getsockname()[1],',
+        '"port": s.sock.getsockname()[1], "proxy": proxy_version(s.sock),',
+    ).replace(
+        "from echod.net.activation import ActivationError, inherited_sockets",
+        "from echod.net.activation import ActivationError, inherited_sockets\n"
+        "from echod.net.listeners import proxy_version",
+    )
+    with listener() as v1, listener() as v2, listener() as plain:
+        fds = [v1.fileno(), v2.fileno(), plain.fileno()]
+        result = subprocess.run(
+            [sys.executable, "-c", child, *map(str, fds)],
+            pass_fds=fds,
+            env={**os.environ, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "proxy-v1:proxy-v2:echo"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    report = json.loads(result.stdout)
+    assert [(s["name"], s["proxy"]) for s in report["sockets"]] == [
+        ("proxy-v1", 1),
+        ("proxy-v2", 2),
+        ("echo", 0),
+    ]
+    with listener() as sock:
+        assert "proxy-v3" in str(
+            run_child([sock.fileno()], {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "proxy-v3"})["error"]
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from echod.admission import AccessRules, network
 from echod.udp.guard import Guard, GuardSettings, Refusal, RefusalLog, classify_address
 
 OPEN = GuardSettings(packets_per_second=0, bytes_per_second=0, budget_bytes_per_second=0)
@@ -145,3 +146,12 @@ def test_udp_counters_cross_the_worker_pipe_and_add_up() -> None:
     assert (total.udp.received, total.udp.echoed, total.udp.refused[Refusal.RATE]) == (14, 6, 8)
     with pytest.raises(ValueError):
         Stats.decode(one.encode() + " 1")
+
+
+def test_deny_and_allow_apply_to_a_new_source() -> None:
+    rules = AccessRules(allow=[network("192.0.2.0/24")], deny=[network("192.0.2.9")])
+    guard = Guard(GuardSettings(rules=rules))
+    assert guard.check("192.0.2.9", 40000, 1, 0.0) is Refusal.DENIED
+    assert guard.check("198.51.100.1", 40000, 1, 0.0) is Refusal.DENIED
+    assert guard.check("::ffff:192.0.2.1", 40000, 1, 0.0) is None
+    assert guard.counters.refused[Refusal.DENIED] == 2

@@ -14,10 +14,12 @@ from echod.net.listener_set import Named, open_listeners
 from echod.net.listeners import (
     Address,
     ListenerError,
+    ListeningSocket,
     bind,
     close_all,
     describe,
     parse_address,
+    proxy_version,
     unix_paths,
 )
 from tests.support import missing, require_ipv6
@@ -32,6 +34,9 @@ from tests.support import missing, require_ipv6
         (":9", Address("0.0.0.0", 9)),
         ("localhost:80", Address("localhost", 80)),
         ("unix:/run/echod.sock", Address(path="/run/echod.sock")),
+        ("proxy-v1:127.0.0.1:5000", Address("127.0.0.1", 5000, proxy=1)),
+        ("proxy-v2:[::1]:7", Address("::1", 7, proxy=2)),
+        ("proxy-v2:unix:/run/echod.sock", Address(path="/run/echod.sock", proxy=2)),
     ],
 )
 def test_parses_the_address_forms(text: str, address: Address) -> None:
@@ -39,7 +44,11 @@ def test_parses_the_address_forms(text: str, address: Address) -> None:
     assert str(address) == text or text == ":9"
 
 
-@pytest.mark.parametrize("text", ["5000", "::1:5000", "[::1]5000", "host:port", "h:70000", "unix:"])
+@pytest.mark.parametrize(
+    "text",
+    ["5000", "::1:5000", "[::1]5000", "host:port", "h:70000", "unix:", "proxy-v3:h:7",
+     "proxy-v2:udp:h:7", "proxy-v2+tls:h:7", "proxy-v2:"],
+)  # fmt: skip
 def test_refuses_malformed_addresses(text: str) -> None:
     with pytest.raises(ListenerError):
         parse_address(text)
@@ -104,6 +113,32 @@ def test_unix_listener_will_not_replace_a_regular_file(tmp_path: Path) -> None:
     with pytest.raises(ListenerError, match="not a socket"):
         bind(parse_address(f"unix:{path}"), backlog=8)
     assert path.read_text() == "data"
+
+
+def test_a_proxy_listener_says_its_version_and_keeps_it_per_worker() -> None:
+    with bind(parse_address("proxy-v2:127.0.0.1:0"), 16) as sock:
+        assert proxy_version(sock) == 2
+        client = socket.create_connection(sock.getsockname(), timeout=2)
+        accepted, _ = sock.accept()
+        assert proxy_version(accepted) == 0  # accepted sockets are plain sockets
+        accepted.close()
+        client.close()
+    listeners, _ = open_listeners(["proxy-v1:127.0.0.1:0"], 16, slots=2)
+    try:
+        assert [proxy_version(sock) for sock in listeners.for_slot(2)] == [1]
+        # Taken back by a successor (an upgrade) as plain listeners, the configuration
+        # says it again.
+        handed = [Named(ListeningSocket(fileno=os.dup(n.sock.fileno())), n.name) for n in listeners]
+        again, _ = open_listeners(
+            [f"proxy-v1:127.0.0.1:{listeners.slots[1][0].sock.getsockname()[1]}"],
+            16,
+            slots=2,
+            available=handed,
+        )
+        assert [proxy_version(sock) for sock in again.for_slot(1)] == [1]
+        again.close()
+    finally:
+        listeners.close()
 
 
 def test_each_worker_slot_has_its_own_listening_socket_on_one_port(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from echod.backends.serving import CannotStart, ServingCore, SpareDescriptor
 from echod.config import Config
 from echod.lifecycle import Lifecycle
+from echod.net.listeners import bind, parse_address
 
 
 class Conn:
@@ -116,7 +117,7 @@ def test_admit_counts_and_tracks_release_uncounts(listener: socket.socket) -> No
 
 
 def test_the_cap_pauses_accepting_and_a_release_resumes_it(listener: socket.socket) -> None:
-    core = Recorder([listener], Config(max_connections=2))
+    core = Recorder([listener], Config(max_connections=2, fair_share="off"))
     core.start("recorder")
     clients = _clients(listener, 3)
     core.accept_from(listener)
@@ -127,6 +128,65 @@ def test_the_cap_pauses_accepting_and_a_release_resumes_it(listener: socket.sock
     core.accept_from(listener)
     assert len(core.connections) == 2 and core.stats.connections_total == 3
     for sock in clients:
+        sock.close()
+    core.stop()
+
+
+def test_full_under_fair_share_a_newcomer_takes_a_slot_and_the_holder_is_reset(
+    listener: socket.socket,
+) -> None:
+    core = Recorder([listener], Config(max_connections=2))
+    core.start("recorder")
+    holder = _clients(listener, 3)  # all from 127.0.0.1
+    core.accept_from(listener)
+    assert core.watched, "under fair share a full core keeps accepting, and decides"
+    assert len(core.connections) == 2 and core.stats.refused_full == 1
+    assert _refused(holder[2])
+    oldest = next(iter(core.admission.holding["127.0.0.1"].connections))  # admitted first
+    newcomer = socket.socket()
+    newcomer.bind(("127.0.0.2", 0))
+    newcomer.connect(listener.getsockname())
+    core.accept_from(listener)
+    assert core.stats.gave_way == 1 and len(core.connections) == 2
+    assert oldest not in core.connections, "the longest-idle (oldest) holder gave way"
+    assert "127.0.0.2" in core.admission.holding
+    for sock in [*holder, newcomer]:
+        sock.close()
+    core.stop()
+
+
+def test_a_denied_peer_is_reset_before_reading(listener: socket.socket) -> None:
+    core = Recorder([listener], Config(deny=("127.0.0.0/8",)))
+    core.start("recorder")
+    (client,) = _clients(listener, 1)
+    core.accept_from(listener)
+    assert not core.connections and core.stats.refused_denied == 1
+    with pytest.raises(ConnectionResetError):
+        client.recv(1)
+    client.close()
+    core.stop()
+
+
+def test_out_of_descriptors_a_proxy_listeners_clients_are_shed_not_admitted(
+    listener: socket.socket,
+) -> None:
+    """Their header would need waiting for: under fair share they are shed, never
+    admitted headerless (the header would be echoed as payload), even where a
+    connection of another source could give way."""
+    proxied = bind(parse_address("proxy-v2:127.0.0.1:0"), 16)
+    core = Recorder([listener, proxied], Config(proxy_from=("127.0.0.1",)))
+    core.start("recorder")
+    other = socket.socket()
+    other.bind(("127.0.0.2", 0))
+    other.connect(listener.getsockname())
+    core.accept_from(listener)
+    assert len(core.connections) == 1
+    clients = _clients(proxied, 2)
+    core.out_of_resources("test")
+    assert len(core.connections) == 1 and core.stats.gave_way == 0
+    assert core.stats.refused_resources == 2
+    assert all(_refused(sock) for sock in clients)
+    for sock in [*clients, other]:
         sock.close()
     core.stop()
 
