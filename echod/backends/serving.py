@@ -525,7 +525,6 @@ class ServingCore(abc.ABC, Generic[Conn]):
     def accept_from(self, listener: socket.socket) -> None:
         """Accept a bounded batch, so a connection storm cannot starve served clients."""
         tcp = listener.family != socket.AF_UNIX
-        tls = tls_of(listener)
         for _ in range(ACCEPT_BATCH):
             if not self.accepting:
                 return  # paused or draining by an earlier admit of this batch
@@ -549,11 +548,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     self.out_of_resources(os.strerror(exc.errno or 0))
                     return
                 raise  # a listener gone bad is a bug to report, not a state to serve in
-            version = proxy_version(listener)
-            if version:
-                self.read_header(sock, version, peer, tcp)
-            else:
-                self.admit(sock, tcp, peer, tls)
+            self.take(listener, sock, peer, tcp)
 
     def accept_completed(self, listener: socket.socket, result: int) -> None:
         """A completion backend's accept finished: ``result`` is the new descriptor, or
@@ -583,9 +578,17 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.parked.append((sock, tcp))
             self.pause_accepting()
         else:
-            self.admit(sock, tcp)  # full under fair share: admit decides, as in accept_from
+            self.take(listener, sock, None, tcp)  # full under fair share: admit decides
             if self.full() and not self.fair_share:
                 self.pause_accepting()
+
+    def take(self, listener: socket.socket, sock: socket.socket, peer: Any, tcp: bool) -> None:
+        """An accepted socket: its PROXY header first where the listener says so."""
+        version = proxy_version(listener)
+        if version:
+            self.read_header(sock, version, peer, tcp)
+        else:
+            self.admit(sock, tcp, peer, tls_of(listener))
 
     # PROXY protocol --------------------------------------------------------------------
     def read_header(self, sock: socket.socket, version: int, peer: Any, tcp: bool) -> None:

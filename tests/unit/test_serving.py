@@ -280,7 +280,8 @@ def _accepted_fd(listener: socket.socket) -> int:
 
 
 def test_a_descriptor_accepted_past_the_cap_waits_for_a_release(listener: socket.socket) -> None:
-    core = Recorder([listener], Config(max_connections=1))
+    # Without fair share (with it, admission decides at once: tests/contract/test_fair_share).
+    core = Recorder([listener], Config(max_connections=1, fair_share="off"))
     core.start("recorder")
     clients = _clients(listener, 2)
     core.accept_completed(listener, _accepted_fd(listener))
