@@ -51,14 +51,19 @@ def byte_size(text: str) -> int:
     return number * scale
 
 
-def seconds(text: str) -> float:
+def _amount(text: str, unit: str) -> float:
+    """A finite number, zero or more, of ``unit`` (the word each message names)."""
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a number of seconds") from None
+        raise ConfigError(f"{text!r} is not a number of {unit}") from None
     if not 0 <= value < float("inf"):
-        raise ConfigError(f"{text!r} seconds must be zero or more")
+        raise ConfigError(f"{text!r} {unit} must be zero or more")
     return value
+
+
+def seconds(text: str) -> float:
+    return _amount(text, "seconds")
 
 
 def count(text: str) -> int:
@@ -119,13 +124,7 @@ def packet_and_byte_rate(text: str) -> tuple[float, int]:
     packets, sep, size = text.partition("/")
     if not sep:
         raise ConfigError(f"{text!r} is not DATAGRAMS/BYTES per second (e.g. 100/1M)")
-    try:
-        rate = float(packets)
-    except ValueError:
-        raise ConfigError(f"{packets!r} is not a number of datagrams per second") from None
-    if not 0 <= rate < float("inf"):
-        raise ConfigError(f"{packets!r} datagrams per second must be zero or more")
-    return rate, byte_size(size)
+    return _amount(packets, "datagrams per second"), byte_size(size)
 
 
 def port_list(text: str) -> tuple[int, ...]:
@@ -162,13 +161,7 @@ def cidr(text: str) -> str:
 
 def connect_rate(text: str) -> float:
     """New connections per second; 0 turns the limit off."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a number of connections per second") from None
-    if not 0 <= value < float("inf"):
-        raise ConfigError(f"{text!r} connections per second must be zero or more")
-    return value
+    return _amount(text, "connections per second")
 
 
 def prefix_v6(text: str) -> int:
