@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"echod: {name} unavailable: {reason}", file=sys.stderr)
             return 0
         backend = backends.load(config.backend or backends.default_name())
+        backends.check_faults(backend.name, config.fault)
         # Certificates and keys are read now, as root if started so: a root-only key
         # stays readable after --user; --check-config reads them too.
         tls = TlsEndpoint.from_config(config)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from echod.faults import Fault, FaultError, parse_fault
 from echod.logs import FORMATS as LOG_FORMATS
 from echod.net.listeners import ListenerError, parse_address
 from echod.session import WaterMarks
@@ -31,6 +32,14 @@ else:  # pragma: no cover - the backport, same API
 
 class ConfigError(ValueError):
     """A setting that cannot be used; its message is one line meant for the operator."""
+
+
+def fault_spec(text: str) -> Fault:
+    """One ``--fault`` spec (echod.faults lists them)."""
+    try:
+        return parse_fault(text)
+    except FaultError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def port_number(text: str) -> int:
@@ -294,6 +303,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("fair_share", str.lower, "on", "when full (--max-connections or out of descriptors), a source below its share takes the longest-idle slot of the source holding the most", "SWITCH", choices=SWITCHES),
     Option("proxy_from", cidr, (), "peers trusted to send a PROXY protocol header (proxy-v1: and proxy-v2: listeners); any other is reset before reading; repeat for more", "CIDR", repeated=True),
     Option("proxy_timeout", seconds, 5.0, "how long a PROXY header may take to arrive before the connection is reset", "SECONDS"),
+    Option("fault", fault_spec, (), "FOR TESTING CLIENTS: misbehave on purpose: delay:TIME, bandwidth:SIZE/s, drop-byte:N, reset-after:N, close-after:N or stall-after:N (docs/api.md); repeat for more", "SPEC", repeated=True),
+    Option("fault_every", positive, 1, "with --fault: the faults strike the first of every N connections (1 = all)", "N"),
     Option("user", str, None, "switch to this user (name or uid) once listeners are bound; needs root", "USER"),
     Option("group", str, None, "with --user: switch to this group instead of the user's own", "GROUP"),
 )  # fmt: skip
@@ -356,6 +367,8 @@ class Config:
     fair_share: str = "on"
     proxy_from: tuple[str, ...] = ()
     proxy_timeout: float = 5.0
+    fault: tuple[Fault, ...] = ()
+    fault_every: int = 1
 
     def __post_init__(self) -> None:
         try:

@@ -240,10 +240,18 @@ class Lifecycle:
         notifier: Notifier | None = None,
         watchdog_interval: float | None = None,
         control: Control | None = None,
+        *,
+        signals: bool = True,
+        drain_quiet: float | None = None,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
         self.notifier = notifier
         self.control = control  # set in a worker: its supervisor's requests
+        # False when embedded (echod.running, echod.serving): the host owns the process's
+        # signals, and the server stops through its control channel alone.
+        self.signals = signals
+        # How long a drained connection must be quiet to be closed (None: the daemon's).
+        self.drain_quiet = drain_quiet
         self.draining = False
         self._interrupts = 0
         self.heartbeat_interval = heartbeat_interval(watchdog_interval)

@@ -27,6 +27,8 @@ class Entry:
     # "module:function" returning why the backend cannot run here, or None: a runtime
     # check for what an import cannot tell (io_uring refused by a sysctl or seccomp).
     probe: str = ""
+    # Carries --fault (echod.faults): the serving core's fault driver on its loop.
+    faults: bool = False
 
     def available(self) -> bool:
         return self.present() and self.refusal() is None
@@ -46,14 +48,14 @@ class Entry:
 
 _REACTOR = "echod.backends.selector_backends"
 ENTRIES: tuple[Entry, ...] = (
-    Entry("epoll", f"{_REACTOR}:EPOLL", "select:epoll", "echod reactor on epoll(7) (Linux)"),
-    Entry("kqueue", f"{_REACTOR}:KQUEUE", "select:kqueue", "echod reactor on kqueue(2) (BSD, macOS)"),
-    Entry("devpoll", f"{_REACTOR}:DEVPOLL", "select:devpoll", "echod reactor on /dev/poll (Solaris)"),
-    Entry("poll", f"{_REACTOR}:POLL", "select:poll", "echod reactor on poll(2)"),
-    Entry("select", f"{_REACTOR}:SELECT", "select:select", "echod reactor on select(2); descriptors below 1024 only"),
-    Entry("selectors", f"{_REACTOR}:DEFAULT", "selectors", "echod reactor on selectors.DefaultSelector"),
-    Entry("asyncio", "echod.backends.aio:ASYNCIO", "asyncio", "asyncio.Protocol on the stdlib event loop"),
-    Entry("uvloop", "echod.backends.aio:UVLOOP", "uvloop", "asyncio.Protocol on uvloop (libuv)", "pip install uvloop"),
+    Entry("epoll", f"{_REACTOR}:EPOLL", "select:epoll", "echod reactor on epoll(7) (Linux)", faults=True),
+    Entry("kqueue", f"{_REACTOR}:KQUEUE", "select:kqueue", "echod reactor on kqueue(2) (BSD, macOS)", faults=True),
+    Entry("devpoll", f"{_REACTOR}:DEVPOLL", "select:devpoll", "echod reactor on /dev/poll (Solaris)", faults=True),
+    Entry("poll", f"{_REACTOR}:POLL", "select:poll", "echod reactor on poll(2)", faults=True),
+    Entry("select", f"{_REACTOR}:SELECT", "select:select", "echod reactor on select(2); descriptors below 1024 only", faults=True),
+    Entry("selectors", f"{_REACTOR}:DEFAULT", "selectors", "echod reactor on selectors.DefaultSelector", faults=True),
+    Entry("asyncio", "echod.backends.aio:ASYNCIO", "asyncio", "asyncio.Protocol on the stdlib event loop", faults=True),
+    Entry("uvloop", "echod.backends.aio:UVLOOP", "uvloop", "asyncio.Protocol on uvloop (libuv)", "pip install uvloop", faults=True),
     Entry("threads", "echod.backends.threads:THREADS", "threading", "blocking sockets, one thread per connection", udp=False),
     Entry("gevent", "echod.backends.green:GEVENT", "gevent", "one greenlet per connection on gevent, no monkey-patching", "pip install 'echod[gevent]'", udp=False),
     Entry("uring", "echod.backends.uring:URING", "select:epoll", "completions on io_uring (Linux): multishot accept, send linked to receive", "apt-get install liburing-dev, then reinstall echod", probe="echod.backends.uring:unavailable"),
@@ -89,6 +91,20 @@ def refused() -> list[tuple[str, str]]:
         for entry in ENTRIES
         if entry.present() and (reason := entry.refusal()) is not None
     ]
+
+
+def carries_faults(name: str) -> bool:
+    entry = BY_NAME.get(name)
+    return entry is not None and entry.faults
+
+
+def check_faults(name: str, faults: object) -> None:
+    """A backend that cannot carry faults refuses them, in one line (BackendUnavailable)."""
+    if faults and not carries_faults(name):
+        able = ", ".join(n for n in available() if carries_faults(n))
+        raise BackendUnavailable(
+            f"backend {name} cannot inject faults (--fault); use one of {able}"
+        )
 
 
 def default_name() -> str:

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from echod.backends.base import RECEIVE_SIZE
+from echod.backends.fault_driver import FaultDriver, reset_socket
 from echod.backends.serving import ServingCore
 from echod.config import Config
+from echod.faults import ConnectionFaults, FaultPlan
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.tls import TlsEndpoint
 
@@ -160,6 +162,78 @@ class BufferedEchoProtocol(EchoProtocol, asyncio.BufferedProtocol):
         self.data_received(self.server.view[:nbytes].tobytes())
 
 
+class FaultyEchoProtocol(EchoProtocol):
+    """A connection with faults on (``--fault``): reads go through its
+    :class:`~echod.backends.fault_driver.FaultDriver`, which writes the echo when it is
+    due; reading pauses while either the transport or the driver holds too much."""
+
+    __slots__ = ("driver", "paused_by")
+
+    def __init__(self, server: AsyncServer, sock: socket.socket, faults: ConnectionFaults) -> None:
+        super().__init__(server, sock)
+        self.driver = FaultDriver(self, faults, server.call_later, server.marks)
+        self.paused_by: set[str] = set()
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_ticks = 0
+        self.server.stats.bytes_in += len(data)
+        self.driver.received(data)
+
+    def eof_received(self) -> bool:
+        self.driver.end_of_input()
+        return True  # half-open until the driver has written what it holds
+
+    def pause_writing(self) -> None:
+        self.server.stats.flow_paused += 1
+        self._pause("transport")
+
+    def resume_writing(self) -> None:
+        self._resume("transport")
+
+    def _pause(self, why: str) -> None:
+        if not self.paused_by and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.paused_by.add(why)
+
+    def _resume(self, why: str) -> None:
+        self.paused_by.discard(why)
+        if not self.paused_by and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def has_pending(self) -> bool:
+        return super().has_pending() or self.driver.pieces.held > 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.driver.cancel()
+        super().connection_lost(exc)
+
+    # The driver's Carrier ----------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.server.stats.bytes_out += len(data)
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        self._pause("faults")
+
+    def resume_reading(self) -> None:
+        self._resume("faults")
+
+    def end_input(self) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # sends what it holds, then closes
+
+    def reset(self) -> None:
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                reset_socket(sock)
+            self.transport.abort()
+
+
 class AsyncServer(ServingCore[EchoProtocol]):
     """The serving core on an asyncio-family loop."""
 
@@ -178,6 +252,7 @@ class AsyncServer(ServingCore[EchoProtocol]):
         self.view = memoryview(bytearray(RECEIVE_SIZE))
         self.uvloop = type(loop).__module__.startswith("uvloop")
         self.protocol = EchoProtocol if self.uvloop else BufferedEchoProtocol
+        self.fault_plan = FaultPlan(config.fault, config.fault_every)
         self.finished: asyncio.Future[None] = loop.create_future()
         # Live timers only, for close_loop to cancel: a one-shot leaves when it fires or
         # is cancelled (out of descriptors, the core sets one a back-off second).
@@ -191,6 +266,10 @@ class AsyncServer(ServingCore[EchoProtocol]):
         measured with a SIGTERM sent as soon as "listening on" was logged).
         """
         self.loop.run_until_complete(self._serve(label))
+
+    async def serve_here(self, label: str) -> None:
+        """The phases on a loop that already runs (the caller's: ``echod.serving``)."""
+        await self._serve(label)
 
     async def _serve(self, label: str) -> None:
         try:
@@ -237,7 +316,10 @@ class AsyncServer(ServingCore[EchoProtocol]):
 
     def begin(self, sock: socket.socket) -> EchoProtocol:
         sock.setblocking(False)
-        conn = self.protocol(self, sock)
+        faults = self.fault_plan.next_connection() if self.fault_plan else None
+        conn = (
+            self.protocol(self, sock) if faults is None else FaultyEchoProtocol(self, sock, faults)
+        )
         conn.starting = self.loop.create_task(self.loop.connect_accepted_socket(lambda: conn, sock))
         conn.starting.add_done_callback(conn.started)
         return conn
@@ -288,7 +370,7 @@ class AsyncServer(ServingCore[EchoProtocol]):
         return timer
 
     def close_loop(self) -> None:
-        for signum in HANDLED_SIGNALS:
+        for signum in HANDLED_SIGNALS if self.lifecycle.signals else ():
             self.loop.remove_signal_handler(signum)
         for timer in self._timers:
             timer.cancel()

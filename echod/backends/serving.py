@@ -65,6 +65,7 @@ from echod.backends.base import (
     sweep,
 )
 from echod.config import Config
+from echod.faults import FaultPlan
 from echod.lifecycle import Command, Lifecycle, control_signals_held, ignore_control_signals
 from echod.logs import RateLimitedLog
 from echod.net import proxy_protocol
@@ -370,8 +371,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
     def start(self, label: str) -> None:
         # Ignored under the loop's handlers: a loop that restores what it found on
         # closing leaves them ignored (see ``control_signals_held`` for the others).
-        ignore_control_signals()
-        self.handle_signals()
+        if self.lifecycle.signals:
+            ignore_control_signals()
+            self.handle_signals()
         self.resume_accepting()
         self.call_every(self.lifecycle.heartbeat_interval, self.heartbeat)
         self.start_idle_sweeps()
@@ -387,6 +389,11 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     proxy_version(sock),
                     " ".join(self.config.proxy_from),
                 )
+        if self.config.fault:
+            log.warning(
+                "FAULTS ON: this server misbehaves on purpose (%s): never use it as an echo service",
+                FaultPlan(self.config.fault, self.config.fault_every).describe(),
+            )
         self.lifecycle.ready(addresses, label)
         io = self.io_description()
         if io is not None:
@@ -409,7 +416,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.finish()
             return
         self.call_later(graceful, self._graceful_timeout)
-        self.sweep_every(DRAIN_QUIET / 2, ticks=2, only_drained=True)
+        quiet = self.lifecycle.drain_quiet
+        self.sweep_every((DRAIN_QUIET if quiet is None else quiet) / 2, 2, only_drained=True)
 
     def stop(self) -> None:
         self.close_listeners()
@@ -418,7 +426,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if self.connections:
             self.settle(self.settle_timeout)
         self._spare.close()
-        with control_signals_held():
+        with control_signals_held() if self.lifecycle.signals else contextlib.nullcontext():
             self.close_loop()
         self.refresh_stats()
         self.lifecycle.stopped()
