@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,13 @@ class GeventBackend:
     def serve(
         self, listeners: Sequence[socket.socket], config: Config, lifecycle: Lifecycle
     ) -> None:
-        GreenServer(listeners, config, lifecycle).serve(self.name)
+        try:
+            GreenServer(listeners, config, lifecycle).serve(self.name)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                # Embedded in a thread (echod.running): that thread's hub and its loop's
+                # descriptors would outlive it.
+                gevent.get_hub().destroy(destroy_loop=True)
 
 
 GEVENT = GeventBackend()
