@@ -19,9 +19,10 @@ Specs (sizes take K/KiB, M/MiB, G/GiB, powers of 1024; times s, ms or us):
     once N bytes have arrived, N are echoed and the connection is reset (RST); echo
     the kernel still held is lost with it, as with any reset.
 ``close-after:N``
-    once N bytes have arrived, N are echoed, then the connection is closed normally
-    (FIN). N counts bytes: a stream has no messages. Input still unread then makes
-    the kernel reset instead, as for any server that closes first.
+    once N bytes have arrived, N are echoed, then the server ends its output (FIN):
+    the client reads the end of the stream. N counts bytes, since a stream has no
+    messages. Later input is read and thrown away until the client closes, so that
+    unread input cannot turn the close into a reset.
 ``stall-after:N``
     once N bytes have arrived, N are echoed and nothing more ever is: later input is
     read and thrown away, so the client sees a peer that is up and silent.

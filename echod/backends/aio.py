@@ -220,11 +220,12 @@ class FaultyEchoProtocol(EchoProtocol):
         self._resume("faults")
 
     def end_input(self) -> None:
-        self.finish()
-
-    def finish(self) -> None:
         if self.transport is not None:
             self.transport.close()  # sends what it holds, then closes
+
+    def finish(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()  # sends what it holds, then FIN
 
     def reset(self) -> None:
         if self.transport is not None:

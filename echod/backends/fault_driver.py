@@ -39,7 +39,9 @@ class Carrier(Protocol):
         """The peer's end of input, held back until the echo before it was written."""
 
     def finish(self) -> None:
-        """close-after: stop reading, send what is written, then close (FIN)."""
+        """close-after: send what is written, then end the output (FIN); what the peer
+        sends later is read and thrown away (the driver echoes nothing more), so that no
+        unread input turns the close into a reset."""
 
     def reset(self) -> None:
         """reset-after: close at once with RST."""
@@ -76,8 +78,8 @@ class FaultDriver:
         self.pieces.add(verdict.pieces)
         if verdict.end is not None:
             self.end = verdict.end
-            if verdict.end is not End.STALL:
-                self.carrier.pause_reading()  # nothing more will be echoed
+            if verdict.end is End.RESET:
+                self.carrier.pause_reading()  # nothing more will be read
         self._run()
         if not self.paused and self.pieces.held >= self.marks.high and self.end is None:
             self.paused = True

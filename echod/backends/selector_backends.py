@@ -11,6 +11,7 @@ changes only when what it wants changes (output backs up or drains), never per m
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 from collections.abc import Callable, Sequence
@@ -165,7 +166,7 @@ class FaultyConnection(Connection):
     :class:`~echod.backends.fault_driver.FaultDriver`, which writes the echo back
     through :meth:`write` when it is due, and ends the connection as the fault says."""
 
-    __slots__ = ("driver", "fault_paused")
+    __slots__ = ("driver", "fault_paused", "output_ending")
 
     def __init__(
         self, sock: socket.socket, server: ReactorServer, faults: ConnectionFaults
@@ -173,6 +174,7 @@ class FaultyConnection(Connection):
         super().__init__(sock, server)
         self.driver = FaultDriver(self, faults, server.call_later, server.marks)
         self.fault_paused = False
+        self.output_ending = False  # close-after: FIN once pending output is sent
 
     def on_readable(self, mask: int) -> None:
         server = self.server
@@ -225,7 +227,8 @@ class FaultyConnection(Connection):
             self.sync()
 
     def finish(self) -> None:
-        self.end_input()
+        self.output_ending = True
+        self.sync()
 
     def reset(self) -> None:
         reset_socket(self.sock)
@@ -245,6 +248,10 @@ class FaultyConnection(Connection):
     def sync(self) -> None:
         """As :meth:`Connection.sync`, except that wanting nothing before the end of
         input means waiting for the driver (unregistered, ``IDLE``), not closing."""
+        if self.output_ending and not self.pending and self.events:
+            self.output_ending = False
+            with contextlib.suppress(OSError):  # the peer is gone: its close will tell
+                self.sock.shutdown(socket.SHUT_WR)
         wants = self.wants
         if wants == self.events or not self.events:
             return
