@@ -13,6 +13,9 @@ import pytest
 
 from tests.support import require_root
 
+# pytester runs sample test files against echod's pytest plugin (tests/api/test_plugin.py).
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def as_root(request: pytest.FixtureRequest) -> None:

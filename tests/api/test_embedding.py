@@ -8,6 +8,7 @@ test's own loop (asyncio, uvloop: no thread) and on a thread (the others).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -213,7 +214,8 @@ def test_a_server_that_dies_fails_its_close_with_the_traceback(
         client = socket.create_connection(server.address)
         client.settimeout(10)
         client.sendall(b"this read kills the server")
-        assert client.recv(1) == b""  # the dying server closed it: no hang
+        with contextlib.suppress(ConnectionResetError):  # its input unread: may be a reset
+            assert client.recv(1) == b""  # the dying server closed it: no hang
         client.close()
         assert wait_for(lambda: not server.thread.is_alive())  # type: ignore[union-attr]
     assert "the backend broke while serving" in str(failure.value)

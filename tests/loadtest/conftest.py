@@ -20,7 +20,7 @@ from tests.support import missing  # noqa: E402
 
 
 @pytest.fixture
-def echo_server() -> Iterator[EchoServer]:
+def toy_echo_server() -> Iterator[EchoServer]:
     server = EchoServer()
     yield server
     server.close()

@@ -28,10 +28,10 @@ SHORT = ("--duration", "1", "--warmup", "0.2", "--processes", "1")
     ids=["rr", "pipelined", "stream", "churn", "rate"],
 )
 def test_correct_server_gives_a_clean_run(
-    echo_server: EchoServer, tmp_path: Path, workload: tuple[str, ...], loop: str
+    toy_echo_server: EchoServer, tmp_path: Path, workload: tuple[str, ...], loop: str
 ) -> None:
     run = run_bench(
-        tmp_path, "--port", str(echo_server.port), "--connections", "8", *SHORT, *workload
+        tmp_path, "--port", str(toy_echo_server.port), "--connections", "8", *SHORT, *workload
     )
     assert run.status == 0, run.stderr
     figures = run.figures
@@ -53,9 +53,16 @@ def test_correct_server_gives_a_clean_run(
 
 
 @pytest.mark.usefixtures("loop")
-def test_idle_connections_are_held_and_watched(echo_server: EchoServer, tmp_path: Path) -> None:
+def test_idle_connections_are_held_and_watched(toy_echo_server: EchoServer, tmp_path: Path) -> None:
     run = run_bench(
-        tmp_path, "--port", str(echo_server.port), "--connections", "30", "--active", "3", *SHORT
+        tmp_path,
+        "--port",
+        str(toy_echo_server.port),
+        "--connections",
+        "30",
+        "--active",
+        "3",
+        *SHORT,
     )
     assert run.status == 0, run.stderr
     assert run.figures["connections"] == {"requested": 30, "active": 3, "established": 30}
@@ -63,11 +70,11 @@ def test_idle_connections_are_held_and_watched(echo_server: EchoServer, tmp_path
 
 
 @pytest.mark.usefixtures("loop")
-def test_two_processes_merge_their_histograms(echo_server: EchoServer, tmp_path: Path) -> None:
+def test_two_processes_merge_their_histograms(toy_echo_server: EchoServer, tmp_path: Path) -> None:
     run = run_bench(
         tmp_path,
         "--port",
-        str(echo_server.port),
+        str(toy_echo_server.port),
         "--connections",
         "6",
         "--duration",
@@ -143,7 +150,7 @@ def test_refused_address_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_connections_beyond_the_hard_limit_are_refused_plainly(
-    echo_server: EchoServer, tmp_path: Path
+    toy_echo_server: EchoServer, tmp_path: Path
 ) -> None:
     import resource
 
@@ -151,7 +158,7 @@ def test_connections_beyond_the_hard_limit_are_refused_plainly(
     if hard == resource.RLIM_INFINITY or hard > 1_000_000:
         pytest.skip("no finite hard limit on open files here")
     run = run_bench(
-        tmp_path, "--port", str(echo_server.port), "--connections", str(hard + 10), *SHORT
+        tmp_path, "--port", str(toy_echo_server.port), "--connections", str(hard + 10), *SHORT
     )
     assert run.status == 2
     assert "hard limit" in run.stderr and "Traceback" not in run.stderr
@@ -194,13 +201,13 @@ def test_server_pid_gives_cpu_per_message(tmp_path: Path) -> None:
     assert sampled["rss_peak_bytes"] > 5_000_000
 
 
-def test_console_script_writes_the_json(echo_server: EchoServer, tmp_path: Path) -> None:
+def test_console_script_writes_the_json(toy_echo_server: EchoServer, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("echod-bench")
     if not script.exists():
         pytest.skip("echod-bench console script is not installed in this environment")
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
-        [str(script), "--port", str(echo_server.port), "--connections", "2", "--duration", "1",
+        [str(script), "--port", str(toy_echo_server.port), "--connections", "2", "--duration", "1",
          "--warmup", "0", "--processes", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

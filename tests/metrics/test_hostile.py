@@ -39,13 +39,13 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_slowloris_cannot_lock_out_a_scrape_and_is_cut_off(echo_server: Echod) -> None:
-    where = address_of(echo_server)
+def test_slowloris_cannot_lock_out_a_scrape_and_is_cut_off(metrics_echod: Echod) -> None:
+    where = address_of(metrics_echod)
     slow = [connect(where) for _ in range(MAX_SCRAPERS * 3)]
     try:
         for sock in slow:
             sock.sendall(b"GET /metr")  # and never the rest
-        with echo_server.connect() as client:
+        with metrics_echod.connect() as client:
             assert echo_round_trip(client) < 2.0
             # The oldest are evicted to make room: a real scraper still gets through.
             assert value(scrape(where), "echod_build_info", version="0.1.0", backend="epoll") == 1
@@ -66,10 +66,10 @@ def read_all(sock: socket.socket) -> bytes:
     return reply
 
 
-def test_a_head_past_the_limit_is_answered_431(echo_server: Echod) -> None:
+def test_a_head_past_the_limit_is_answered_431(metrics_echod: Echod) -> None:
     """One byte over the limit and no more: the endpoint reads all of it, so it closes
     with nothing unread and the 431 cannot be lost to a reset."""
-    where = address_of(echo_server)
+    where = address_of(metrics_echod)
     head = b"GET /metrics HTTP/1.1\r\nX-Fill: "
     with connect(where) as sock:
         sock.sendall(head + b"x" * (HEAD_LIMIT + 1 - len(head)))
@@ -77,8 +77,8 @@ def test_a_head_past_the_limit_is_answered_431(echo_server: Echod) -> None:
     assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), reply[:100]
 
 
-def test_a_huge_request_is_refused_after_the_head_limit(echo_server: Echod) -> None:
-    where = address_of(echo_server)
+def test_a_huge_request_is_refused_after_the_head_limit(metrics_echod: Echod) -> None:
+    where = address_of(metrics_echod)
     with connect(where) as sock:
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Fill: " + b"x" * (1 << 20))
@@ -90,24 +90,24 @@ def test_a_huge_request_is_refused_after_the_head_limit(echo_server: Echod) -> N
     assert status == "HTTP/1.1 200 OK"
 
 
-def test_many_requests_cost_bounded_memory_and_no_descriptors(echo_server: Echod) -> None:
-    where = address_of(echo_server)
+def test_many_requests_cost_bounded_memory_and_no_descriptors(metrics_echod: Echod) -> None:
+    where = address_of(metrics_echod)
     scrape(where)
-    fds_before, rss_before = echo_server.settled_fds(), echo_server.rss()
+    fds_before, rss_before = metrics_echod.settled_fds(), metrics_echod.rss()
     slowest = 0.0
-    with echo_server.connect() as client:
+    with metrics_echod.connect() as client:
         for number in range(REQUESTS):
             status, _, body = request(where, b"GET /metrics HTTP/1.1\r\n\r\n")
             assert status == "HTTP/1.1 200 OK" and body.endswith(b"\n")
             if number % 100 == 0:
                 slowest = max(slowest, echo_round_trip(client))
     assert slowest < 2.0  # wide: a shared two-core machine; a blocked echo would be TIMEOUT
-    assert wait_until(lambda: echo_server.open_fds() <= fds_before)
-    assert echo_server.rss() - rss_before < 8 << 20
+    assert wait_until(lambda: metrics_echod.open_fds() <= fds_before)
+    assert metrics_echod.rss() - rss_before < 8 << 20
 
 
-def test_bad_requests_get_one_answer_each(echo_server: Echod) -> None:
-    where = address_of(echo_server)
+def test_bad_requests_get_one_answer_each(metrics_echod: Echod) -> None:
+    where = address_of(metrics_echod)
     assert request(where, b"GET / HTTP/1.1\r\n\r\n")[0] == "HTTP/1.1 404 Not Found"
     assert request(where, b"DELETE /metrics HTTP/1.1\r\n\r\n")[0].startswith("HTTP/1.1 405")
     assert request(where, b"\x16\x03\x01\x02\x00\n\n")[0] == "HTTP/1.1 400 Bad Request"
@@ -115,6 +115,6 @@ def test_bad_requests_get_one_answer_each(echo_server: Echod) -> None:
 
 
 @pytest.fixture
-def echo_server() -> Iterator[Echod]:
+def metrics_echod() -> Iterator[Echod]:
     with echod("--port", "0", "--backend", "epoll", "--metrics", "127.0.0.1:0") as server:
         yield server
