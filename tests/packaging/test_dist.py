@@ -104,14 +104,15 @@ def test_twine_check_passes(dist: Path) -> None:
     assert result.stdout.count("PASSED") == len(files) == 2
 
 
-def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -> None:
+def fresh_venv(dist: Path, tmp_path: Path) -> Path:
+    """A new venv with the wheel installed; its dependencies (uvloop, psutil, pytest...)
+    come from this environment, after the venv's own site-packages, so the echod it
+    imports is the wheel's. Returns the venv's directory."""
     wheel = only(dist, "*.whl")
     target = tmp_path / "venv"
     venv.create(target, with_pip=True)
     python = target / "bin" / "python"
     run(python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", wheel)
-    # uvloop, psutil and hdrhistogram from this environment, after the venv's own
-    # site-packages: the echod imported must be the wheel's.
     site = Path(
         run(
             python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -119,6 +120,12 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -
     )
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "deps-from-test-env.pth").write_text("\n".join(sorted(ours)) + "\n")
+    return target
+
+
+def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -> None:
+    target = fresh_venv(dist, tmp_path)
+    python = target / "bin" / "python"
     # Not from the source tree: python -c puts the working directory first on sys.path.
     where = run(
         python,
@@ -133,6 +140,41 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -
     )
     bench_help = run(target / "bin" / "echod-bench", "--help", cwd=tmp_path).stdout
     assert "--connections" in bench_help
+
+
+ANOTHER_PROJECT = """
+import socket
+
+import pytest
+
+
+def test_echo(echo_server, request):
+    for plugin, dist in request.config.pluginmanager.list_plugin_distinfo():
+        if dist.metadata["Name"] == "echod":
+            print("plugin from", plugin.__file__, "declared by", dist._path)
+    with socket.create_connection(echo_server.address, timeout=10) as client:
+        client.sendall(b"from another project")
+        assert client.recv(100) == b"from another project"
+"""
+
+
+def test_the_installed_wheel_gives_other_projects_the_fixtures(dist: Path, tmp_path: Path) -> None:
+    """``pip install echod``, then a project's test uses ``echo_server``: no conftest,
+    no configuration, no -p."""
+    target = fresh_venv(dist, tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_client.py").write_text(ANOTHER_PROJECT)
+    (project / "pytest.ini").write_text("[pytest]\n")
+    result = run(
+        target / "bin" / "python", "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+        "test_client.py", cwd=project,
+    )  # fmt: skip
+    assert "1 passed" in result.stdout
+    # The fixture came from the wheel's plugin, declared by the wheel's entry point (this
+    # checkout's editable install, seen through the .pth, declares one too).
+    assert f"plugin from {target}" in result.stdout, result.stdout
+    assert f"declared by {target}" in result.stdout, result.stdout
 
 
 def test_without_liburing_the_wheel_still_builds_and_uring_says_why(
