@@ -177,7 +177,10 @@ def reread(argv: Sequence[str]) -> Config:
     """What SIGHUP applies: the same command line and environment, the file read again."""
     settings = load_config(argv, os.environ)
     warn_overridden(settings)
-    return settings.config
+    config = settings.config
+    # A reload onto a backend that cannot carry --fault is refused, as a start is.
+    backends.check_faults(config.backend or backends.default_name(), config.fault)
+    return config
 
 
 def check(settings: Settings, backend: Backend) -> int:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import echod
-from echod import backends
+from echod import backends, cli
+from echod.faults import parse_fault
 
 CARRIERS = [name for name in backends.available() if backends.carries_faults(name)]
 PATTERN = bytes(range(256)) * 64  # 16 KiB: a dropped or moved byte shows where
@@ -173,3 +174,13 @@ def test_the_command_line_warns_loudly_and_refuses_bad_specs() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_reload_onto_a_backend_that_cannot_carry_faults_is_refused() -> None:
+    """SIGHUP re-reads the settings through cli.reread: the supervisor refuses what it
+    raises, and serves on (tests/control covers that path)."""
+    with pytest.raises(backends.BackendUnavailable, match="cannot inject faults"):
+        cli.reread(["--fault", "delay:1s", "--backend", "gevent"])
+    assert cli.reread(["--fault", "delay:1s", "--backend", "poll"]).fault == (
+        parse_fault("delay:1s"),
+    )
