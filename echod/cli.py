@@ -27,6 +27,7 @@ from echod.config import (
     from_file,
     unknown_variables,
 )
+from echod.embedding import check_serving
 from echod.lifecycle import Lifecycle, Stats
 from echod.logs import configure_logging
 from echod.net.activation import UPGRADE_FD_NAME, inherited_sockets
@@ -37,7 +38,7 @@ from echod.service.arbiter import Served, Supervisor
 from echod.service.channel import Channel
 from echod.service.limits import raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
-from echod.tls import TlsEndpoint, check_tls_backend
+from echod.tls import TlsEndpoint
 from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
@@ -238,8 +239,7 @@ def serve(
     notifier = Notifier.from_env()
     supervisor: Supervisor | None = None
     try:
-        check_backend(backend.name, listeners.for_slot(None))
-        check_tls_backend(backend.name, listeners)
+        check_serving(backend, listeners, config)
         if tls is not None:
             log.info("tls: %s", tls.describe())
         if not with_supervisor:

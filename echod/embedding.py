@@ -374,6 +374,14 @@ class AsyncEchoServer(EchoServer):
         await self.close()
 
 
+def check_serving(backend: Backend, listeners: Listeners, config: Config) -> None:
+    """What a single serving process refuses before it serves, the command line's and an
+    embedded one's alike: UDP or TLS listeners, or faults, on a backend without them."""
+    check_backend(backend.name, listeners.for_slot(None))
+    check_tls_backend(backend.name, listeners)
+    backends.check_faults(backend.name, config.fault)
+
+
 def prepare(
     listen: Sequence[str],
     backend: str | None,
@@ -387,9 +395,7 @@ def prepare(
     tls = TlsEndpoint.from_config(config)
     listeners, _ = open_listeners(config.addresses, config.backlog, tls=tls)
     try:
-        check_backend(chosen.name, listeners.for_slot(None))
-        check_tls_backend(chosen.name, listeners)
-        backends.check_faults(chosen.name, config.fault)
+        check_serving(chosen, listeners, config)
     except BaseException:
         listeners.close()
         raise
