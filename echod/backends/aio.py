@@ -253,7 +253,8 @@ class AsyncServer(ServingCore[EchoProtocol]):
         self.view = memoryview(bytearray(RECEIVE_SIZE))
         self.uvloop = type(loop).__module__.startswith("uvloop")
         self.protocol = EchoProtocol if self.uvloop else BufferedEchoProtocol
-        self.fault_plan = FaultPlan(config.fault, config.fault_every)
+        # None without --fault: an accept then pays one identity test, no call.
+        self.fault_plan = FaultPlan(config.fault, config.fault_every) if config.fault else None
         self.finished: asyncio.Future[None] = loop.create_future()
         # Live timers only, for close_loop to cancel: a one-shot leaves when it fires or
         # is cancelled (out of descriptors, the core sets one a back-off second).
@@ -317,7 +318,8 @@ class AsyncServer(ServingCore[EchoProtocol]):
 
     def begin(self, sock: socket.socket) -> EchoProtocol:
         sock.setblocking(False)
-        faults = self.fault_plan.next_connection() if self.fault_plan else None
+        plan = self.fault_plan
+        faults = None if plan is None else plan.next_connection()
         conn = (
             self.protocol(self, sock) if faults is None else FaultyEchoProtocol(self, sock, faults)
         )

@@ -299,12 +299,14 @@ class ReactorServer(ReactorServingCore[Connection]):
         self.marks = config.marks
         self.buffer = bytearray(RECEIVE_SIZE)
         self.view = memoryview(self.buffer)
-        self.fault_plan = FaultPlan(config.fault, config.fault_every)
+        # None without --fault: an accept then pays one identity test, no call.
+        self.fault_plan = FaultPlan(config.fault, config.fault_every) if config.fault else None
 
     # What the serving core asks of a backend --------------------------------------------
     def begin(self, sock: socket.socket) -> Connection:
         sock.setblocking(False)
-        faults = self.fault_plan.next_connection() if self.fault_plan else None
+        plan = self.fault_plan
+        faults = None if plan is None else plan.next_connection()
         conn = Connection(sock, self) if faults is None else FaultyConnection(sock, self, faults)
         self.reactor.add(conn.fd, WANT_READ, conn.on_readable)
         return conn
