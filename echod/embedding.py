@@ -55,7 +55,7 @@ START_TIMEOUT = 30.0  # seconds for a server to be ready (a cold uvloop import, 
 PROCESS_SETTINGS = frozenset(
     {"workers", "listen_mode", "metrics", "user", "group", "log_level", "log_format"}
 )
-# The keyword arguments running() and serving() name themselves, not Config fields.
+# Ids of the requests sent to embedded servers: an answer repeats its request's id.
 _requests = itertools.count(1)
 
 
