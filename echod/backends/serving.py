@@ -713,6 +713,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.stats.refused_resources += 1
             self.out_of_resources(str(exc))
             return None
+        except BaseException:
+            sock.close()  # never handed over: its client must see an end, not wait on it
+            raise
         self.connections.add(conn)
         gate.add(key, conn, now)
         self.stats.opened()

@@ -234,6 +234,33 @@ def test_a_server_that_dies_fails_its_close_with_the_traceback(
     assert set(threading.enumerate()) == threads
 
 
+def test_a_server_that_dies_accepting_closes_the_client_it_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The socket accepted when the backend broke was never handed over: it is closed,
+    so its client sees an end or a reset instead of waiting for the garbage collector
+    (the failure, and with it the socket, stays referenced until close())."""
+
+    def broken(self: object, sock: socket.socket) -> None:
+        raise RuntimeError("the backend broke taking a client")
+
+    monkeypatch.setattr(selector_backends.ReactorServer, "begin", broken)
+    seen: list[object] = []
+    with (
+        pytest.raises(echod.ServerError, match="broke taking a client"),
+        echod.running(backend="epoll") as server,
+        socket.create_connection(server.address) as client,
+    ):
+        client.settimeout(10)
+        try:
+            seen.append(client.recv(1))
+        except ConnectionResetError:
+            seen.append("reset")
+        except TimeoutError:
+            seen.append("no answer in 10 s")
+    assert seen in ([b""], ["reset"])
+
+
 @pytest.mark.parametrize(
     ("settings", "error", "message"),
     [
