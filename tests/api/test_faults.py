@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,22 @@ def test_a_reload_onto_a_backend_that_cannot_carry_faults_is_refused() -> None:
     assert cli.reread(["--fault", "delay:1s", "--backend", "poll"]).fault == (
         parse_fault("delay:1s"),
     )
+
+
+def test_a_close_waits_for_echo_held_by_a_delay(backend: str) -> None:
+    """Held echo is owed echo: the drain lets it go out before closing."""
+    with echod.running(backend=backend, faults=["delay:300ms"]) as server:
+        client = socket.create_connection(server.address)
+        client.sendall(b"owed")
+        assert wait_until(lambda: server.stats().bytes_in == 4)
+    with client:
+        assert read_until_end(client, 5) == (b"owed", "end")
+
+
+def wait_until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
