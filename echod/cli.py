@@ -27,7 +27,6 @@ from echod.config import (
     from_file,
     unknown_variables,
 )
-from echod.embedding import check_serving
 from echod.lifecycle import Lifecycle, Stats
 from echod.logs import configure_logging
 from echod.net.activation import UPGRADE_FD_NAME, inherited_sockets
@@ -239,7 +238,7 @@ def serve(
     notifier = Notifier.from_env()
     supervisor: Supervisor | None = None
     try:
-        check_serving(backend, listeners, config)
+        worker_process.check_serving(backend, listeners, config)
         if tls is not None:
             log.info("tls: %s", tls.describe())
         if not with_supervisor:

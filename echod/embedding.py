@@ -37,8 +37,8 @@ from echod.net.listener_set import Listeners, open_listeners
 from echod.net.listeners import describe, tls_of
 from echod.service import channel, worker_process
 from echod.service.channel import Channel, Message
-from echod.tls import TlsEndpoint, check_tls_backend
-from echod.udp.serving import check_backend, describe_datagram
+from echod.tls import TlsEndpoint
+from echod.udp.serving import describe_datagram
 
 if TYPE_CHECKING:
     from echod.backends.aio import AsyncServer
@@ -374,14 +374,6 @@ class AsyncEchoServer(EchoServer):
         await self.close()
 
 
-def check_serving(backend: Backend, listeners: Listeners, config: Config) -> None:
-    """What a single serving process refuses before it serves, the command line's and an
-    embedded one's alike: UDP or TLS listeners, or faults, on a backend without them."""
-    check_backend(backend.name, listeners.for_slot(None))
-    check_tls_backend(backend.name, listeners)
-    backends.check_faults(backend.name, config.fault)
-
-
 def prepare(
     listen: Sequence[str],
     backend: str | None,
@@ -395,7 +387,7 @@ def prepare(
     tls = TlsEndpoint.from_config(config)
     listeners, _ = open_listeners(config.addresses, config.backlog, tls=tls)
     try:
-        check_serving(chosen, listeners, config)
+        worker_process.check_serving(chosen, listeners, config)
     except BaseException:
         listeners.close()
         raise

@@ -22,13 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from echod import backends
 from echod.backends.base import Backend
 from echod.config import Config
 from echod.lifecycle import CONTROL_SIGNALS, Lifecycle, Stats
+from echod.net.listener_set import Listeners
 from echod.net.listeners import ListenerError
 from echod.service import ServiceError, channel
 from echod.service.channel import Channel, Message
 from echod.service.limits import drop_privileges
+from echod.tls import check_tls_backend
+from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
 
@@ -59,6 +63,14 @@ def serve(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def check_serving(backend: Backend, listeners: Listeners, config: Config) -> None:
+    """What a single serving process refuses before it serves, the command line's and an
+    embedded one's alike: UDP or TLS listeners, or faults, on a backend without them."""
+    check_backend(backend.name, listeners.for_slot(None))
+    check_tls_backend(backend.name, listeners)
+    backends.check_faults(backend.name, config.fault)
 
 
 def become_user(backend: Backend, config: Config) -> None:

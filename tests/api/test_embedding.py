@@ -290,3 +290,8 @@ def test_the_public_names_are_listed() -> None:
     for name in ("running", "serving", "EchoServer", "ServerError", "Stats", "ConfigError"):
         assert name in echod.__all__
         assert getattr(echod, name) is not None
+
+
+def test_every_public_name_has_a_home() -> None:
+    """``echod.__all__`` and the lazy imports behind it agree."""
+    assert sorted(echod.__all__) == sorted([*echod._HOMES, "__version__"])
