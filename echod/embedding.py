@@ -151,7 +151,7 @@ class EchoServer:
         self._ours, theirs = Channel.pair()
         self._stats = Stats()
         self._control = worker_process.WorkerChannel(theirs, self._stats)
-        self.lifecycle = Lifecycle(
+        self._lifecycle = Lifecycle(
             self._stats, self._events, control=self._control, signals=False, drain_quiet=drain_quiet
         )
         self._failure: BaseException | None = None
@@ -232,7 +232,7 @@ class EchoServer:
     def _run(self) -> None:
         try:
             worker_process.serve(
-                self._backend, self.config, self._listeners.for_slot(None), self.lifecycle
+                self._backend, self.config, self._listeners.for_slot(None), self._lifecycle
             )
         except BaseException as exc:  # the host hears of it from start() or close()
             self._failure = exc
@@ -327,7 +327,7 @@ class AsyncEchoServer(EchoServer):
             from echod.backends.aio import AsyncServer
 
             core = AsyncServer(
-                self._loop, self._listeners.for_slot(None), self.config, self.lifecycle
+                self._loop, self._listeners.for_slot(None), self.config, self._lifecycle
             )
             self._task = self._loop.create_task(self._serve_here(core))
         deadline = time.monotonic() + timeout
