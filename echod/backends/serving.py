@@ -413,6 +413,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def stop(self) -> None:
         self.close_listeners()
+        self.close_waiting()
         for conn in list(self.connections):
             conn.close()
         if self.connections:
@@ -461,17 +462,23 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.drain()
 
     def drained(self) -> bool:
-        """Nothing left to serve: no connection, and no accept that could still hand
-        this process a client (see :meth:`accepts_settled`)."""
-        return not self.connections and self.accepts_settled()
+        """Nothing left to serve: no connection, no client accepted and waiting (for
+        room, or for its PROXY header), and no accept that could still hand this
+        process a client (see :meth:`accepts_settled`)."""
+        return (
+            not self.connections
+            and not self.parked
+            and not self.pending_headers
+            and self.accepts_settled()
+        )
 
     def accepts_settled(self) -> bool:
         """A completion backend's accept outlives its cancel: the kernel may complete it
         after the listeners closed, with a client the drain must still serve."""
         return True
 
-    def accepts_ended(self) -> None:
-        """A completion backend's last accept completed: a drain may be over now."""
+    def finish_if_drained(self) -> None:
+        """Something a drain waits for has ended: the drain may be over now."""
         if self.lifecycle.draining and self.drained():
             self.finish()
 
@@ -527,14 +534,19 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def close_listeners(self) -> None:
         self.pause_accepting()
-        self.close_pending_headers()  # not yet connections: nothing of theirs to echo
         if not self.listeners_closed:
             self.listeners_closed = True
             for sock in self.listeners:
                 sock.close()
             self.udp.close()  # a graceful stop has no datagram to finish
-            while self.parked:  # never served: closed as the backlog is
-                self.parked.popleft()[0].close()
+
+    def close_waiting(self) -> None:
+        """At the stop, clients accepted but never served: a drain served them."""
+        for pending in list(self.pending_headers):
+            self._end_header(pending)
+            pending.sock.close()
+        while self.parked:
+            self.parked.popleft()[0].close()
 
     # Admit -----------------------------------------------------------------------------
     def accept_from(self, listener: socket.socket) -> None:
@@ -660,15 +672,12 @@ class ServingCore(abc.ABC, Generic[Conn]):
             return
         host = self.peer_host(pending.sock, pending.peer, pending.tcp)
         self.refuse(pending.sock, Refusal.PROXY_HEADER, host, reason)
+        self.finish_if_drained()
 
     def header_abandoned(self, pending: PendingHeader) -> None:
         if self._end_header(pending):
             pending.sock.close()
-
-    def close_pending_headers(self) -> None:
-        for pending in list(self.pending_headers):
-            self._end_header(pending)
-            pending.sock.close()
+            self.finish_if_drained()
 
     def admit(
         self,
@@ -863,12 +872,11 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.connections.remove(conn)
         self.admission.remove(conn)
         self.stats.closed()
-        if self.lifecycle.draining:
-            if self.drained():
-                self.finish()
-            return
         while self.parked and not self.full():
             self.admit(*self.parked.popleft())
+        if self.lifecycle.draining:
+            self.finish_if_drained()
+            return
         if not self.accepting:
             self.backing_off = False  # the descriptor just freed ends any back-off
             self.resume_accepting()

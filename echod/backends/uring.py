@@ -296,7 +296,7 @@ class UringServer(ReactorServingCore[Connection]):
         self.callbacks.pop(user_data, None)
         self._live.discard(user_data)
         if not self._live:
-            self.accepts_ended()
+            self.finish_if_drained()
 
     def accepts_settled(self) -> bool:
         return not self._live
