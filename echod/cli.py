@@ -30,8 +30,9 @@ from echod.config import (
 from echod.lifecycle import Lifecycle, Stats
 from echod.logs import configure_logging
 from echod.net.activation import UPGRADE_FD_NAME, inherited_sockets
+from echod.net.addresses import ListenerError, parse_address
 from echod.net.listener_set import open_listeners
-from echod.net.listeners import ListenerError, describe, parse_address
+from echod.net.listeners import describe
 from echod.service import ServiceError, worker_process
 from echod.service.arbiter import Served, Supervisor
 from echod.service.channel import Channel
@@ -235,7 +236,7 @@ def serve(
     supervisor: Supervisor | None = None
     try:
         check_backend(backend.name, listeners.for_slot(None))
-        check_tls_backend(backend.name, listeners)
+        check_tls_backend(backend.name, listeners.serve_tls)
         if tls is not None:
             log.info("tls: %s", tls.describe())
         if not with_supervisor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from echod.logs import FORMATS as LOG_FORMATS
-from echod.net.listeners import ListenerError, parse_address
+from echod.net.addresses import ListenerError, parse_address
 from echod.session import WaterMarks
 
 if sys.version_info >= (3, 11):

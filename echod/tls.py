@@ -34,8 +34,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from echod.config import TLS_VERSIONS, Config, ConfigError, SniEntry
-from echod.net.listener_set import Listeners
-from echod.net.listeners import tls_of
 from echod.service import ServiceError
 from echod.tls_counters import FAILURE_REASONS, TlsCounters
 
@@ -68,9 +66,9 @@ class UnsupportedBackend(ServiceError):
     """A tls: listener given to a backend that cannot wrap its connections."""
 
 
-def check_tls_backend(name: str, listeners: Listeners) -> None:
-    """One line for the operator if ``name`` cannot serve the TLS listeners given."""
-    wanted = any(tls_of(named.sock) is not None for named in listeners)
+def check_tls_backend(name: str, wanted: bool) -> None:
+    """One line for the operator if TLS listeners are ``wanted`` and ``name`` cannot
+    serve them (:attr:`echod.net.listener_set.Listeners.serve_tls`)."""
     if wanted and name not in BACKENDS:
         raise UnsupportedBackend(
             f"backend {name} does not serve tls: listeners; use a reactor backend "

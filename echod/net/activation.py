@@ -17,8 +17,9 @@ import socket
 import stat
 from collections.abc import MutableMapping
 
+from echod.net.addresses import ListenerError, parse_scheme
 from echod.net.listener_set import Named
-from echod.net.listeners import ListenerError, ListeningSocket, parse_scheme
+from echod.net.listeners import ListeningSocket
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")

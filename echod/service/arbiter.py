@@ -48,8 +48,8 @@ from echod.metrics import process
 from echod.metrics.endpoint import MetricsEndpoint
 from echod.metrics.exposition import render
 from echod.metrics.figures import ControlFigures, SlotFigures, families
+from echod.net.addresses import ListenerError
 from echod.net.listener_set import Listeners, Named, open_listeners
-from echod.net.listeners import ListenerError
 from echod.service import ServiceError, channel, upgrade
 from echod.service.channel import Channel, Message
 from echod.service.notify import Notifier
@@ -580,7 +580,7 @@ class Supervisor:
         bound = [named for named in listeners if named not in previous]
         try:
             check_backend(backend.name, listeners.for_slot(None))
-            check_tls_backend(backend.name, listeners)
+            check_tls_backend(backend.name, listeners.serve_tls)
             if config.metrics != self.config.metrics:
                 raise ConfigError("--metrics takes effect only at start, not on a reload")
         except BaseException:

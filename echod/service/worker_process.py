@@ -25,7 +25,7 @@ from typing import NoReturn
 from echod.backends.base import Backend
 from echod.config import Config
 from echod.lifecycle import CONTROL_SIGNALS, Lifecycle, Stats
-from echod.net.listeners import ListenerError
+from echod.net.addresses import ListenerError
 from echod.service import ServiceError, channel
 from echod.service.channel import Channel, Message
 from echod.service.limits import drop_privileges

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from echod.net.addresses import Address, ListenerError, parse_address
 from echod.net.listener_set import Named, open_listeners
 from echod.net.listeners import (
-    Address,
-    ListenerError,
     ListeningSocket,
     bind,
     close_all,
     describe,
-    parse_address,
     proxy_version,
     unix_paths,
 )
