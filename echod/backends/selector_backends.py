@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import selectors
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from echod.backends.base import RECEIVE_SIZE
 from echod.backends.on_reactor import ReactorServingCore
+from echod.backends.reactor_connection import Connection
+from echod.backends.reactor_tls import begin_tls
 from echod.config import Config
 from echod.lifecycle import Lifecycle
 from echod.loop import Reactor, io_manager
-from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession
+from echod.session import WANT_READ, WANT_WRITE
 from echod.tls import TlsEndpoint
 
 assert (selectors.EVENT_READ, selectors.EVENT_WRITE) == (WANT_READ, WANT_WRITE)
@@ -53,107 +55,6 @@ DEVPOLL = SelectorBackend("devpoll", "devpoll")
 DEFAULT = SelectorBackend("selectors", "DefaultSelector")
 
 
-class Connection(EchoSession):
-    """An accepted socket driven by the reactor through the rules of its session."""
-
-    __slots__ = ("events", "fd", "idle_ticks", "server", "sock")
-
-    def __init__(self, sock: socket.socket, server: ReactorServer) -> None:
-        super().__init__(server.marks)
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.server = server
-        self.events = WANT_READ  # registered with the selector; 0 once closed
-        self.idle_ticks = 0
-
-    def has_pending(self) -> bool:
-        return bool(self.pending)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def on_readable(self, mask: int) -> None:
-        server = self.server
-        try:
-            received = self.sock.recv_into(server.buffer)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()  # ECONNRESET and kin: the peer is gone, and so is its echo
-            return
-        if not received:
-            self.eof()
-            self.sync()
-            return
-        self.idle_ticks = 0
-        stats = server.stats
-        stats.bytes_in += received
-        view = server.view
-        if self.pending:  # earlier output still waits: keep the order
-            self.queue(view[:received])
-            self.sync()
-            return
-        try:
-            sent = self.sock.send(view[:received])
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()  # EPIPE, ECONNRESET
-            return
-        stats.bytes_out += sent
-        if sent < received:
-            self.queue(view[sent:received])
-            self.sync()
-
-    def on_writable(self, mask: int) -> None:
-        try:
-            sent = self.sock.send(self.pending)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.server.stats.bytes_out += sent
-        self.sent(sent)
-        self.sync()
-
-    def on_ready(self, mask: int) -> None:
-        """Both directions registered: drain output first, then take more input.
-
-        The mask is not consulted (the reactor may pass raw kernel bits); a direction that
-        is not ready costs one EAGAIN, and only while output is backed up.
-        """
-        self.on_writable(mask)
-        if self.events & WANT_READ:
-            self.on_readable(mask)
-
-    def sync(self) -> None:
-        """Bring the selector registration in line with what the session wants."""
-        wants = self.wants
-        if wants == self.events:
-            return
-        if self.reading_paused and self.events & WANT_READ:  # just hit the high-water mark
-            self.server.stats.flow_paused += 1
-        if wants == DONE:
-            self.close()
-            return
-        callback: Callable[[int], None]
-        if wants == WANT_READ:
-            callback = self.on_readable
-        elif wants == WANT_WRITE:
-            callback = self.on_writable
-        else:
-            callback = self.on_ready
-        self.server.reactor.change(self.fd, wants, callback)
-        self.events = wants
-
-    def close(self) -> None:
-        if not self.events:
-            return
-        self.events = 0
-        self.server.forget(self)
-
-
 class ReactorServer(ReactorServingCore[Connection]):
     """The serving core on a reactor: callbacks on readiness, one shared buffer."""
 
@@ -178,8 +79,6 @@ class ReactorServer(ReactorServingCore[Connection]):
         return conn
 
     def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> Connection:
-        from echod.backends.reactor_tls import begin_tls  # TLS listeners only
-
         sock.setblocking(False)
         wrapped = tls.context.wrap_socket(
             sock, server_side=True, do_handshake_on_connect=False, suppress_ragged_eofs=False
