@@ -34,8 +34,9 @@ from echod.net.addresses import ListenerError, parse_address
 from echod.net.listener_set import open_listeners
 from echod.net.listeners import describe
 from echod.service import ServiceError, worker_process
-from echod.service.arbiter import Served, Supervisor
+from echod.service.arbiter import Supervisor
 from echod.service.channel import Channel
+from echod.service.generation import Served
 from echod.service.limits import raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
 from echod.tls import TlsEndpoint, check_tls_backend
