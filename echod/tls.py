@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from echod.config import TLS_VERSIONS, Config, ConfigError, SniEntry
 from echod.service import ServiceError
 from echod.tls_counters import FAILURE_REASONS, TlsCounters
+from echod.tls_directory import read_directory
 
 log = logging.getLogger("echod")
 
@@ -91,15 +92,20 @@ class TlsSettings:
     def from_config(cls, config: Config) -> TlsSettings | None:
         """The settings, or None when no certificate is given (no TLS listener possible)."""
         if config.tls_cert is None:
-            if config.tls_key or config.tls_client_ca or config.tls_sni:
-                raise TlsError("--tls-key, --tls-client-ca and --tls-sni need --tls-cert")
+            if config.tls_key or config.tls_client_ca or config.tls_sni or config.tls_sni_dir:
+                raise TlsError(
+                    "--tls-key, --tls-client-ca, --tls-sni and --tls-sni-dir need --tls-cert"
+                )
             return None
+        # A name given with --tls-sni wins over the same name found in --tls-sni-dir.
+        found = read_directory(config.tls_sni_dir) if config.tls_sni_dir else ()
+        given = {entry.name for entry in config.tls_sni}
         return cls(
             cert=config.tls_cert,
             key=config.tls_key,
             client_ca=config.tls_client_ca,
             min_version=config.tls_min_version,
-            sni=config.tls_sni,
+            sni=(*(entry for entry in found if entry.name not in given), *config.tls_sni),
             alpn=config.tls_alpn,
         )
 
