@@ -180,16 +180,23 @@ class PendingHeader:
     of input or the header timeout resets the connection, counted as ``proxy_header``.
     """
 
-    __slots__ = ("core", "data", "peer", "sock", "tcp", "timer", "version", "watched")
+    __slots__ = ("core", "data", "peer", "sock", "tcp", "timer", "tls", "version", "watched")
 
     def __init__(
-        self, core: ServingCore[Any], sock: socket.socket, version: int, peer: Any, tcp: bool
+        self,
+        core: ServingCore[Any],
+        sock: socket.socket,
+        version: int,
+        peer: Any,
+        tcp: bool,
+        tls: TlsEndpoint | None,
     ) -> None:
         self.core = core
         self.sock = sock
         self.version = version
         self.peer = peer
         self.tcp = tcp
+        self.tls = tls  # the handshake follows the header (proxy-v2+tls)
         self.data = b""
         self.timer: Cancellable | None = None
         self.watched = False
@@ -616,12 +623,14 @@ class ServingCore(abc.ABC, Generic[Conn]):
         """An accepted socket: its PROXY header first where the listener says so."""
         version = proxy_version(listener)
         if version:
-            self.read_header(sock, version, peer, tcp)
+            self.read_header(sock, version, peer, tcp, tls_of(listener))
         else:
             self.admit(sock, tcp, peer, tls_of(listener))
 
     # PROXY protocol --------------------------------------------------------------------
-    def read_header(self, sock: socket.socket, version: int, peer: Any, tcp: bool) -> None:
+    def read_header(
+        self, sock: socket.socket, version: int, peer: Any, tcp: bool, tls: TlsEndpoint | None
+    ) -> None:
         """Stage one: the peer must be a trusted proxy; stage two reads its header."""
         host = self.peer_host(sock, peer, tcp)
         if host is not None and not self.proxy_from.permits(admission.peer_address(host)):
@@ -631,7 +640,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
             self.admit(sock, tcp, peer)  # refused there: select could not watch it
             return
         sock.setblocking(False)
-        pending = PendingHeader(self, sock, version, peer, tcp)
+        pending = PendingHeader(self, sock, version, peer, tcp, tls)
         self.pending_headers.add(pending)
         # A proxy sends the header at once: it has often arrived by the accept, and then
         # needs no watching and no timer (callgrind under churn: 193 k instructions per
@@ -665,7 +674,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
                 self.peer_host(pending.sock, client, True) or "a Unix peer",
                 self.peer_host(pending.sock, pending.peer, pending.tcp) or "a Unix peer",
             )
-        self.admit(pending.sock, pending.tcp, client)
+        self.admit(pending.sock, pending.tcp, client, pending.tls)
 
     def header_failed(self, pending: PendingHeader, reason: str) -> None:
         if not self._end_header(pending):

@@ -97,7 +97,7 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
         return sock
     if name.startswith("proxy-"):  # FileDescriptorName=proxy-v2, as --listen spells it
         try:
-            sock.proxy_version = parse_scheme(name)
+            sock.proxy_version, _ = parse_scheme(name)  # +tls: is_tls_name
         except ListenerError as exc:
             sock.detach()
             raise ActivationError(f"{where}: {exc}") from None

@@ -42,16 +42,17 @@ class Address:
         )
 
 
-def parse_scheme(text: str) -> int:
-    """The PROXY version of a ``proxy-vN`` scheme, composable with ``+``: ``proxy-v2+tls``
-    (TLS after the header) is the spelling kept for TLS listeners, not served yet."""
-    parts = text.split("+")
-    version = PROXY_PREFIXES.get(parts[0], 0)
+def parse_scheme(text: str) -> tuple[int, bool]:
+    """The PROXY version of a ``proxy-vN`` scheme, and whether TLS follows the header:
+    ``proxy-v2+tls`` (the same as ``proxy-v2:tls:``; a socket unit's FileDescriptorName=
+    can spell only this one, since systemd refuses ':' in names)."""
+    first, plus, rest = text.partition("+")
+    version = PROXY_PREFIXES.get(first, 0)
     if not version:
         raise ListenerError(f"unknown listener scheme {text!r} (proxy-v1, proxy-v2)")
-    for extra in parts[1:]:
-        raise ListenerError(f"listener scheme {text!r}: {extra!r} is not available here")
-    return version
+    if plus and rest != "tls":
+        raise ListenerError(f"listener scheme {text!r}: after '+' only 'tls' is known")
+    return version, bool(plus)
 
 
 def parse_address(text: str) -> Address:
@@ -71,8 +72,8 @@ def parse_address(text: str) -> Address:
         return dataclasses.replace(address, tls=True)
     if text.startswith("proxy-"):
         scheme, _, rest = text.partition(":")
-        version = parse_scheme(scheme)
-        address = parse_address(rest)
+        version, tls = parse_scheme(scheme)
+        address = parse_address(f"tls:{rest}" if tls else rest)
         if address.datagram:
             raise ListenerError(f"listen address {text!r}: the PROXY protocol is for TCP")
         return dataclasses.replace(address, proxy=version)

@@ -108,7 +108,12 @@ def is_tls_name(name: str) -> bool:
     """``FileDescriptorName=tls`` or ``tls-NAME``, the --listen prefix ``tls:`` as a
     socket unit can spell it (systemd refuses ':' in names, its LISTEN_FDNAMES
     separator), or one of echod's own names for a tls: listener."""
-    return name == "tls" or name.startswith("tls-") or name.endswith(TLS_SUFFIX)
+    return (
+        name == "tls"
+        or name.startswith("tls-")
+        or name.endswith(TLS_SUFFIX)
+        or (name.startswith("proxy-") and name.endswith("+tls"))
+    )
 
 
 def open_listeners(
