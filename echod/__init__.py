@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         serving,
     )
     from echod.lifecycle import Stats
-    from echod.net.listeners import ListenerError
+    from echod.net.addresses import ListenerError
 
 # Public name → the module that defines it (``__all__`` lists the same names).
 _HOMES = {
@@ -33,7 +33,7 @@ _HOMES = {
     "BackendUnavailable": "echod.backends",
     "ConfigError": "echod.config",
     "EchoServer": "echod.embedding",
-    "ListenerError": "echod.net.listeners",
+    "ListenerError": "echod.net.addresses",
     "ServerError": "echod.embedding",
     "Stats": "echod.lifecycle",
     "ThreadedEchoServer": "echod.embedding",

@@ -30,11 +30,13 @@ from echod.config import (
 from echod.lifecycle import Lifecycle, Stats
 from echod.logs import configure_logging
 from echod.net.activation import UPGRADE_FD_NAME, inherited_sockets
+from echod.net.addresses import ListenerError, parse_address
 from echod.net.listener_set import open_listeners
-from echod.net.listeners import ListenerError, describe, parse_address
+from echod.net.listeners import describe
 from echod.service import ServiceError, worker_process
-from echod.service.arbiter import Served, Supervisor
+from echod.service.arbiter import Supervisor
 from echod.service.channel import Channel
+from echod.service.generation import Served
 from echod.service.limits import raise_nofile_limit
 from echod.service.notify import Notifier, watchdog_interval
 from echod.tls import TlsEndpoint

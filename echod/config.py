@@ -21,7 +21,7 @@ from typing import Any
 
 from echod.faults import Fault, FaultError, parse_fault
 from echod.logs import FORMATS as LOG_FORMATS
-from echod.net.listeners import ListenerError, parse_address
+from echod.net.addresses import ListenerError, parse_address
 from echod.session import WaterMarks
 
 if sys.version_info >= (3, 11):
@@ -292,6 +292,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_client_ca", str, None, "tls: require client certificates signed by these CAs (PEM): mutual TLS", "FILE"),
     Option("tls_min_version", tls_version, "1.2", "tls: oldest protocol version accepted", "VERSION", choices=TLS_VERSIONS),
     Option("tls_sni", sni_entry, (), "tls: serve CERT (and KEY) to clients asking for NAME (SNI; *.domain matches one label); repeat for more", "NAME=CERT[,KEY]", repeated=True),
+    Option("tls_sni_dir", str, None, "tls: serve each certificate in DIR (*.pem, *.crt; key inside or NAME.key) to the names it carries (subjectAltName, else CN); re-read on reload; needs echod[tls]", "DIR"),
     Option("tls_alpn", alpn_list, (), "tls: ALPN protocols offered, comma-separated (the one chosen is logged at debug)", "PROTOCOLS"),
     Option("tls_handshake_timeout", seconds, 10.0, "tls: close a connection whose handshake is not done this long after accept", "SECONDS"),
     Option("allow", cidr, (), "accept TCP connections and answer UDP datagrams only from these networks (after --deny); repeat for more", "CIDR", repeated=True),
@@ -356,6 +357,7 @@ class Config:
     tls_client_ca: str | None = None
     tls_min_version: str = "1.2"
     tls_sni: tuple[SniEntry, ...] = ()
+    tls_sni_dir: str | None = None
     tls_alpn: tuple[str, ...] = ()
     tls_handshake_timeout: float = 10.0
     allow: tuple[str, ...] = ()

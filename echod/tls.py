@@ -34,10 +34,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from echod.config import TLS_VERSIONS, Config, ConfigError, SniEntry
-from echod.net.listener_set import Listeners
-from echod.net.listeners import tls_of
 from echod.service import ServiceError
 from echod.tls_counters import FAILURE_REASONS, TlsCounters
+from echod.tls_directory import read_directory
 
 log = logging.getLogger("echod")
 
@@ -68,9 +67,9 @@ class UnsupportedBackend(ServiceError):
     """A tls: listener given to a backend that cannot wrap its connections."""
 
 
-def check_tls_backend(name: str, listeners: Listeners) -> None:
-    """One line for the operator if ``name`` cannot serve the TLS listeners given."""
-    wanted = any(tls_of(named.sock) is not None for named in listeners)
+def check_tls_backend(name: str, wanted: bool) -> None:
+    """One line for the operator if TLS listeners are ``wanted`` and ``name`` cannot
+    serve them (:attr:`echod.net.listener_set.Listeners.serve_tls`)."""
     if wanted and name not in BACKENDS:
         raise UnsupportedBackend(
             f"backend {name} does not serve tls: listeners; use a reactor backend "
@@ -93,15 +92,20 @@ class TlsSettings:
     def from_config(cls, config: Config) -> TlsSettings | None:
         """The settings, or None when no certificate is given (no TLS listener possible)."""
         if config.tls_cert is None:
-            if config.tls_key or config.tls_client_ca or config.tls_sni:
-                raise TlsError("--tls-key, --tls-client-ca and --tls-sni need --tls-cert")
+            if config.tls_key or config.tls_client_ca or config.tls_sni or config.tls_sni_dir:
+                raise TlsError(
+                    "--tls-key, --tls-client-ca, --tls-sni and --tls-sni-dir need --tls-cert"
+                )
             return None
+        # A name given with --tls-sni wins over the same name found in --tls-sni-dir.
+        found = read_directory(config.tls_sni_dir) if config.tls_sni_dir else ()
+        given = {entry.name for entry in config.tls_sni}
         return cls(
             cert=config.tls_cert,
             key=config.tls_key,
             client_ca=config.tls_client_ca,
             min_version=config.tls_min_version,
-            sni=config.tls_sni,
+            sni=(*(entry for entry in found if entry.name not in given), *config.tls_sni),
             alpn=config.tls_alpn,
         )
 

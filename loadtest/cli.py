@@ -12,8 +12,6 @@ import math
 import multiprocessing
 import os
 import queue as queue_module
-import socket
-import ssl
 import sys
 import time
 import traceback
@@ -25,63 +23,16 @@ from typing import Any
 from loadtest.limits import ensure_open_files
 from loadtest.monitor import NoSuchServer, start_sampler
 from loadtest.params import Params, default_processes, parse
-from loadtest.report import EXIT_BAD_INPUT, EXIT_ERRORS, build, table
+from loadtest.report import EXIT_ERRORS, build, table
 from loadtest.results import stream_line, write
 from loadtest.seconds import Seconds
 from loadtest.sources import check_sources
 from loadtest.stats import Interval, WorkerResult
-from loadtest.tls import TlsSetupError, client_context
-from loadtest.tls import probe as tls_probe
+from loadtest.target import Abort, preflight, resolve
 from loadtest.worker import WorkerPlan, worker_main
 
 # Descriptors a worker needs besides its connections: selector, queue pipes, stdio.
 SPARE_FILES = 64
-
-
-class Abort(Exception):
-    """A one-line reason to stop, with the exit status that goes with it."""
-
-    def __init__(self, message: str, status: int = EXIT_BAD_INPUT) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def resolve(params: Params, kind: int = socket.SOCK_STREAM) -> tuple[int, tuple[Any, ...]]:
-    """The family and address of the target, for TCP or (``SOCK_DGRAM``) ``--udp``."""
-    try:
-        infos = socket.getaddrinfo(params.host, params.port, type=kind)
-    except socket.gaierror as exc:
-        raise Abort(f"cannot resolve {params.host}: {exc.strerror}") from exc
-    family, _, _, _, address = infos[0]
-    return family, address
-
-
-def preflight(params: Params, family: int, address: tuple[Any, ...]) -> None:
-    """One blocking connect, bounded by --connect-timeout, before any worker starts."""
-    where = f"{params.host}:{params.port}"
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    probe.settimeout(params.connect_timeout)
-    try:
-        if params.source_address:  # reachable from where the load comes from
-            probe.bind((params.source_address[0], 0))
-        probe.connect(address)
-        if params.tls:
-            context = client_context(
-                params.tls_ca, params.insecure, params.tls_min_version, params.tls_max_version
-            )
-            tls_probe(context, probe, params.tls_sni or params.host).close()
-    except TlsSetupError as exc:
-        raise Abort(str(exc)) from exc
-    except ssl.SSLError as exc:
-        raise Abort(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
-    except TimeoutError as exc:
-        raise Abort(
-            f"cannot connect to {where}: no answer within {params.connect_timeout:g} s"
-        ) from exc
-    except OSError as exc:
-        raise Abort(f"cannot connect to {where}: {exc.strerror or exc}") from exc
-    finally:
-        probe.close()
 
 
 def split(total: int, parts: int, index: int) -> int:

@@ -28,8 +28,8 @@ from loadtest.monitor import NoSuchServer, start_sampler
 from loadtest.params import Params, default_processes
 from loadtest.pattern import PERIOD, Pattern
 from loadtest.report import (
-    EXIT_BAD_INPUT,
     EXIT_CLEAN,
+    EXIT_ERRORS,
     EXIT_MISMATCH,
     environment,
     percentiles,
@@ -37,6 +37,8 @@ from loadtest.report import (
 )
 from loadtest.results import write
 from loadtest.stats import encode_counts, merge, summarize
+from loadtest.target import Abort
+from loadtest.target import resolve as resolve_target
 
 # flow id, sequence number: what makes every datagram of a run unique.
 HEADER = struct.Struct("!IQ")
@@ -44,10 +46,6 @@ LARGEST: dict[int, int] = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}
 LOSS_TIMEOUT_CAP = 1.0
 # Sends per flow per loop turn in open loop, so a generator behind still reads.
 MAX_ISSUE_PER_TURN = 4096
-
-
-class UdpAbort(Exception):
-    """A one-line reason to stop before any load is sent."""
 
 
 def payload_offset(flow: int, seq: int) -> int:
@@ -294,16 +292,10 @@ def _worker_main(params: Params, address: tuple[Any, ...], family: int, first: i
 
 
 def resolve(params: Params) -> tuple[int, tuple[Any, ...]]:
-    from loadtest.cli import Abort
-    from loadtest.cli import resolve as resolve_target
-
-    try:
-        family, address = resolve_target(params, socket.SOCK_DGRAM)
-    except Abort as exc:
-        raise UdpAbort(str(exc)) from exc
+    family, address = resolve_target(params, socket.SOCK_DGRAM)
     largest = LARGEST.get(family, 65_507)
     if not HEADER.size <= params.size <= largest:
-        raise UdpAbort(
+        raise Abort(
             f"--size {params.size}: a UDP datagram here carries {HEADER.size} to {largest} bytes"
         )
     return family, address
@@ -322,13 +314,13 @@ NOT_FOR_UDP = {
 def run(params: Params) -> tuple[dict[str, Any], int]:
     for name, flag in NOT_FOR_UDP.items():
         if getattr(params, name, None):
-            raise UdpAbort(f"{flag} applies to TCP workloads, not --udp")
+            raise Abort(f"{flag} applies to TCP workloads, not --udp")
     family, address = resolve(params)
     processes = min(params.processes or default_processes(), params.connections)
     try:
         sampler = start_sampler(params.server_pid)
     except NoSuchServer as exc:
-        raise UdpAbort(str(exc)) from exc
+        raise Abort(str(exc)) from exc
     context = multiprocessing.get_context()
     out: Any = context.Queue()
     go = context.Event()
@@ -376,13 +368,13 @@ def _wait(out: Any, count: int, kind: str, deadline: float) -> list[Any]:
     while len(received) < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise UdpAbort(f"workers did not report {kind} in time")
+            raise Abort(f"workers did not report {kind} in time", EXIT_ERRORS)
         try:
             message = out.get(timeout=min(remaining, 0.5))
         except queue_module.Empty:
             continue
         if message[0] == "crash":
-            raise UdpAbort(f"a worker failed:\n{message[1]}")
+            raise Abort(f"a worker failed:\n{message[1]}", EXIT_ERRORS)
         if message[0] == kind:
             received.append(message)
     return received
@@ -476,9 +468,9 @@ def main(params: Params) -> int:
     """The ``--udp`` run: one clear line on bad input, the table, the JSON file."""
     try:
         figures, status = run(params)
-    except UdpAbort as exc:
+    except Abort as exc:
         print(f"echod-bench: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.status
     out = sys.stderr if params.json == "-" else sys.stdout
     print(table(figures), file=out)
     if params.json:

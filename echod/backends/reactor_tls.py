@@ -1,6 +1,6 @@
 """A TLS connection on the reactor: a non-blocking ``SSLSocket`` driven by readiness.
 
-The session rules are the plain connection's (:class:`~echod.backends.selector_backends.
+The session rules are the plain connection's (:class:`~echod.backends.reactor_connection.
 Connection`); what TLS changes is how a read or a write can block:
 
 * the handshake runs first, one ``do_handshake()`` per readiness event, registered for
@@ -25,15 +25,11 @@ Connection`); what TLS changes is how a read or a write can block:
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
 
-from echod.backends.selector_backends import Connection
+from echod.backends.reactor_connection import Connection, ConnectionServer
 from echod.loop import Timer
 from echod.session import WANT_READ, WANT_WRITE
 from echod.tls import TlsEndpoint
-
-if TYPE_CHECKING:
-    from echod.backends.selector_backends import ReactorServer
 
 
 class TlsConnection(Connection):
@@ -43,7 +39,9 @@ class TlsConnection(Connection):
 
     sock: ssl.SSLSocket
 
-    def __init__(self, sock: ssl.SSLSocket, server: ReactorServer, endpoint: TlsEndpoint) -> None:
+    def __init__(
+        self, sock: ssl.SSLSocket, server: ConnectionServer, endpoint: TlsEndpoint
+    ) -> None:
         super().__init__(sock, server)
         self.endpoint = endpoint
         self.handshaken = False
@@ -202,7 +200,9 @@ class TlsConnection(Connection):
             self.close()
 
 
-def begin_tls(server: ReactorServer, sock: ssl.SSLSocket, endpoint: TlsEndpoint) -> TlsConnection:
+def begin_tls(
+    server: ConnectionServer, sock: ssl.SSLSocket, endpoint: TlsEndpoint
+) -> TlsConnection:
     """Register a freshly wrapped socket for its handshake, with its timeout."""
     conn = TlsConnection(sock, server, endpoint)
     server.reactor.add(conn.fd, WANT_READ, conn.on_handshake)

@@ -10,6 +10,8 @@ send posts a completion only if it fails or falls short
 
 * **Accept**: one multishot accept per listener; EMFILE arrives as a completion and
   ends it, and the serving core sheds the waiting clients as it does on readiness.
+  A cancelled accept can still complete with a client: a drain serves it, and ends
+  only after each accept's last completion.
 * **Buffers**: one receive buffer per connection (a slot in an arena that costs memory
   only for the pages its reads touch). A provided buffer ring would be chosen at
   receive time, but it goes back to the ring only once its send is known to be done:
@@ -247,12 +249,14 @@ class UringServer(ReactorServingCore[Connection]):
         self._free_slots: list[int] = []
         self._slots = 0
         self._accepts: dict[int, socket.socket] = {}  # user_data → listener, while armed
+        self._live: set[int] = set()  # accepts (and their polls) not yet completed for good
 
     # Listeners --------------------------------------------------------------------------
     def watch_listeners(self) -> None:
         for listener in self.listeners:
             user_data = self.io.tag() << 2 | WATCH
             self._accepts[user_data] = listener
+            self._live.add(user_data)
             self.callbacks[user_data] = partial(self._accepted, listener, user_data)
             self.ring.accept_multishot(listener.fileno(), user_data)
 
@@ -270,7 +274,7 @@ class UringServer(ReactorServingCore[Connection]):
             return
         # Ended: cancelled, or an error (EMFILE) ended it. Armed again if still wanted.
         if user_data not in self._accepts or self.listeners_closed:
-            self.callbacks.pop(user_data, None)
+            self._ended(user_data)
         elif -result in EXHAUSTED:
             # An accept takes a descriptor before it looks for a client: armed again
             # now, it would fail at once, and again, a spin. It waits for a client.
@@ -283,10 +287,19 @@ class UringServer(ReactorServingCore[Connection]):
         self, listener: socket.socket, user_data: int, result: int, flags: int
     ) -> None:
         if user_data not in self._accepts or self.listeners_closed:
-            self.callbacks.pop(user_data, None)
+            self._ended(user_data)
             return
         self.callbacks[user_data] = partial(self._accepted, listener, user_data)
         self.ring.accept_multishot(listener.fileno(), user_data)
+
+    def _ended(self, user_data: int) -> None:
+        self.callbacks.pop(user_data, None)
+        self._live.discard(user_data)
+        if not self._live:
+            self.finish_if_drained()
+
+    def accepts_settled(self) -> bool:
+        return not self._live
 
     # Connections ------------------------------------------------------------------------
     def begin(self, sock: socket.socket) -> Connection:

@@ -17,8 +17,9 @@ import socket
 import stat
 from collections.abc import MutableMapping
 
+from echod.net.addresses import ListenerError, parse_scheme
 from echod.net.listener_set import Named
-from echod.net.listeners import ListenerError, ListeningSocket, parse_scheme
+from echod.net.listeners import ListeningSocket
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -96,7 +97,7 @@ def _listening_socket(fd: int, name: str) -> socket.socket:
         return sock
     if name.startswith("proxy-"):  # FileDescriptorName=proxy-v2, as --listen spells it
         try:
-            sock.proxy_version = parse_scheme(name)
+            sock.proxy_version, _ = parse_scheme(name)  # +tls: is_tls_name
         except ListenerError as exc:
             sock.detach()
             raise ActivationError(f"{where}: {exc}") from None

@@ -31,15 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from echod.net.listeners import (
-    Address,
-    ListenerError,
-    ListeningSocket,
-    bind,
-    close_all,
-    parse_address,
-    unix_paths,
-)
+from echod.net.addresses import Address, ListenerError, parse_address
+from echod.net.listeners import ListeningSocket, bind, close_all, tls_of, unix_paths
 
 if TYPE_CHECKING:
     from echod.tls import TlsEndpoint
@@ -81,6 +74,11 @@ class Listeners:
     def per_worker(self) -> bool:
         return bool(self.slots)
 
+    @property
+    def serve_tls(self) -> bool:
+        """Whether any listener wraps its connections in TLS."""
+        return any(tls_of(named.sock) is not None for named in self)
+
     def for_slot(self, slot: int | None) -> list[socket.socket]:
         """The sockets the worker in ``slot`` serves (None: a single serving process)."""
         own = self.slots.get(slot, []) if slot is not None else []
@@ -110,7 +108,12 @@ def is_tls_name(name: str) -> bool:
     """``FileDescriptorName=tls`` or ``tls-NAME``, the --listen prefix ``tls:`` as a
     socket unit can spell it (systemd refuses ':' in names, its LISTEN_FDNAMES
     separator), or one of echod's own names for a tls: listener."""
-    return name == "tls" or name.startswith("tls-") or name.endswith(TLS_SUFFIX)
+    return (
+        name == "tls"
+        or name.startswith("tls-")
+        or name.endswith(TLS_SUFFIX)
+        or (name.startswith("proxy-") and name.endswith("+tls"))
+    )
 
 
 def open_listeners(
@@ -129,7 +132,7 @@ def open_listeners(
     its name and address fit, and a socket is bound for the rest. With a socket unit's
     sockets among them, those are served as they are and ``addresses`` are unused.
     TLS listeners carry ``tls`` (:meth:`Listeners.layer`). Raises
-    :class:`~echod.net.listeners.ListenerError` with one line for the operator, having
+    :class:`~echod.net.addresses.ListenerError` with one line for the operator, having
     closed what it bound (never what it was handed).
     """
     if any(not _is_own(named.name) for named in available):

@@ -37,7 +37,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from echod import backends
 from echod.backends.base import Backend
@@ -47,15 +47,15 @@ from echod.loop import READ, Reactor, Timer, io_manager
 from echod.metrics import process
 from echod.metrics.endpoint import MetricsEndpoint
 from echod.metrics.exposition import render
-from echod.metrics.figures import ControlFigures, SlotFigures, families
-from echod.net.listener_set import Listeners, Named, open_listeners
-from echod.net.listeners import ListenerError
-from echod.service import ServiceError, channel, upgrade
+from echod.metrics.figures import ControlFigures, families
+from echod.net.addresses import ListenerError
+from echod.net.listener_set import Listeners, Named
+from echod.service import ServiceError, channel, tally, upgrade
 from echod.service.channel import Channel, Message
+from echod.service.generation import Change, Reread, Served, prepare
 from echod.service.notify import Notifier
+from echod.service.tally import Slot, Worker
 from echod.service.worker_process import Handoff, run_worker
-from echod.tls import TlsEndpoint, check_tls_backend
-from echod.udp.serving import check_backend
 
 log = logging.getLogger("echod")
 
@@ -86,27 +86,6 @@ KILL_MARGIN = 5.0
 REPORT_WAIT = 1.0
 MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
-Reread = Callable[[], Config]
-
-
-@dataclass(eq=False)
-class Worker:
-    """A forked worker as the supervisor sees it."""
-
-    slot: int  # 1..N, kept across restarts: the id in logs and STATUS=
-    pid: int
-    channel: Channel  # the supervisor's end
-    generation: int  # the configuration it serves
-    started: float
-    last_seen: float
-    ready: bool = False
-    killed: bool = False
-    asked_to_stop: bool = False  # sent SIGTERM or SIGINT
-    draining: bool = False  # said STOPPING: it has begun its drain
-    kill_at: float | None = None  # drained by a reload: SIGKILL past this
-    held: list[int] = field(default_factory=list)  # signals to send once it has
-    counters: Stats = field(default_factory=Stats)
-
 
 @dataclass(eq=False)
 class Round:
@@ -115,40 +94,6 @@ class Round:
     request: int
     waiting: set[int]  # pids
     then: Callable[[], None]
-    timer: Timer | None = None
-
-
-@dataclass
-class Slot:
-    """What outlives one worker of a slot: its restart back-off and past counters."""
-
-    failures: int = 0
-    restart: Timer | None = None
-    retired: Stats = field(default_factory=Stats)
-    starts: int = 0  # workers forked for it: restarts are starts - 1
-
-
-@dataclass
-class Served:
-    """What one generation of workers serves: the settings, the backend, the sockets."""
-
-    config: Config
-    backend: Backend
-    listeners: Listeners
-    generation: int
-
-
-@dataclass(eq=False)
-class Change:
-    """A reload or an upgrade under way, with what to go back to if it fails."""
-
-    kind: str  # "reload" or "upgrade"
-    started: float
-    previous: Served
-    unused: list[Named] = field(default_factory=list)  # to close once old workers are gone
-    bound: list[Named] = field(default_factory=list)  # new: to close if it fails
-    successor: int | None = None  # upgrade: the new process
-    link: Channel | None = None  # upgrade: its channel
     timer: Timer | None = None
 
 
@@ -533,7 +478,7 @@ class Supervisor:
             return
         started = time.monotonic()
         try:
-            served, unused, bound = self._prepare()
+            served, unused, bound = prepare(self.reread, self.served)
         except (ConfigError, backends.BackendUnavailable, ListenerError, ServiceError) as exc:
             self.reloads["reload", "refused"] += 1
             log.error("reload refused, serving on with generation %d: %s", self.generation, exc)
@@ -553,43 +498,6 @@ class Supervisor:
             self._mode(),
         )
         self._start_generation()
-
-    def _prepare(self) -> tuple[Served, list[Named], list[Named]]:
-        """The next generation, whole or not at all: settings, backend, listeners."""
-        if self.reread is None:
-            raise ConfigError("this echod has no configuration to re-read")
-        config = self.reread()
-        backend = backends.load(config.backend or backends.default_name())
-        if config.user != self.config.user or config.group != self.config.group:
-            raise ConfigError(
-                "--user and --group take effect only at start (the supervisor "
-                "has already given up root)"
-            )
-        # New certificates and keys, read whole before anything changes (a reload is
-        # how they are renewed: new connections get them, open ones keep theirs).
-        tls = TlsEndpoint.from_config(config)
-        previous = list(self.listeners)
-        listeners, unused = open_listeners(
-            config.addresses,
-            config.backlog,
-            slots=config.workers if config.listen_mode == "reuseport" else 0,
-            metrics=config.metrics,
-            available=previous,
-            tls=tls,
-        )
-        bound = [named for named in listeners if named not in previous]
-        try:
-            check_backend(backend.name, listeners.for_slot(None))
-            check_tls_backend(backend.name, listeners)
-            if config.metrics != self.config.metrics:
-                raise ConfigError("--metrics takes effect only at start, not on a reload")
-        except BaseException:
-            for named in bound:
-                named.sock.close()
-            self.listeners.layer()  # the sockets kept serve the old endpoint again
-            raise
-        listeners.owned_paths = sorted({*self.listeners.owned_paths, *listeners.owned_paths})
-        return Served(config, backend, listeners, self.generation + 1), unused, bound
 
     def _reloaded(self) -> None:
         change = self.change
@@ -823,8 +731,17 @@ class Supervisor:
             self.notifier.store_fd(named.sock.fileno(), named.name)
 
     # Figures ---------------------------------------------------------------------------
+    def _total(self) -> Stats:
+        return tally.total(self.inherited, self.slots, self.workers.values())
+
+    def summary(self) -> str:
+        state = f"{self.change.kind}ing; " if self.change is not None else ""
+        return tally.summary(
+            self._total(), self.workers.values(), self.config.workers, self.generation, state
+        )
+
     def _render_metrics(self, openmetrics: bool) -> str:
-        slots = self._slot_figures()
+        slots = tally.slot_figures(self.slots, self.workers.values(), self.generation)
         workers = {s.slot: process.read(s.pid) for s in slots if s.pid is not None}
         running = Counter(self.generations_before + w.generation for w in self.workers.values())
         control = ControlFigures(
@@ -835,67 +752,6 @@ class Supervisor:
         expiry = tls.expiry if tls is not None else None
         figures = families(slots, self.backend.name, process.read(), known, control, expiry)
         return render(figures, openmetrics)
-
-    def _slot_figures(self) -> list[SlotFigures]:
-        """Per slot: its past workers' last counters plus those of every worker of it still
-        running (an old generation's while it drains too), so no counter ever goes down."""
-        figures = []
-        for number, slot in sorted(self.slots.items()):
-            live = [w for w in self.workers.values() if w.slot == number]
-            current = next((w for w in live if w.generation == self.generation), None)
-            counters = Stats()
-            counters.add(slot.retired)
-            for worker in live:
-                counters.add(worker.counters)
-            if counters.udp is not None:  # a gauge: the current worker's table alone
-                udp = current.counters.udp if current is not None else None
-                counters.udp.sources = udp.sources if udp is not None else 0
-            figures.append(
-                SlotFigures(
-                    slot=number,
-                    pid=current.pid if current is not None else None,
-                    open=sum(w.counters.connections_open for w in live),
-                    counters=counters,
-                    restarts=max(slot.starts - 1, 0),
-                )
-            )
-        return figures
-
-    def _total(self) -> Stats:
-        total = Stats()
-        total.add(self.inherited)
-        for slot in self.slots.values():
-            total.add(slot.retired)
-        for worker in self.workers.values():
-            total.add(worker.counters)
-        return total
-
-    def summary(self) -> str:
-        total = self._total()
-        per_worker = []
-        for number in range(1, self.config.workers + 1):
-            current = next(
-                (
-                    w.counters
-                    for w in self.workers.values()
-                    if w.slot == number and w.generation == self.generation
-                ),
-                None,
-            )
-            if current is not None:
-                per_worker.append(
-                    f"{number}={current.connections_open}/{current.connections_total}"
-                )
-            else:
-                per_worker.append(f"{number}=down")
-        state = f"{self.change.kind}ing; " if self.change is not None else ""
-        return (
-            f"{state}workers={len(self.workers)} connections open={total.connections_open} "
-            f"total={total.connections_total} dropped={total.connections_dropped} "
-            f"bytes in={total.bytes_in} out={total.bytes_out}{total.refusals()}"
-            f"{'' if total.udp is None else ' ' + total.udp.summary()}; "
-            f"per worker open/total: {' '.join(per_worker)}"
-        )
 
 
 def _best_selector() -> str:

@@ -26,8 +26,8 @@ from echod import backends
 from echod.backends.base import Backend
 from echod.config import Config
 from echod.lifecycle import CONTROL_SIGNALS, Lifecycle, Stats
+from echod.net.addresses import ListenerError
 from echod.net.listener_set import Listeners
-from echod.net.listeners import ListenerError
 from echod.service import ServiceError, channel
 from echod.service.channel import Channel, Message
 from echod.service.limits import drop_privileges
@@ -69,7 +69,7 @@ def check_serving(backend: Backend, listeners: Listeners, config: Config) -> Non
     """What a single serving process refuses before it serves, the command line's and an
     embedded one's alike: UDP or TLS listeners, or faults, on a backend without them."""
     check_backend(backend.name, listeners.for_slot(None))
-    check_tls_backend(backend.name, listeners)
+    check_tls_backend(backend.name, listeners.serve_tls)
     backends.check_faults(backend.name, config.fault)
 
 

@@ -4,14 +4,16 @@ the bytes after it are echoed, and the address it carries is the one the rules s
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from echod.net.proxy_protocol import encode_v1, encode_v2
-from tests.support import Echod, echod, recv_exactly
+from tests.support import Echod, echod, recv_exactly, wait_until
 
 CLIENT = ("192.0.2.10", 40001)  # the address the header carries (TEST-NET-1)
 DENIED = ("198.51.100.7", 40002)  # TEST-NET-2, denied below
@@ -128,3 +130,31 @@ def test_a_peer_that_connects_and_leaves_is_not_a_bad_header(proxied: Echod) -> 
         assert recv_exactly(sock, 5) == b"after"
     count = re.compile(r"proxy_header=(\d+)")
     assert count.findall(proxied.report()) == count.findall(before)
+
+
+def _backlog(port: int) -> int:
+    """Clients waiting in the accept queue of the IPv4 listener on ``port``: for a
+    listening socket, /proc/net/tcp's rx_queue is that count."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no listener on port {port}")
+
+
+def test_a_stop_serves_a_client_whose_header_is_still_on_its_way(backend: str) -> None:
+    """Accepted before the stop, the client is served: a drain waits for its header
+    as it waits for a connection's echo (a reload drains the old workers the same way)."""
+    args = ("--listen", "proxy-v2:127.0.0.1:0", "--proxy-from", "127.0.0.1")
+    with echod("--backend", backend, *args) as server:
+        port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        server.ports = [0, port]  # type: ignore[attr-defined]
+        with connect(server, 2) as sock:
+            first = header(2)
+            sock.sendall(first[:4])
+            assert wait_until(lambda: _backlog(port) == 0)
+            server.signal(signal.SIGTERM)
+            server.wait_for("stopping: 0 connection")
+            sock.sendall(first[4:] + b"late")
+            assert recv_exactly(sock, 4) == b"late"
+        assert server.proc.wait(20) == 0  # the stop ends once the client has left

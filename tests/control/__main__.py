@@ -14,7 +14,7 @@ import time
 from tests.control import under_load
 from tests.support import ROOT
 
-BACKENDS = ("epoll", "uvloop", "threads")
+BACKENDS = ("epoll", "uvloop", "threads", "uring")
 MODES = ("reuseport", "shared")
 DOC = ROOT / "docs" / "control.md"
 START, END = "<!-- reload-table -->", "<!-- /reload-table -->"

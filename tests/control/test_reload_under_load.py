@@ -1,7 +1,8 @@
 """Reloads and upgrades under load refuse, reset, close, lose and garble nothing.
 
-The whole matrix (epoll, uvloop and threads in both listen modes) is ``make reload``,
-which writes ``docs/reload.md``; here one combination runs with every check.
+The whole matrix (epoll, uvloop, threads and uring in both listen modes) is ``make
+reload``, which writes its table into ``docs/control.md``; here epoll, and uring, whose
+accepts are completions that outlive their cancel, run with every check.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from tests.control import under_load
 
 
 @pytest.mark.slow
-def test_twenty_reloads_and_three_upgrades_under_load_lose_nothing() -> None:
-    outcome = under_load.run("epoll", "reuseport", reloads=20, upgrades=3, duration=12.0)
+@pytest.mark.parametrize("backend", ["epoll", "uring"])
+def test_twenty_reloads_and_three_upgrades_under_load_lose_nothing(backend: str) -> None:
+    outcome = under_load.run(backend, "reuseport", reloads=20, upgrades=3, duration=12.0)
     assert outcome.reloads == 20 and outcome.upgrades == 3
     assert outcome.errors() == {}, outcome.log[-4000:]
     # Every persistent connection stayed up, and echoes went on through every signal.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from echod.net.activation import ActivationError, inherited_sockets
-from echod.net.listeners import ListenerError
+from echod.net.addresses import ListenerError
 from tests.support import Echod, require_tool, start_on_a_free_port
 
 # Runs in a fresh interpreter so that fds 3, 4, ... are free. Moves the fds

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from echod.config import Config, ConfigError
+from echod.net.addresses import Address, ListenerError, parse_address
 from echod.net.listener_set import open_listeners
-from echod.net.listeners import Address, ListenerError, bind, parse_address, tls_of
+from echod.net.listeners import bind, tls_of
 
 
 @pytest.mark.parametrize(

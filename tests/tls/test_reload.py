@@ -21,7 +21,8 @@ import pytest
 from echod import backends
 from echod.config import Config
 from echod.lifecycle import Lifecycle
-from echod.net.listeners import bind, parse_address
+from echod.net.addresses import parse_address
+from echod.net.listeners import bind
 from echod.tls import TlsEndpoint, TlsSettings, build_context
 from tests.support import TIMEOUT, recv_exactly
 from tests.tls.tls_support import Pki, client_context

@@ -53,7 +53,7 @@ def _ca(name: str, cwd: Path) -> None:
     )  # fmt: skip
 
 
-def _leaf(name: str, ca: str, cn: str, sans: str, usage: str, cwd: Path) -> None:
+def leaf(name: str, ca: str, cn: str, sans: str, usage: str, cwd: Path, days: int = 2) -> None:
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
@@ -62,7 +62,7 @@ def _leaf(name: str, ca: str, cn: str, sans: str, usage: str, cwd: Path) -> None
     (cwd / f"{name}.ext").write_text(f"subjectAltName={sans}\nextendedKeyUsage={usage}\n")
     _openssl(
         "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", str(days), "-extfile", f"{name}.ext",
         cwd=cwd,
     )  # fmt: skip
 
@@ -70,10 +70,10 @@ def _leaf(name: str, ca: str, cn: str, sans: str, usage: str, cwd: Path) -> None
 def make_pki(directory: Path) -> Pki:
     _ca("ca", directory)
     _ca("rogue", directory)
-    _leaf("server", "ca", "localhost", "DNS:localhost,IP:127.0.0.1", "serverAuth", directory)
-    _leaf("other", "ca", "other.test", "DNS:other.test", "serverAuth", directory)
-    _leaf("client", "ca", "client", "DNS:client", "clientAuth", directory)
-    _leaf("intruder", "rogue", "client", "DNS:client", "clientAuth", directory)
+    leaf("server", "ca", "localhost", "DNS:localhost,IP:127.0.0.1", "serverAuth", directory)
+    leaf("other", "ca", "other.test", "DNS:other.test", "serverAuth", directory)
+    leaf("client", "ca", "client", "DNS:client", "clientAuth", directory)
+    leaf("intruder", "rogue", "client", "DNS:client", "clientAuth", directory)
     return Pki(directory)
 
 

@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from echod.net.listeners import Address, ListenerError, bind, parse_address
+from echod.net.addresses import Address, ListenerError, parse_address
+from echod.net.listeners import bind
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from echod.net.listener_set import Named, open_listeners
+from echod.net.addresses import Address, ListenerError, parse_address
+from echod.net.listener_set import Named, is_tls_name, open_listeners
 from echod.net.listeners import (
-    Address,
-    ListenerError,
     ListeningSocket,
     bind,
     close_all,
     describe,
-    parse_address,
     proxy_version,
     unix_paths,
 )
@@ -37,6 +35,7 @@ from tests.support import missing, require_ipv6
         ("proxy-v1:127.0.0.1:5000", Address("127.0.0.1", 5000, proxy=1)),
         ("proxy-v2:[::1]:7", Address("::1", 7, proxy=2)),
         ("proxy-v2:unix:/run/echod.sock", Address(path="/run/echod.sock", proxy=2)),
+        ("proxy-v2:tls:127.0.0.1:7", Address("127.0.0.1", 7, tls=True, proxy=2)),
     ],
 )
 def test_parses_the_address_forms(text: str, address: Address) -> None:
@@ -44,10 +43,17 @@ def test_parses_the_address_forms(text: str, address: Address) -> None:
     assert str(address) == text or text == ":9"
 
 
+def test_proxy_plus_tls_is_the_header_then_the_handshake() -> None:
+    # The one spelling a socket unit's FileDescriptorName= can carry (no ':' there).
+    assert parse_address("proxy-v1+tls:h:7") == parse_address("proxy-v1:tls:h:7")
+    assert parse_address("proxy-v2+tls:h:7") == Address("h", 7, tls=True, proxy=2)
+    assert is_tls_name("proxy-v2+tls") and not is_tls_name("proxy-v2")
+
+
 @pytest.mark.parametrize(
     "text",
     ["5000", "::1:5000", "[::1]5000", "host:port", "h:70000", "unix:", "proxy-v3:h:7",
-     "proxy-v2:udp:h:7", "proxy-v2+tls:h:7", "proxy-v2:"],
+     "proxy-v2:udp:h:7", "proxy-v2+udp:h:7", "proxy-v2+tls:tls:h:7", "proxy-v2:"],
 )  # fmt: skip
 def test_refuses_malformed_addresses(text: str) -> None:
     with pytest.raises(ListenerError):

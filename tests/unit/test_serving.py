@@ -16,7 +16,8 @@ import pytest
 from echod.backends.serving import CannotStart, ServingCore, SpareDescriptor
 from echod.config import Config
 from echod.lifecycle import Lifecycle
-from echod.net.listeners import bind, parse_address
+from echod.net.addresses import parse_address
+from echod.net.listeners import bind
 
 
 class Conn:
