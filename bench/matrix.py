@@ -85,6 +85,15 @@ C100K = (
 )
 # Not in any matrix: the C100k path at a size any machine holds (--cells c100k-3k).
 C100K_SMALL = c100k(3_000, "c100k-3k", "127.0.0.2-127.0.0.3")
+# Not in any matrix: 10,000 connections over the 100k cell's six workers, so that
+# the RSS slope from 10k to 100k compares the same processes, leaving out the
+# workers' own baseline (issue 17): --cells c100k-10k-w6,c100k-100k.
+C100K_10K_SPREAD = dataclasses.replace(
+    c100k(10_000, "c100k-10k-w6", spread=C100K_SPREAD),
+    label=f"10,000 conns over {C100K_SPREAD} workers, 100 active, 64 B",
+    role="",
+)
+OPT_IN = (C100K_SMALL, C100K_10K_SPREAD)
 
 PLAIN = (
     Cell(

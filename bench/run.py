@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import certs, report
 from bench.generators import GENERATORS, c_client_argv, c_client_figures, echod_bench_argv
-from bench.matrix import C100K_SMALL, FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
+from bench.matrix import FULL, FULL_TIMING, OPT_IN, QUICK, QUICK_TIMING, Cell, Timing
 from bench.query import C_CLIENT, ECHOD_BENCH, skipped
 from bench.servers import (
     REFERENCE,
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells:
         wanted = set(args.cells.split(","))
         # dict: a cell in both matrices (rr-1k-10, workers-1k) runs once.
-        cells = list({c.name: c for c in (*FULL, *QUICK, C100K_SMALL) if c.name in wanted}.values())
+        cells = list({c.name: c for c in (*FULL, *QUICK, *OPT_IN) if c.name in wanted}.values())
     notes: list[str] = []
     limit_problem = raise_open_files(cells)
     if limit_problem:
