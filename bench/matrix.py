@@ -222,8 +222,8 @@ class Timing:
     warmup: float
 
 
-# 9 servers x 7 cells + 4 workers runs + 9 servers x 2 C-client runs = 85 runs a round,
-# each with ~1.3 s of start, connect and stop around its warmup and measurement: 3
-# rounds of 1 + 3.5 s took 27 minutes for 9 servers with the C100k cells.
+# Each run has ~1.3 s of start, connect and stop around its warmup and measurement: 3
+# rounds of 1 + 3.5 s took 27 minutes for 9 servers with the C100k cells, and 50
+# minutes (612 runs) for 11 servers with the TLS and PROXY cells, on the shared machine.
 FULL_TIMING = Timing(rounds=3, duration=3.5, warmup=1.0)
 QUICK_TIMING = Timing(rounds=1, duration=0.5, warmup=0.2)

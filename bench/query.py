@@ -291,7 +291,8 @@ class Results:
         hit = [r for r in runs if r.get("contended")]
         if not hit:
             return None
-        what = sorted({c for r in hit for c in r["contended"]})
+        # One line each: a command line may hold newlines (python -c "...").
+        what = sorted({" ".join(c.split()) for r in hit for c in r["contended"]})
         return (
             f"{len(hit)} of {len(runs)} runs overlapped other load on this machine "
             f"({'; '.join(what[:4])}{' …' if len(what) > 4 else ''}). Where at least half of "

@@ -203,7 +203,7 @@ def obstacle(spec: ServerSpec, cell: Cell, threads: int | None = None) -> str | 
     if cell.only and spec.name not in cell.only:
         return (
             f"not run: the {cell.family or cell.name} cell runs on {', '.join(cell.only)} "
-            "only, to keep `make bench` under 45 minutes"
+            "only, to keep `make bench` under an hour"
         )
     # 16: the server's own descriptors (stdio, listener, wakeup pipe, log).
     if spec.backend == "select" and cell.connections > 1024 - 16:

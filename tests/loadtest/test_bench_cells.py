@@ -88,7 +88,6 @@ def test_made_certificates_are_the_key_types_named() -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         missing("openssl")
-        return
     expected = {"ecdsa": "prime256v1", "rsa": "Public-Key: (2048 bit)"}
     with tempfile.TemporaryDirectory() as scratch:
         made = certs.make(Path(scratch))
@@ -235,3 +234,10 @@ def test_the_proxy_table_gives_the_header_cost_against_plain_churn() -> None:
     text = report.markdown(results(), "")
     assert "## TLS" in text and "## The PROXY header's cost" in text
     assert text.index("## TLS") < text.index("## The PROXY header's cost") < text.index("## Notes")
+
+
+def test_a_contending_command_line_with_newlines_is_one_line_in_the_note() -> None:
+    data = results()
+    data["runs"][0]["contended"] = ["python3.11 -c \nimport sys\nprint(1)"]
+    note = Results(data).contention_note()
+    assert note is not None and "\n" not in note and "-c import sys print(1)" in note
