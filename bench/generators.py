@@ -26,7 +26,7 @@ def echod_bench_argv(
 ) -> list[str]:
     return [
         sys.executable, "-m", "loadtest", "--port", str(port), *cell.args,
-        "--duration", str(timing.duration), "--warmup", str(timing.warmup),
+        "--duration", str(timing.duration), "--warmup", str(max(timing.warmup, cell.min_warmup)),
         "--server-pid", str(server_pid), "--json", str(out), "--no-progress",
     ]  # fmt: skip
 

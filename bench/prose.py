@@ -20,8 +20,8 @@ LEGEND = (
     "✗ the generator saw errors, the run failed, or the server had to be killed after "
     "SIGTERM, in at least one round: see Notes. "
     "‡ the figure includes rounds that overlapped other load on the machine (see Notes). "
-    "∅ not run: the cell is beyond what the server can do on this machine; Notes give "
-    "each reason once."
+    "∅ not run: the cell is beyond what the server can do on this machine, or runs on "
+    "other servers only; Notes give each reason once."
 )
 
 WORKERS_CAVEAT = (
@@ -288,3 +288,59 @@ WORKERS_CAVEAT = (
     "with the workers, so a second worker competes with the generator for the CPU it would "
     "need; a machine with spare cores for the generator is needed to show how far workers scale."
 )
+
+
+TLS_INTRO = (
+    "echod's TLS listener (`--listen tls:`) and the C TLS server "
+    "(`bench/reference/echo_tls.c`, OpenSSL, one thread, epoll), each with a certificate "
+    "made by `openssl` for the run. echod-bench speaks TLS from the Python loop (its C "
+    "loop cannot), checks every echoed byte, and does not verify the certificate "
+    "(`--insecure`), to spend its one core on the handshake. The handshake cells are "
+    "`--churn`: connect, handshake, echo 64 B, close; resumed sessions with "
+    "`--tls-resume` (a TLS 1.3 ticket). Compare by server CPU per message or handshake, "
+    "and by the ratios to the C TLS server, which ran in the same rounds."
+)
+
+PROXY_INTRO = (
+    "The churn cell (connect, echo 64 B, close; 50 at once) against a `proxy-v1:` or "
+    "`proxy-v2:` listener trusting 127.0.0.1 (`--proxy-from 127.0.0.1/32`), echod-bench "
+    "sending the header first (`--proxy-protocol`), beside the plain churn cell of the "
+    "same rounds. A header's cost is the difference of the server CPU per connection."
+)
+
+# Issue 19's goals, for the benchmark (not tests): TLS request/response CPU per message
+# at most 1.3x the C TLS server's on epoll and uvloop; full handshakes per second at
+# least 0.8x its.
+TLS_CPU_GOAL = 1.3
+HANDSHAKE_GOAL = 0.8
+TLS_GOAL_BACKENDS = ("epoll", "uvloop")
+
+
+def tls_findings(res: Results) -> list[str]:
+    """Issue 19's goals, each against the figures it rests on."""
+    found = []
+    rr = next((c for c in res.tls_cells if "--churn" not in c["args"]), None)
+    full = [c for c in res.tls_cells if "--churn" in c["args"] and "--tls-resume" not in c["args"]]
+    for backend in TLS_GOAL_BACKENDS:
+        if rr is not None:
+            ratio = res.relative(backend, rr["name"], query.cpu)
+            if ratio is not None:
+                verdict = "met" if ratio <= TLS_CPU_GOAL else "not met"
+                found.append(
+                    f"{backend}: TLS 1 KiB rr server CPU per message {ratio:.2f}x the C TLS "
+                    f"server's (goal at most {TLS_CPU_GOAL}x: {verdict})."
+                )
+        for cell in full:
+            ratio = res.relative(backend, cell["name"], query.rate)
+            if ratio is not None:
+                verdict = "met" if ratio >= HANDSHAKE_GOAL else "not met"
+                bound = (
+                    " (†: the generator's limit, not the server's)"
+                    if res.generator_bound(backend, cell["name"])
+                    else ""
+                )
+                found.append(
+                    f"{backend}: {cell['label']}: {ratio:.2f}x the C TLS server's handshakes "
+                    f"per second (goal at least {HANDSHAKE_GOAL}x: {verdict}){bound}."
+                )
+    return found

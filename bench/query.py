@@ -80,10 +80,16 @@ class Results:
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
-        self.servers: list[str] = data["servers"]
         self.all_cells: list[dict[str, Any]] = data["cells"]
-        # The workers cell runs other servers: its own section.
-        self.cells = [c for c in self.all_cells if not c.get("workers")]
+        # The workers cell runs other servers: its own section; so do the TLS and PROXY
+        # cells (issues 19 and 18), which only some servers speak.
+        self.cells = [c for c in self.all_cells if not c.get("workers") and not c.get("family")]
+        self.tls_cells = [c for c in self.all_cells if c.get("family") == "tls"]
+        self.proxy_cells = [c for c in self.all_cells if c.get("family") == "proxy"]
+        # The servers of the plaintext cells: the C TLS server has no row there.
+        plain = {c["name"] for c in self.cells}
+        seen = {r["server"] for r in data["runs"] if r["cell"] in plain}
+        self.servers: list[str] = [s for s in data["servers"] if s in seen] or data["servers"]
         self.workers_cell = next((c for c in self.all_cells if c.get("workers")), None)
         # Cells where the C client drove every server too: the generator ceiling's.
         self.compared = [c for c in self.cells if c.get("c_client")]
@@ -132,18 +138,29 @@ class Results:
     ) -> float | None:
         return self.spread(server, cell, metric, generator).median
 
+    def in_cell(self, cell: str) -> list[str]:
+        """The servers with a record in ``cell`` (run or not run), in the run's order."""
+        seen = {r["server"] for r in self.data["runs"] if r["cell"] == cell}
+        return [s for s in self.data["servers"] if s in seen]
+
+    def reference_for(self, cell: str) -> str | None:
+        """The C row a cell's "vs C" is against: the C TLS server in the TLS cells."""
+        found = next((c for c in self.all_cells if c["name"] == cell), {})
+        return found.get("reference") or self.reference
+
     def relative(
         self, server: str, cell: str, metric: Metric, generator: str = ECHOD_BENCH
     ) -> float | None:
-        """A row's median over the C reference's, both with ``generator``."""
-        if self.reference is None:
+        """A row's median over the cell's C reference's, both with ``generator``."""
+        reference = self.reference_for(cell)
+        if reference is None:
             return None
         mine = self.median(server, cell, metric, generator)
-        ref = self.median(self.reference, cell, metric, generator)
+        ref = self.median(reference, cell, metric, generator)
         return mine / ref if mine and ref else None
 
     def ratio(self, server: str, cell: str, metric: Metric) -> str:
-        found = None if server == self.reference else self.relative(server, cell, metric)
+        found = None if server == self.reference_for(cell) else self.relative(server, cell, metric)
         return "-" if found is None else f"{found:.2f}"
 
     # The generator ceiling ---------------------------------------------------------------
@@ -231,7 +248,7 @@ class Results:
 
     def ran(self, cell: str) -> bool:
         """Whether any server has figures in ``cell``: a cell nothing ran in draws nothing."""
-        return any(self.figures(server, cell) for server in self.servers)
+        return any(self.figures(server, cell) for server in self.data["servers"])
 
     # Faults ------------------------------------------------------------------------------
     def faults(self, server: str, cell: str, generator: str = ECHOD_BENCH) -> dict[str, int]:
@@ -274,7 +291,8 @@ class Results:
         hit = [r for r in runs if r.get("contended")]
         if not hit:
             return None
-        what = sorted({c for r in hit for c in r["contended"]})
+        # One line each: a command line may hold newlines (python -c "...").
+        what = sorted({" ".join(c.split()) for r in hit for c in r["contended"]})
         return (
             f"{len(hit)} of {len(runs)} runs overlapped other load on this machine "
             f"({'; '.join(what[:4])}{' …' if len(what) > 4 else ''}). Where at least half of "

@@ -108,6 +108,20 @@ def sections(res: Results) -> list[Section]:
                 findings=prose.workers_findings(res),
             )
         )
+    if any(res.ran(c["name"]) for c in res.tls_cells):
+        out.append(
+            Section(
+                "tls",
+                "TLS",
+                prose.TLS_INTRO,
+                tables.handshake_table(res),
+                findings=prose.tls_findings(res),
+            )
+        )
+    if any(res.ran(c["name"]) for c in res.proxy_cells):
+        out.append(
+            Section("proxy", "The PROXY header's cost", prose.PROXY_INTRO, tables.proxy_table(res))
+        )
     out += [
         Section(
             f"cell:{c['name']}",
@@ -115,7 +129,7 @@ def sections(res: Results) -> list[Section]:
             table=tables.cell_table(res, c) if res.ran(c["name"]) else [],
             intro="" if res.ran(c["name"]) else "∅ No server ran in this cell here: see Notes.",
         )
-        for c in res.cells
+        for c in (*res.cells, *res.tls_cells, *res.proxy_cells)
     ]
     return out
 

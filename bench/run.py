@@ -27,22 +27,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import certs, report
 from bench.generators import GENERATORS, c_client_argv, c_client_figures, echod_bench_argv
-from bench.matrix import C100K_SMALL, FULL, FULL_TIMING, QUICK, QUICK_TIMING, Cell, Timing
-from bench.query import C_CLIENT, ECHOD_BENCH
+from bench.matrix import FULL, FULL_TIMING, OPT_IN, QUICK, QUICK_TIMING, Cell, Timing
+from bench.query import C_CLIENT, ECHOD_BENCH, skipped
 from bench.servers import (
     REFERENCE,
     REFERENCES,
+    TLS_REFERENCE,
     RunningServer,
     ServerFailed,
     ServerSpec,
     build_client,
     build_reference,
+    build_tls_reference,
     build_uring_reference,
     echod_backends,
     pin,
+    proxy_argv,
     specs,
+    tls_argv,
     worker_specs,
 )
 
@@ -169,12 +173,38 @@ def spread_over_workers(spec: ServerSpec, cell: Cell) -> ServerSpec:
     return dataclasses.replace(spec, argv=argv, workers=cell.spread)
 
 
+def takes_part(spec: ServerSpec, cell: Cell) -> bool:
+    """Whether a server belongs in a cell at all: the plaintext C servers have no place in
+    a TLS or PROXY cell, nor the C TLS server in a plaintext one."""
+    if spec.name == TLS_REFERENCE:
+        return bool(cell.tls)
+    return spec.name not in REFERENCES or not cell.family
+
+
+def for_cell(spec: ServerSpec, cell: Cell, made: dict[str, certs.Certificate]) -> ServerSpec:
+    """The server as a TLS or PROXY cell runs it: its listener, certificate and trust."""
+    if cell.tls:
+        found = made[cell.tls]
+        return dataclasses.replace(spec, argv=tls_argv(spec, found.cert, found.key))
+    if cell.proxy:
+        return dataclasses.replace(spec, argv=proxy_argv(spec, cell.proxy))
+    return spec
+
+
 def obstacle(spec: ServerSpec, cell: Cell, threads: int | None = None) -> str | None:
-    """Why a server cannot hold a cell's connections on this machine, said up front.
+    """Why a server cannot hold a cell's connections on this machine, or does not run the
+    cell, said up front.
 
     Trying would only measure refused connections (select) or failed thread starts.
     ``threads`` is the kernel's thread limit (:func:`kernel_thread_limit` if not given).
     """
+    if cell.tls and spec.backend == "uring":
+        return "not run: the uring backend refuses tls: listeners (TLS on the ring is out of issue 19's scope)"
+    if cell.only and spec.name not in cell.only:
+        return (
+            f"not run: the {cell.family or cell.name} cell runs on {', '.join(cell.only)} "
+            "only, to keep `make bench` under an hour"
+        )
     # 16: the server's own descriptors (stdio, listener, wakeup pipe, log).
     if spec.backend == "select" and cell.connections > 1024 - 16:
         return f"not run: select() watches descriptors below FD_SETSIZE (1024), not {cell.connections:,}"
@@ -409,7 +439,11 @@ def runnable(
 
 def line_up(cell: Cell, servers: list[ServerSpec]) -> list[tuple[ServerSpec, str]]:
     """Who runs in a cell, each with its generator, in the round's first order."""
-    group = worker_specs(cell.backends, cell.workers) if cell.workers else servers
+    group = (
+        worker_specs(cell.backends, cell.workers)
+        if cell.workers
+        else [s for s in servers if takes_part(s, cell)]
+    )
     generators = GENERATORS if cell.c_client else (ECHOD_BENCH,)
     return [(spec, generator) for spec in group for generator in generators]
 
@@ -430,6 +464,8 @@ def in_round_order(
 
 def describe(record: dict[str, Any]) -> str:
     figures = record.get("figures")
+    if skipped(record):
+        return str(record["error"])
     if not figures:
         return f"FAILED: {record.get('error', '?')}"
     line = f"{figures['requests_per_s']:>12,.0f}/s"
@@ -484,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells:
         wanted = set(args.cells.split(","))
         # dict: a cell in both matrices (rr-1k-10, workers-1k) runs once.
-        cells = list({c.name: c for c in (*FULL, *QUICK, C100K_SMALL) if c.name in wanted}.values())
+        cells = list({c.name: c for c in (*FULL, *QUICK, *OPT_IN) if c.name in wanted}.values())
     notes: list[str] = []
     limit_problem = raise_open_files(cells)
     if limit_problem:
@@ -504,10 +540,15 @@ def main(argv: list[str] | None = None) -> int:
     uring_problem = None if args.no_reference else build_uring_reference()
     if uring_problem:
         notes.append(uring_problem)
+    tls_cells = any(c.tls for c in cells)
+    tls_problem = build_tls_reference() if tls_cells and not args.no_reference else None
+    if tls_problem:
+        notes.append(tls_problem)
     servers = specs(
         backends,
         with_reference=with_reference,
         with_uring_reference=not args.no_reference and uring_problem is None,
+        with_tls_reference=tls_cells and not args.no_reference and tls_problem is None,
     )
     if not servers:
         print("bench: nothing to measure", file=sys.stderr)
@@ -515,8 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     server_cpus, generator_cpus, pinning = split_cpus()
     notes.append(pinning)
     has_reference = any(s.name == REFERENCE for s in servers)
-    cells, skipped = runnable(cells, backends, has_reference and not client_problem)
-    notes += skipped
+    cells, left_out = runnable(cells, backends, has_reference and not client_problem)
+    notes += left_out
+    # The TLS cells' keys: made for this run, gone with it.
+    scratch = tempfile.TemporaryDirectory(prefix="bench-certs-")
+    made: dict[str, certs.Certificate] = {}
+    if tls_cells:
+        try:
+            made = certs.make(Path(scratch.name))
+        except certs.CertificateError as exc:
+            notes.append(str(exc))
+            cells = [c for c in cells if not c.tls]
     for note in notes:
         print(f"bench: {note}")
     started = time.time()
@@ -526,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             pinned = not cell.workers
             for spec, generator in in_round_order(cell, line_up(cell, servers), round_index):
                 record = run_cell(
-                    spec,
+                    for_cell(spec, cell, made),
                     cell,
                     timing,
                     server_cpus if pinned else None,
@@ -540,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"[round {round_index + 1}/{timing.rounds}] {cell.name:<10} {who:<10} {describe(record)}",
                     flush=True,
                 )
+    scratch.cleanup()
     results = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "elapsed_s": round(time.time() - started, 1),
@@ -572,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
                 "backends": list(c.backends),
                 "role": c.role,
                 "c_client": c.c_client,
+                # The TLS and PROXY cells have their own sections and C row ("vs C").
+                "family": c.family,
+                "tls": c.tls,
+                "proxy": c.proxy,
+                "reference": TLS_REFERENCE if c.tls else None,
             }
             for c in cells
         ],
@@ -589,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: wrote {path}")
     if args.publish:
         report.publish(results)
-    failed = [r for r in runs if "error" in r or r.get("generator_status", 0) != 0]
+    # A cell a server does not run (run.obstacle) is said in the report, not a failure.
+    failed = [
+        r for r in runs if not skipped(r) and ("error" in r or r.get("generator_status", 0) != 0)
+    ]
     if failed:
         print(f"bench: {len(failed)} of {len(runs)} cells failed or saw errors", file=sys.stderr)
     return 1 if failed else 0

@@ -28,10 +28,11 @@ REFERENCE = "c-epoll"
 URING_SOURCE = HERE / "reference" / "echo_uring.c"
 URING_BINARY = HERE / "reference" / "echo-uring"
 URING_REFERENCE = "c-uring"
-REFERENCES = (REFERENCE, URING_REFERENCE)
 TLS_REFERENCE_SOURCE = HERE / "reference" / "echo_tls.c"
 TLS_REFERENCE_BINARY = HERE / "reference" / "echo-tls"
+# The TLS cells' limit row (issue 19): their "vs C" ratios are against it.
 TLS_REFERENCE = "c-tls"
+REFERENCES = (REFERENCE, URING_REFERENCE, TLS_REFERENCE)
 CLIENT_SOURCE = HERE / "reference" / "echo_client.c"
 CLIENT_BINARY = HERE / "reference" / "echo-client"
 LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
@@ -117,17 +118,41 @@ def specs(
     with_reference: bool,
     python: str = sys.executable,
     with_uring_reference: bool = False,
+    with_tls_reference: bool = False,
 ) -> list[ServerSpec]:
+    """Every server of a run. The C TLS server's certificate and address are added per
+    cell (``tls_argv``): its certificate is made for the run."""
     result = [ServerSpec(name, echod_argv(name, python), name) for name in backends]
     if with_reference:
         result.append(ServerSpec(REFERENCE, (str(REFERENCE_BINARY), "127.0.0.1", "0")))
     if with_uring_reference:
         result.append(ServerSpec(URING_REFERENCE, (str(URING_BINARY), "127.0.0.1", "0")))
+    if with_tls_reference:
+        result.append(ServerSpec(TLS_REFERENCE, (str(TLS_REFERENCE_BINARY),)))
     return result
 
 
-def echod_argv(backend: str, python: str = sys.executable) -> tuple[str, ...]:
-    return (python, "-m", "echod", "--backend", backend, "--host", "127.0.0.1", "--port", "0")
+def echod_argv(
+    backend: str, python: str = sys.executable, listen: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """echod on an ephemeral loopback port; ``listen``, if given, replaces the address
+    (``--listen tls:...`` and the options it needs)."""
+    address = listen or ("--host", "127.0.0.1", "--port", "0")
+    return (python, "-m", "echod", "--backend", backend, *address)
+
+
+def tls_argv(spec: ServerSpec, cert: Path, key: str | Path) -> tuple[str, ...]:
+    """``spec`` serving TLS with ``cert`` and ``key`` on an ephemeral loopback port."""
+    if spec.name == TLS_REFERENCE:
+        return (*spec.argv, str(cert), str(key), "127.0.0.1", "0")
+    listen = ("--listen", "tls:127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key))
+    return echod_argv(spec.backend, spec.argv[0], listen)
+
+
+def proxy_argv(spec: ServerSpec, version: str) -> tuple[str, ...]:
+    """echod taking a PROXY ``version`` header first, from 127.0.0.1 only."""
+    listen = ("--listen", f"proxy-{version}:127.0.0.1:0", "--proxy-from", "127.0.0.1/32")
+    return echod_argv(spec.backend, spec.argv[0], listen)
 
 
 def worker_specs(

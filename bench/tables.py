@@ -258,7 +258,7 @@ def cell_table(res: Results, cell: dict[str, Any]) -> list[str]:
         "RSS/conn",
     ]
     rows = []
-    for server in res.servers:
+    for server in res.in_cell(name):
         line = [
             server,
             res.spread(server, name, query.rate).show() + res.marks(server, name),
@@ -274,5 +274,70 @@ def cell_table(res: Results, cell: dict[str, Any]) -> list[str]:
             mib(res.median(server, name, query.rss)),
             kib(res.median(server, name, query.rss_per_conn)),
         ]
+        rows.append(line)
+    return table(header, rows)
+
+
+def _ran_any(res: Results, cells: list[dict[str, Any]]) -> list[str]:
+    """The servers with figures in any of ``cells``: the rows of a family's table."""
+    return [s for s in res.data["servers"] if any(res.figures(s, c["name"]) for c in cells)]
+
+
+def handshake_table(res: Results) -> list[str]:
+    """The TLS handshake cells, one row each: every server's handshakes per second, its
+    CPU per handshake, and (echod's) both against the C TLS server's."""
+    cells = [c for c in res.tls_cells if "--churn" in c["args"]]
+    servers = _ran_any(res, cells)
+    header = ["workload"]
+    for server in servers:
+        header += [f"{server} hs/s", f"{server} CPU µs/hs"]
+        if server not in res.references:
+            header += [f"{server} hs/s vs C", f"{server} CPU vs C"]
+    rows = []
+    for cell in cells:
+        name = cell["name"]
+        line = [cell["label"]]
+        for server in servers:
+            if res.not_run(server, name):
+                line += ["not run"] * (2 if server in res.references else 4)
+                continue
+            line += [
+                res.spread(server, name, query.rate).show(spread=False) + res.marks(server, name),
+                res.spread(server, name, query.cpu).show("{:.1f}", spread=False),
+            ]
+            if server not in res.references:
+                line += [res.ratio(server, name, query.rate), res.ratio(server, name, query.cpu)]
+        rows.append(line)
+    return table(header, rows)
+
+
+def proxy_table(res: Results, plain: str = "churn") -> list[str]:
+    """Each backend's churn with and without a PROXY header: what the header costs a
+    connection in server CPU, as the difference of the medians (the cells ran in the
+    same rounds)."""
+    servers = _ran_any(res, res.proxy_cells)
+    header = ["backend", "conn/s, no header", "CPU µs/conn, no header"]
+    for cell in res.proxy_cells:
+        version = cell.get("proxy") or cell["name"]
+        header += [f"conn/s, {version}", f"CPU µs/conn, {version}", f"{version} header, µs/conn"]
+    rows = []
+    for server in servers:
+        base = res.median(server, plain, query.cpu)
+        line = [
+            server,
+            res.spread(server, plain, query.rate).show(spread=False) + res.marks(server, plain),
+            res.spread(server, plain, query.cpu).show("{:.2f}", spread=False),
+        ]
+        for cell in res.proxy_cells:
+            name = cell["name"]
+            if res.not_run(server, name):
+                line += ["not run"] * 3
+                continue
+            mine = res.median(server, name, query.cpu)
+            line += [
+                res.spread(server, name, query.rate).show(spread=False) + res.marks(server, name),
+                res.spread(server, name, query.cpu).show("{:.2f}", spread=False),
+                "-" if mine is None or base is None else f"{mine - base:+.2f} ({mine / base:.2f}x)",
+            ]
         rows.append(line)
     return table(header, rows)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from bench.matrix import C100K, C100K_SMALL, FULL  # noqa: E402
+from bench.matrix import C100K, C100K_10K_SPREAD, C100K_SMALL, FULL  # noqa: E402
 from bench.run import kernel_thread_limit, obstacle, per_process, spread_over_workers  # noqa: E402
 from bench.servers import ServerSpec  # noqa: E402
 
@@ -88,3 +88,17 @@ def test_the_100k_cell_spreads_epoll_uvloop_uring_over_workers_and_says_why_not_
     if hard != resource.RLIM_INFINITY and big.connections + 64 > hard:
         found = obstacle(spread_over_workers(reference, big), big)
         assert found is not None and "hard limit" in found
+
+
+def test_the_10k_cell_over_six_workers_runs_the_100k_cells_servers() -> None:
+    """The RSS slope from 10k to 100k compares the same processes: same workers, same
+    generator processes, same backends, only the connections differ."""
+    big, small = C100K[-1], C100K_10K_SPREAD
+    assert small not in FULL and small.connections == 10_000
+    assert (small.spread, small.spread_backends) == (big.spread, big.spread_backends)
+    drop = ("--connections",)
+    assert [a for a in small.args if a not in drop and a != "10000"] == [
+        a for a in big.args if a not in drop and a != "100000"
+    ]
+    server = spread_over_workers(spec("uring"), small)
+    assert server.argv[-4:] == ("--workers", str(big.spread), "--listen-mode", "reuseport")
