@@ -48,15 +48,21 @@ class EchoServerFactory:
         every: int = 1,
         **settings: Any,
     ) -> ThreadedEchoServer:
-        if isinstance(listen, str):
-            listen = [listen]
-        if isinstance(faults, str):
-            faults = [faults]
-        if any(text.startswith("udp:") for text in listen):
-            settings = {**UDP_UNLIMITED, **settings}
+        listen, faults, settings = _normalised(listen, faults, settings)
         return self._stack.enter_context(
             running(listen, backend=backend, faults=faults, every=every, **settings)
         )
+
+
+def _normalised(
+    listen: Sequence[str] | str, faults: Sequence[str | Fault] | str, settings: dict[str, Any]
+) -> tuple[list[str], list[str | Fault], dict[str, Any]]:
+    """One address or fault may be a bare string; a UDP listener in a test is unlimited."""
+    addresses = [listen] if isinstance(listen, str) else list(listen)
+    specs: list[str | Fault] = [faults] if isinstance(faults, str) else list(faults)
+    if any(text.startswith("udp:") for text in addresses):
+        settings = {**UDP_UNLIMITED, **settings}
+    return addresses, specs, settings
 
 
 class AsyncEchoServerFactory:
@@ -75,12 +81,7 @@ class AsyncEchoServerFactory:
         every: int = 1,
         **settings: Any,
     ) -> AsyncEchoServer:
-        if isinstance(listen, str):
-            listen = [listen]
-        if isinstance(faults, str):
-            faults = [faults]
-        if any(text.startswith("udp:") for text in listen):
-            settings = {**UDP_UNLIMITED, **settings}
+        listen, faults, settings = _normalised(listen, faults, settings)
         return await self._stack.enter_async_context(
             serving(listen, backend=backend, faults=faults, every=every, **settings)
         )

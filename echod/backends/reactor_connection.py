@@ -113,15 +113,16 @@ class Connection(EchoSession):
         if wants == DONE:
             self.close()
             return
-        callback: Callable[[int], None]
-        if wants == WANT_READ:
-            callback = self.on_readable
-        elif wants == WANT_WRITE:
-            callback = self.on_writable
-        else:
-            callback = self.on_ready
-        self.server.reactor.change(self.fd, wants, callback)
+        self.server.reactor.change(self.fd, wants, self.callback_for(wants))
         self.events = wants
+
+    def callback_for(self, wants: int) -> Callable[[int], None]:
+        """The handler for what the session wants: reading, writing, or both."""
+        if wants == WANT_READ:
+            return self.on_readable
+        if wants == WANT_WRITE:
+            return self.on_writable
+        return self.on_ready
 
     def close(self) -> None:
         if not self.events:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable
 
 from echod.backends.fault_driver import FaultDriver, Later, reset_socket
 from echod.backends.reactor_connection import Connection, ConnectionServer
 from echod.faults import ConnectionFaults
-from echod.session import DONE, WANT_READ, WANT_WRITE
+from echod.session import DONE, WANT_READ
 
 # A faulty connection paused by its driver with nothing to send: registered for nothing.
 IDLE = -1
@@ -127,13 +126,7 @@ class FaultyConnection(Connection):
                 reactor.remove(self.fd)
                 self.events = IDLE
             return
-        callback: Callable[[int], None]
-        if wants == WANT_READ:
-            callback = self.on_readable
-        elif wants == WANT_WRITE:
-            callback = self.on_writable
-        else:
-            callback = self.on_ready
+        callback = self.callback_for(wants)
         if self.events == IDLE:
             reactor.add(self.fd, wants, callback)
         else:
