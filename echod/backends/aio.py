@@ -38,7 +38,7 @@ from echod.backends.base import RECEIVE_SIZE
 from echod.backends.fault_driver import FaultDriver, reset_socket
 from echod.backends.serving import ServingCore
 from echod.config import Config
-from echod.faults import ConnectionFaults, FaultPlan
+from echod.faults import ConnectionFaults
 from echod.lifecycle import HANDLED_SIGNALS, Lifecycle
 from echod.tls import TlsEndpoint
 
@@ -253,8 +253,6 @@ class AsyncServer(ServingCore[EchoProtocol]):
         self.view = memoryview(bytearray(RECEIVE_SIZE))
         self.uvloop = type(loop).__module__.startswith("uvloop")
         self.protocol = EchoProtocol if self.uvloop else BufferedEchoProtocol
-        # None without --fault: an accept then pays one identity test, no call.
-        self.fault_plan = FaultPlan(config.fault, config.fault_every) if config.fault else None
         self.finished: asyncio.Future[None] = loop.create_future()
         # Live timers only, for close_loop to cancel: a one-shot leaves when it fires or
         # is cancelled (out of descriptors, the core sets one a back-off second).

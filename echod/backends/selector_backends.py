@@ -22,7 +22,6 @@ from echod.backends.reactor_connection import Connection
 from echod.backends.reactor_faults import FaultyConnection
 from echod.backends.reactor_tls import begin_tls
 from echod.config import Config
-from echod.faults import FaultPlan
 from echod.lifecycle import Lifecycle
 from echod.loop import Reactor, io_manager
 from echod.session import WANT_READ, WANT_WRITE
@@ -72,8 +71,6 @@ class ReactorServer(ReactorServingCore[Connection]):
         self.marks = config.marks
         self.buffer = bytearray(RECEIVE_SIZE)
         self.view = memoryview(self.buffer)
-        # None without --fault: an accept then pays one identity test, no call.
-        self.fault_plan = FaultPlan(config.fault, config.fault_every) if config.fault else None
 
     # What the serving core asks of a backend --------------------------------------------
     def begin(self, sock: socket.socket) -> Connection:

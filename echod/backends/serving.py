@@ -276,6 +276,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self.config = config
         self.lifecycle = lifecycle
         self.stats = lifecycle.stats
+        # What --fault asks, decided per connection by the backends that carry faults;
+        # None without it, so an accept pays one identity test and no call.
+        self.fault_plan = FaultPlan(config.fault, config.fault_every) if config.fault else None
         self.limit = config.max_connections if limit is None else limit
         # select(2) cannot watch descriptors at or above FD_SETSIZE: such connections are
         # refused, or the whole loop would die on the next select() call.
@@ -396,10 +399,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
                     proxy_version(sock),
                     " ".join(self.config.proxy_from),
                 )
-        if self.config.fault:
+        if self.fault_plan is not None:
             log.warning(
                 "FAULTS ON: this server misbehaves on purpose (%s): never use it as an echo service",
-                FaultPlan(self.config.fault, self.config.fault_every).describe(),
+                self.fault_plan.describe(),
             )
         self.lifecycle.ready(addresses, label)
         io = self.io_description()
