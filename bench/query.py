@@ -291,8 +291,9 @@ class Results:
         hit = [r for r in runs if r.get("contended")]
         if not hit:
             return None
-        # One line each: a command line may hold newlines (python -c "...").
-        what = sorted({" ".join(c.split()) for r in hit for c in r["contended"]})
+        # One line each: a command line may hold newlines (python -c "..."); and its
+        # paths by their last part, so no path of the machine that ran it is published.
+        what = sorted({" ".join(map(_last_part, c.split())) for r in hit for c in r["contended"]})
         return (
             f"{len(hit)} of {len(runs)} runs overlapped other load on this machine "
             f"({'; '.join(what[:4])}{' …' if len(what) > 4 else ''}). Where at least half of "
@@ -355,3 +356,11 @@ def active(cell: dict[str, Any] | None) -> int:
 
 def count(connections: int) -> str:
     return f"{connections // 1000}k" if connections >= 1000 else str(connections)
+
+
+def _last_part(word: str) -> str:
+    """``/tmp/x/venv/bin/python`` as ``python``, ``-I/tmp/x/`` as ``-Ix``; a word with no
+    path in it as it is."""
+    if "/" not in word:
+        return word
+    return word[: word.index("/")] + word.rstrip("/").rpartition("/")[2]

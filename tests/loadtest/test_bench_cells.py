@@ -241,3 +241,10 @@ def test_a_contending_command_line_with_newlines_is_one_line_in_the_note() -> No
     data["runs"][0]["contended"] = ["python3.11 -c \nimport sys\nprint(1)"]
     note = Results(data).contention_note()
     assert note is not None and "\n" not in note and "-c import sys print(1)" in note
+
+
+def test_a_contending_command_is_published_without_the_paths_of_this_machine() -> None:
+    data = results()
+    data["runs"][0]["contended"] = ["/tmp/pytest-of-root/p0/venv/bin/python -m pip -I/usr/x/"]
+    note = Results(data).contention_note()
+    assert note is not None and "(python -m pip -Ix)" in note and "/tmp" not in note
