@@ -41,6 +41,7 @@ class Echod:
         wrapper: Sequence[str] = (),
         wait: bool = True,
         program: Sequence[str] = ("-m", "echod"),
+        pass_fds: Sequence[int] = (),
     ) -> None:
         # A test's own server must not pick up a systemd environment the runner has.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(SYSTEMD_VARS)}
@@ -52,6 +53,7 @@ class Echod:
             stderr=subprocess.PIPE,
             env=full_env,
             cwd=ROOT,
+            pass_fds=pass_fds,
         )
         self.pid = self.proc.pid
         self._lines: list[str] = []

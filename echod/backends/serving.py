@@ -439,6 +439,8 @@ class ServingCore(abc.ABC, Generic[Conn]):
         self._spare.close()
         with control_signals_held() if self.lifecycle.signals else contextlib.nullcontext():
             self.close_loop()
+        for sock in self.listeners:  # any whose close waited on an accept the loop ended
+            sock.close()
         self.refresh_stats()
         self.lifecycle.stopped()
 
@@ -555,8 +557,12 @@ class ServingCore(abc.ABC, Generic[Conn]):
         if not self.listeners_closed:
             self.listeners_closed = True
             for sock in self.listeners:
-                sock.close()
+                self.close_listener(sock)
             self.udp.close()  # a graceful stop has no datagram to finish
+
+    def close_listener(self, sock: socket.socket) -> None:
+        """A backend whose accept outlives its cancel closes the listener later."""
+        sock.close()
 
     def close_waiting(self) -> None:
         """At the stop, clients accepted but never served: a drain served them."""
@@ -580,20 +586,27 @@ class ServingCore(abc.ABC, Generic[Conn]):
                 # connections would crowd out everyone else's SYNs.
                 self.pause_accepting()
                 return
-            try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return  # nothing waits any more: the backend waits for readiness again
-            except OSError as exc:
-                if exc.errno in PEER_GONE:
-                    self.stats.accept_errors_peer_gone += 1
-                    continue  # the client left before we got to it, or a firewall said no
-                if exc.errno in EXHAUSTED:
-                    self.stats.accept_errors_exhausted += 1
-                    self.out_of_resources(os.strerror(exc.errno or 0))
-                    return
-                raise  # a listener gone bad is a bug to report, not a state to serve in
-            self.take(listener, sock, peer, tcp)
+            if not self.accept_one(listener, tcp):
+                return
+
+    def accept_one(self, listener: socket.socket, tcp: bool) -> bool:
+        """Accept one queued client and take it; False once none waits any more (the
+        backend waits for readiness again) or descriptors ran out."""
+        try:
+            sock, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in PEER_GONE:
+                self.stats.accept_errors_peer_gone += 1
+                return True  # the client left before we got to it, or a firewall said no
+            if exc.errno in EXHAUSTED:
+                self.stats.accept_errors_exhausted += 1
+                self.out_of_resources(os.strerror(exc.errno or 0))
+                return False
+            raise  # a listener gone bad is a bug to report, not a state to serve in
+        self.take(listener, sock, peer, tcp)
+        return True
 
     def accept_completed(self, listener: socket.socket, result: int) -> None:
         """A completion backend's accept finished: ``result`` is the new descriptor, or
