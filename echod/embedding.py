@@ -34,11 +34,10 @@ from echod.config import Config, ConfigError, fault_spec
 from echod.faults import Fault
 from echod.lifecycle import Lifecycle, Stats
 from echod.net.listener_set import Listeners, open_listeners
-from echod.net.listeners import describe, tls_of
+from echod.net.listeners import describe
 from echod.service import channel, worker_process
 from echod.service.channel import Channel, Message
 from echod.tls import TlsEndpoint
-from echod.udp.serving import describe_datagram
 
 if TYPE_CHECKING:
     from echod.backends.aio import AsyncServer
@@ -138,7 +137,7 @@ class EchoServer:
         self._listeners = listeners
         sockets = listeners.for_slot(None)
         #: Every address served, as ``--listen`` spells it, port 0 resolved.
-        self.addresses: tuple[str, ...] = tuple(_describe(sock) for sock in sockets)
+        self.addresses: tuple[str, ...] = tuple(describe(sock) for sock in sockets)
         #: Socket addresses of the stream listeners (TCP, TLS, Unix), in ``listen`` order.
         self.tcp: tuple[Any, ...] = tuple(
             sock.getsockname() for sock in sockets if sock.type == socket.SOCK_STREAM
@@ -446,13 +445,6 @@ async def serving(
         yield server
     finally:
         await server.close()
-
-
-def _describe(sock: socket.socket) -> str:
-    if sock.type == socket.SOCK_DGRAM:
-        return describe_datagram(sock)
-    text = describe(sock)
-    return f"tls:{text}" if tls_of(sock) is not None else text
 
 
 def _copy(stats: Stats) -> Stats:

@@ -22,9 +22,14 @@ from typing import NoReturn
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^ :]+):(\d+)")
+LISTENING = re.compile(r"listening on (?:proxy-v[12]:)?(?:tls:)?(\[[^\]]+\]|[^ :]+):(\d+)")
 TIMEOUT = 20.0
 SYSTEMD_VARS = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "JOURNAL_STREAM", "ECHOD_")
+
+
+def listening_ports(log: str) -> list[int]:
+    """The ports of the stream listeners a log announced, in its order."""
+    return [int(match.group(2)) for match in LISTENING.finditer(log)]
 
 
 class Echod:

@@ -151,13 +151,18 @@ def _explain(exc: OSError, address: Address) -> str:
 
 
 def describe(sock: socket.socket) -> str:
-    """The address a listener is bound to, as an operator would type it."""
+    """The address a listener is bound to, as an operator would type it to ``--listen``,
+    prefixes included (``proxy-v2:tls:127.0.0.1:7443``, ``udp:[::1]:7``)."""
+    version = proxy_version(sock)
+    prefix = (f"proxy-v{version}:" if version else "") + ("tls:" if tls_of(sock) else "")
+    if sock.type == socket.SOCK_DGRAM:
+        prefix = "udp:"
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
-        return f"unix:{name}"
+        return f"{prefix}unix:{name}"
     if sock.family == socket.AF_INET6:
-        return f"[{name[0]}]:{name[1]}"
-    return f"{name[0]}:{name[1]}"
+        return f"{prefix}[{name[0]}]:{name[1]}"
+    return f"{prefix}{name[0]}:{name[1]}"
 
 
 def unix_paths(listeners: Sequence[socket.socket]) -> list[str]:

@@ -19,6 +19,7 @@ from echod import backends
 from echod.admission import AccessRules, network
 from echod.config import Config
 from echod.lifecycle import Stats
+from echod.net.listeners import describe
 from echod.service import ServiceError
 from echod.udp.guard import Guard, GuardSettings, RefusalLog, UdpCounters
 
@@ -50,11 +51,6 @@ def check_backend(name: str, listeners: Sequence[socket.socket]) -> None:
             f"backend {name} does not serve UDP listeners; use a reactor backend "
             "(epoll, poll, select, ...), asyncio or uvloop"
         )
-
-
-def describe_datagram(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"udp:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"udp:{host}:{port}"
 
 
 def settings_from(config: Config) -> GuardSettings:
@@ -158,7 +154,7 @@ class DatagramService:
 
     @property
     def addresses(self) -> list[str]:
-        return [describe_datagram(sock) for sock in self.sockets]
+        return [describe(sock) for sock in self.sockets]
 
     def start(self, watch: Watch, unwatch: Unwatch) -> None:
         for echoer in self.echoers:

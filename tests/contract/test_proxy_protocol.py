@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from echod.net.proxy_protocol import encode_v1, encode_v2
-from tests.support import Echod, echod, recv_exactly, wait_until
+from tests.support import Echod, echod, listening_ports, recv_exactly, wait_until
 
 CLIENT = ("192.0.2.10", 40001)  # the address the header carries (TEST-NET-1)
 DENIED = ("198.51.100.7", 40002)  # TEST-NET-2, denied below
@@ -32,7 +32,7 @@ def proxied(backend: str) -> Iterator[Echod]:
     )  # fmt: skip
     with echod(*args) as server:
         server.wait_for(r"(?s)listening on .*listening on ")
-        ports = [int(port) for port in re.findall(r"listening on 127\.0\.0\.1:(\d+)", server.log)]
+        ports = listening_ports(server.log)
         server.ports = ports  # type: ignore[attr-defined]
         yield server
 
@@ -147,7 +147,7 @@ def test_a_stop_serves_a_client_whose_header_is_still_on_its_way(backend: str) -
     as it waits for a connection's echo (a reload drains the old workers the same way)."""
     args = ("--listen", "proxy-v2:127.0.0.1:0", "--proxy-from", "127.0.0.1")
     with echod("--backend", backend, *args) as server:
-        port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        port = server.port
         server.ports = [0, port]  # type: ignore[attr-defined]
         with connect(server, 2) as sock:
             first = header(2)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.metrics.scrape import address_of, scrape
-from tests.support import Echod, echod, exchange, require_tool
+from tests.support import Echod, echod, exchange, listening_ports, require_tool
 
 CLIENT, DENIED_CLIENT = "127.0.0.5", "127.0.0.6"
 
@@ -68,7 +68,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Echod, dict[int, int]]]:
     )  # fmt: skip
     with echod(*args) as server:
         server.wait_for(r"(?s)listening on .*listening on ")
-        ports = [int(p) for p in re.findall(r"listening on 127\.0\.0\.1:(\d+)", server.log)]
+        ports = listening_ports(server.log)
         front = {1: free_port(), 2: free_port()}
         config = tmp_path / "haproxy.cfg"
         config.write_text(

@@ -4,7 +4,6 @@ The address the header carries is the one echod logs; plaintext after it is refu
 
 from __future__ import annotations
 
-import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from echod.net.proxy_protocol import encode_v1, encode_v2
-from tests.support import TIMEOUT, Echod, echod, recv_exactly
+from tests.support import TIMEOUT, Echod, echod, listening_ports, recv_exactly
 from tests.tls.tls_support import Pki, client_context
 
 CLIENT = ("192.0.2.44", 40044)
@@ -29,10 +28,15 @@ def proxied_tls(backend: str, pki: Pki) -> Iterator[Echod]:
     )  # fmt: skip
     with echod(*args, *pki.server_args()) as server:
         server.wait_for(r"(?s)listening on .*listening on ")
-        server.ports = [  # type: ignore[attr-defined]
-            int(port) for port in re.findall(r"listening on 127\.0\.0\.1:(\d+)", server.log)
-        ]
+        server.ports = listening_ports(server.log)  # type: ignore[attr-defined]
         yield server
+
+
+def test_each_listener_is_logged_as_it_would_be_typed(proxied_tls: Echod) -> None:
+    # Both spellings of the option are the one listener: logged as Address spells it.
+    first, second = proxied_tls.ports  # type: ignore[attr-defined]
+    assert f"listening on proxy-v1:tls:127.0.0.1:{first} " in proxied_tls.log
+    assert f"listening on proxy-v2:tls:127.0.0.1:{second} " in proxied_tls.log
 
 
 def connect_with_header(server: Echod, version: int) -> socket.socket:

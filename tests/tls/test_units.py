@@ -82,7 +82,7 @@ def test_a_socket_named_tls_serves_tls(pki: Pki, free_port: int) -> None:
         server.wait_for(f"Listening on 127.0.0.1:{free_port}")  # the tool's own line
         # The first connection starts echod (Accept=no), which then takes it.
         echoes_over_tls(server, pki)
-        assert "listening on 127.0.0.1" in server.log
+        assert "listening on tls:127.0.0.1" in server.log
 
 
 def test_a_key_echods_user_cannot_read_fails_in_one_line(pki: Pki, tmp_path: Path) -> None:
