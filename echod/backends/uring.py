@@ -268,7 +268,9 @@ class UringServer(ReactorServingCore[Connection]):
         self._accepts.clear()
 
     def _accepted(self, listener: socket.socket, user_data: int, result: int, flags: int) -> None:
-        if result != -errno.ECANCELED:  # unwatched
+        # ECANCELED: unwatched. EBADF after the listeners closed: an accept armed again
+        # (a release resumed accepting) whose submission came after a drain closed them.
+        if result != -errno.ECANCELED and not (result == -errno.EBADF and self.listeners_closed):
             self.accept_completed(listener, result)
         if flags & CQE_F_MORE:
             return
