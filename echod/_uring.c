@@ -23,11 +23,6 @@
  *     the buffer is never overwritten before its bytes are sent.  A failed or
  *     short send does post a completion, and its linked receive is cancelled
  *     without one (REQ_F_SKIP_LINK_CQES).
- *   - or, in the measured alternative (provide_buffers(), the hidden backend
- *     uring-ring), receives pick a buffer from a provided buffer ring
- *     (IOSQE_BUFFER_SELECT, group 0) only when data arrives; the send from it
- *     posts its completion, and receive_selected() hands the buffer back to the
- *     ring as it arms the connection's next receive.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,15 +49,7 @@ typedef struct {
     size_t slot_size;
     char **arenas;
     Py_ssize_t n_arenas;
-    /* The provided buffer ring (group 0), when provide_buffers() set one up. */
-    struct io_uring_buf_ring *buf_ring;
-    size_t buf_ring_size; /* bytes mapped for the ring's entries */
-    char *buffers;
-    unsigned n_buffers;
-    size_t buffer_size;
 } RingObject;
-
-#define BUFFER_GROUP 0
 
 static PyObject *
 raise_errno(int negative_errno)
@@ -219,12 +206,6 @@ Ring_close(RingObject *self, PyObject *unused)
          * arenas are unmapped only once the kernel is done with them. */
         io_uring_queue_exit(&self->ring);
         release_arenas(self);
-        if (self->buf_ring != NULL) {
-            munmap(self->buf_ring, self->buf_ring_size);
-            munmap(self->buffers, self->buffer_size * self->n_buffers);
-            self->buf_ring = NULL;
-            self->buffers = NULL;
-        }
     }
     Py_RETURN_NONE;
 }
@@ -365,158 +346,6 @@ Ring_echo(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* provide_buffers(count, size): a ring of `count` (a power of two) buffers
- * of `size` bytes, registered as buffer group 0, every buffer in it.  The
- * buffers are mapped with MAP_NORESERVE, as the arenas are. */
-static PyObject *
-Ring_provide_buffers(RingObject *self, PyObject *args)
-{
-    long count;
-    Py_ssize_t size;
-    struct io_uring_buf_reg reg;
-    void *ring_memory, *buffers;
-    size_t ring_size;
-    int ret;
-    if (!PyArg_ParseTuple(args, "ln", &count, &size))
-        return NULL;
-    if (check_open(self) < 0)
-        return NULL;
-    if (self->buf_ring != NULL) {
-        PyErr_SetString(PyExc_ValueError, "the buffer ring is already set up");
-        return NULL;
-    }
-    if (count < 1 || count > 32768 || (count & (count - 1)) != 0) {
-        PyErr_SetString(PyExc_ValueError, "count must be a power of two up to 32768");
-        return NULL;
-    }
-    if (size < 1 || size > (1 << 30)) {
-        PyErr_SetString(PyExc_ValueError, "size must be positive, at most 1 GiB");
-        return NULL;
-    }
-    ring_size = (size_t)count * sizeof(struct io_uring_buf);
-    ring_memory = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (ring_memory == MAP_FAILED)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    buffers = mmap(NULL, (size_t)size * (size_t)count, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (buffers == MAP_FAILED) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        munmap(ring_memory, ring_size);
-        return NULL;
-    }
-    memset(&reg, 0, sizeof(reg));
-    reg.ring_addr = (unsigned long)ring_memory;
-    reg.ring_entries = (unsigned)count;
-    reg.bgid = BUFFER_GROUP;
-    ret = io_uring_register_buf_ring(&self->ring, &reg, 0);
-    if (ret < 0) {
-        munmap(buffers, (size_t)size * (size_t)count);
-        munmap(ring_memory, ring_size);
-        return raise_errno(ret);
-    }
-    self->buf_ring = ring_memory;
-    self->buf_ring_size = ring_size;
-    self->buffers = buffers;
-    self->n_buffers = (unsigned)count;
-    self->buffer_size = (size_t)size;
-    io_uring_buf_ring_init(self->buf_ring);
-    for (unsigned i = 0; i < self->n_buffers; i++)
-        io_uring_buf_ring_add(self->buf_ring, self->buffers + i * self->buffer_size,
-                              self->buffer_size, i, io_uring_buf_ring_mask(self->n_buffers), i);
-    io_uring_buf_ring_advance(self->buf_ring, self->n_buffers);
-    Py_RETURN_NONE;
-}
-
-/* The buffer `id` of the ring, or NULL with an exception. */
-static char *
-provided_buffer(RingObject *self, long id)
-{
-    if (self->buf_ring == NULL) {
-        PyErr_SetString(PyExc_ValueError, "no buffer ring (provide_buffers)");
-        return NULL;
-    }
-    if (id < 0 || (unsigned long)id >= self->n_buffers) {
-        PyErr_SetString(PyExc_ValueError, "no such provided buffer");
-        return NULL;
-    }
-    return self->buffers + (size_t)id * self->buffer_size;
-}
-
-/* receive_selected(fd, tag, held): hand buffer `held` back to the ring (if
- * >= 0), then receive into whichever buffer the ring has when data arrives. */
-static PyObject *
-Ring_receive_selected(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    int fd;
-    long held;
-    unsigned long long tag;
-    struct io_uring_sqe *sqe;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "receive_selected(fd, tag, held)");
-        return NULL;
-    }
-    fd = PyLong_AsLong(args[0]);
-    tag = PyLong_AsUnsignedLongLong(args[1]);
-    held = PyLong_AsLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (held >= 0) {
-        char *buffer = provided_buffer(self, held);
-        if (buffer == NULL)
-            return NULL;
-        io_uring_buf_ring_add(self->buf_ring, buffer, self->buffer_size, (unsigned short)held,
-                              io_uring_buf_ring_mask(self->n_buffers), 0);
-        io_uring_buf_ring_advance(self->buf_ring, 1);
-    }
-    if (fd < 0)
-        Py_RETURN_NONE; /* only the hand-back */
-    if (self->buf_ring == NULL) {
-        PyErr_SetString(PyExc_ValueError, "no buffer ring (provide_buffers)");
-        return NULL;
-    }
-    if ((sqe = get_sqe(self)) == NULL)
-        return NULL;
-    io_uring_prep_recv(sqe, fd, NULL, self->buffer_size, 0);
-    io_uring_sqe_set_flags(sqe, IOSQE_BUFFER_SELECT);
-    sqe->buf_group = BUFFER_GROUP;
-    io_uring_sqe_set_data64(sqe, tag << 2 | OP_RECEIVE);
-    Py_RETURN_NONE;
-}
-
-/* send_selected(fd, tag, id, offset, length): send provided buffer id's
- * [offset:offset + length]; its completion is posted (the buffer goes back
- * to the ring only once it is known to be sent). */
-static PyObject *
-Ring_send_selected(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    int fd;
-    long id;
-    Py_ssize_t offset, length;
-    unsigned long long tag;
-    char *buffer;
-    struct io_uring_sqe *sqe;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "send_selected(fd, tag, id, offset, length)");
-        return NULL;
-    }
-    fd = PyLong_AsLong(args[0]);
-    tag = PyLong_AsUnsignedLongLong(args[1]);
-    id = PyLong_AsLong(args[2]);
-    offset = PyLong_AsSsize_t(args[3]);
-    length = PyLong_AsSsize_t(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (offset < 0 || length < 1 || (size_t)(offset + length) > self->buffer_size) {
-        PyErr_SetString(PyExc_ValueError, "send outside the buffer");
-        return NULL;
-    }
-    if ((buffer = provided_buffer(self, id)) == NULL || (sqe = get_sqe(self)) == NULL)
-        return NULL;
-    io_uring_prep_send(sqe, fd, buffer + offset, length, MSG_WAITALL | MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, tag << 2 | OP_SEND);
-    Py_RETURN_NONE;
-}
-
 /* cancel_fd(fd, tag): cancel every request on fd, submitted at once so the
  * caller may close fd right after; completes with user_data tag << 2 | OP_CANCEL. */
 static PyObject *
@@ -624,9 +453,6 @@ static PyMethodDef Ring_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))Ring_receive, METH_FASTCALL, NULL},
     {"echo", (PyCFunction)(void (*)(void))Ring_echo, METH_FASTCALL, NULL},
     {"cancel_fd", (PyCFunction)Ring_cancel_fd, METH_VARARGS, NULL},
-    {"provide_buffers", (PyCFunction)Ring_provide_buffers, METH_VARARGS, NULL},
-    {"receive_selected", (PyCFunction)(void (*)(void))Ring_receive_selected, METH_FASTCALL, NULL},
-    {"send_selected", (PyCFunction)(void (*)(void))Ring_send_selected, METH_FASTCALL, NULL},
     {"wait", (PyCFunction)Ring_wait, METH_O, NULL},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -675,7 +501,5 @@ PyInit__uring(void)
     PyModule_AddIntConstant(m, "OP_SEND", OP_SEND);
     PyModule_AddIntConstant(m, "OP_CANCEL", OP_CANCEL);
     PyModule_AddIntConstant(m, "CQE_F_MORE", IORING_CQE_F_MORE);
-    PyModule_AddIntConstant(m, "CQE_F_BUFFER", IORING_CQE_F_BUFFER);
-    PyModule_AddIntConstant(m, "CQE_BUFFER_SHIFT", IORING_CQE_BUFFER_SHIFT);
     return m;
 }

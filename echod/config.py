@@ -496,15 +496,12 @@ def _toml_text(value: object) -> str:
 
 # Read by echod-bench, which may share echod's environment.
 FOREIGN_PREFIXES = ("ECHOD_BENCH_",)
-# Read by a backend, not an option: the hidden uring-ring backend's ring size, for the
-# test that runs it dry (echod/backends/buffer_ring.py).
-INTERNAL_VARIABLES = ("ECHOD_URING_RING_BUFFERS",)
 
 
 def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
     """``ECHOD_*`` variables no option reads (a typo such as ``ECHOD_PROT``), each with
     the nearest known name if there is one, for a warning at start-up."""
-    known = [option.env for option in OPTIONS] + [CONFIG_VARIABLE, *INTERNAL_VARIABLES]
+    known = [option.env for option in OPTIONS] + [CONFIG_VARIABLE]
     unknown = []
     for name in sorted(environ):
         if not name.startswith("ECHOD_") or name in known or name.startswith(FOREIGN_PREFIXES):

@@ -29,9 +29,6 @@ class Entry:
     probe: str = ""
     # Carries --fault (echod.faults): the serving core's fault driver on its loop.
     faults: bool = False
-    # In available() and --list-backends. False: a measured alternative, run by name
-    # only (the contract suite and the bench ask for it).
-    listed: bool = True
 
     def available(self) -> bool:
         return self.present() and self.refusal() is None
@@ -62,7 +59,6 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("threads", "echod.backends.threads:THREADS", "threading", "blocking sockets, one thread per connection", udp=False),
     Entry("gevent", "echod.backends.green:GEVENT", "gevent", "one greenlet per connection on gevent, no monkey-patching", "pip install 'echod[gevent]'", udp=False),
     Entry("uring", "echod.backends.uring:URING", "select:epoll", "completions on io_uring (Linux): multishot accept, send linked to receive", "apt-get install liburing-dev, then reinstall echod", probe="echod.backends.uring:unavailable"),
-    Entry("uring-ring", "echod.backends.buffer_ring:URING_RING", "select:epoll", "uring receiving from a provided buffer ring (measured in docs/uring.md)", "apt-get install liburing-dev, then reinstall echod", probe="echod.backends.uring:unavailable", listed=False),
 )  # fmt: skip
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 
@@ -80,12 +76,7 @@ class BackendUnavailable(LookupError):
 
 
 def available() -> list[str]:
-    return [entry.name for entry in ENTRIES if entry.listed and entry.available()]
-
-
-def unlisted() -> list[str]:
-    """Measured alternatives that run here but are left out of :func:`available`."""
-    return [entry.name for entry in ENTRIES if not entry.listed and entry.available()]
+    return [entry.name for entry in ENTRIES if entry.available()]
 
 
 def serves_udp(name: str) -> bool:
@@ -98,7 +89,7 @@ def refused() -> list[tuple[str, str]]:
     return [
         (entry.name, reason)
         for entry in ENTRIES
-        if entry.listed and entry.present() and (reason := entry.refusal()) is not None
+        if entry.present() and (reason := entry.refusal()) is not None
     ]
 
 

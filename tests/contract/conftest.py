@@ -10,8 +10,7 @@ import pytest
 from echod import backends
 from tests.support import Echod, echod
 
-# With the measured alternatives run by name only (uring-ring: docs/uring.md).
-BACKENDS = backends.available() + backends.unlisted()
+BACKENDS = backends.available()
 
 
 @pytest.fixture(params=BACKENDS, scope="module")
