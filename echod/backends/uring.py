@@ -15,12 +15,11 @@ send posts a completion only if it fails or falls short
   (exclusively), so a wake-up this accept took just before its cancel is nobody
   else's: the drain keeps the listener open until then and takes what is queued.
 * **Buffers**: one receive buffer per connection (a slot in an arena that costs memory
-  only for the pages its reads touch). A provided buffer ring would be chosen at
-  receive time, but it goes back to the ring only once its send is known to be done:
-  with the send's success completion skipped, that is the next receive, a whole round
-  trip later, so a closed-loop client holds one buffer anyway and the ring would need
-  as many buffers as connections; with it posted, every message costs a second
-  completion in Python.
+  only for the pages its reads touch). A provided buffer ring was measured against it
+  (docs/uring.md): a ring buffer is free only once its send's completion says so, a
+  second completion through Python per message, and it cost more CPU per message in
+  every cell; its memory is the whole ring, since the kernel takes buffers in ring
+  order, which is less only when thousands of connections have each been read.
 * **Close**: every request on the socket is cancelled, then the descriptor closed; the
   buffer slot is reused only once the cancel has completed.
 * **Timers, signals, datagrams**: the :class:`~echod.loop.Reactor` runs on
@@ -271,7 +270,9 @@ class UringServer(ReactorServingCore[Connection]):
         self._accepts.clear()
 
     def _accepted(self, listener: socket.socket, user_data: int, result: int, flags: int) -> None:
-        if result != -errno.ECANCELED:  # unwatched
+        # ECANCELED: unwatched. EBADF after the listeners closed: an accept armed again
+        # (a release resumed accepting) whose submission came after a drain closed them.
+        if result != -errno.ECANCELED and not (result == -errno.EBADF and self.listeners_closed):
             self.accept_completed(listener, result)
         if flags & CQE_F_MORE:
             return
