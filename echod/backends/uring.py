@@ -270,9 +270,9 @@ class UringServer(ReactorServingCore[Connection]):
         self._accepts.clear()
 
     def _accepted(self, listener: socket.socket, user_data: int, result: int, flags: int) -> None:
-        # ECANCELED: unwatched. EBADF after the listeners closed: an accept armed again
-        # (a release resumed accepting) whose submission came after a drain closed them.
-        if result != -errno.ECANCELED and not (result == -errno.EBADF and self.listeners_closed):
+        # A listener stays open while an accept on it is live (close_listener), so an
+        # accept armed again just before a drain cannot find it closed (EBADF).
+        if result != -errno.ECANCELED:  # unwatched
             self.accept_completed(listener, result)
         if flags & CQE_F_MORE:
             return
