@@ -271,8 +271,10 @@ def test_the_c_handshake_client_rates_judge_the_handshake_goal() -> None:
         for f in prose.tls_findings(Results(with_c_client(900.0, c_tls_saturated=True)))
         if "handshakes per second" in f
     ]
-    assert "0.90x" in goal and "(goal at least 0.8x: met)" in goal
-    assert "† the C client used over 90% of its core against c-tls" in goal
+    assert goal.startswith("epoll: full ECDSA: 0.90x the C TLS server's handshakes")
+    assert "† the C client used over 90% of its core against the C TLS server" in goal
+    # Judged on server CPU per handshake instead: 900 against 700 µs, 0.78x.
+    assert goal.endswith("would be about 0.78x: goal at least 0.8x not met).")
     # Without the C client's runs the section is what it was.
     assert prose.TLS_C_CLIENT not in report.markdown(results(), "")
 
