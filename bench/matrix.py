@@ -150,7 +150,8 @@ PLAIN = (
 # (--insecure). The handshake cells run on the two loops that matter most and the C
 # server: four cells on every backend would add a quarter to `make bench`. A Python
 # client does as much TLS work per handshake as the server, so the C handshake client
-# (echo_hs_client.c) drives each of them too, beside echod-bench, as in the rr cells.
+# (echo_hs_client.c) drives each of them too, beside echod-bench, as in the rr cells
+# (36 runs more, about 4 minutes).
 TLS_ARGS = ("--tls", "--insecure")
 HANDSHAKE_SERVERS = ("epoll", "uvloop", "c-tls")
 
