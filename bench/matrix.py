@@ -48,6 +48,11 @@ class Cell:
     min_warmup: float = 0.0
 
     @property
+    def handshakes(self) -> bool:
+        """A TLS handshake cell: connect, handshake, echo once, close, again."""
+        return bool(self.tls) and "--churn" in self.args
+
+    @property
     def family(self) -> str:
         """Which section of the report the cell belongs to: "tls", "proxy" or ""."""
         return "tls" if self.tls else "proxy" if self.proxy else ""
@@ -143,7 +148,10 @@ PLAIN = (
 # handshakes, full and resumed, with each key type. echod-bench verifies every echoed
 # byte and, to spend its one core on the handshake, not the server's certificate
 # (--insecure). The handshake cells run on the two loops that matter most and the C
-# server: four cells on every backend would add a quarter to `make bench`.
+# server: four cells on every backend would add a quarter to `make bench`. A Python
+# client does as much TLS work per handshake as the server, so the C handshake client
+# (echo_hs_client.c) drives each of them too, beside echod-bench, as in the rr cells
+# (36 runs more, about 4 minutes).
 TLS_ARGS = ("--tls", "--insecure")
 HANDSHAKE_SERVERS = ("epoll", "uvloop", "c-tls")
 
@@ -156,6 +164,7 @@ def handshakes(kind: str, resumed: bool) -> Cell:
         ("--churn", "--size", "64", "--connections", "50", *TLS_ARGS,
          "--tls-min-version", "1.3", *(("--tls-resume",) if resumed else ())),
         50,
+        c_client=True,
         tls=kind,
         only=HANDSHAKE_SERVERS,
     )  # fmt: skip

@@ -109,12 +109,18 @@ def sections(res: Results) -> list[Section]:
             )
         )
     if any(res.ran(c["name"]) for c in res.tls_cells):
+        # The C handshake client's table, where it ran (issue 19): below echod-bench's.
+        by_c_client = (
+            ["", prose.TLS_C_CLIENT, "", *tables.handshake_c_client_table(res)]
+            if tables.c_client_handshakes(res)
+            else []
+        )
         out.append(
             Section(
                 "tls",
                 "TLS",
                 prose.TLS_INTRO,
-                tables.handshake_table(res),
+                [*tables.handshake_table(res), *by_c_client],
                 findings=prose.tls_findings(res),
             )
         )

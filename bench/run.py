@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import certs, report
-from bench.generators import GENERATORS, c_client_argv, c_client_figures, echod_bench_argv
+from bench.generators import (
+    GENERATORS,
+    c_client_argv,
+    c_client_counts,
+    c_client_figures,
+    echod_bench_argv,
+    server_figures,
+)
 from bench.matrix import FULL, FULL_TIMING, OPT_IN, QUICK, QUICK_TIMING, Cell, Timing
 from bench.query import C_CLIENT, ECHOD_BENCH, skipped
 from bench.servers import (
@@ -39,6 +46,7 @@ from bench.servers import (
     ServerFailed,
     ServerSpec,
     build_client,
+    build_hs_client,
     build_reference,
     build_tls_reference,
     build_uring_reference,
@@ -49,6 +57,7 @@ from bench.servers import (
     tls_argv,
     worker_specs,
 )
+from loadtest.monitor import NoSuchServer, TreeSampler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Other load this machine is known to run (the robustness suite, test runs): a bench
@@ -291,7 +300,7 @@ def measure(
     limit = timing.duration + timing.warmup + 120
     try:
         if generator == C_CLIENT:
-            record.update(drive_c_client(server.port, cell, timing, generator_cpus, limit))
+            record.update(drive_c_client(server, cell, timing, generator_cpus, limit))
         elif cell.role == "c100k":
             with SockstatPeak() as sockstat:
                 record.update(drive_echod_bench(server, cell, timing, generator_cpus, limit))
@@ -372,27 +381,43 @@ def drive_echod_bench(
 
 
 def drive_c_client(
-    port: int, cell: Cell, timing: Timing, cpus: set[int] | None, limit: float
+    server: RunningServer, cell: Cell, timing: Timing, cpus: set[int] | None, limit: float
 ) -> dict[str, Any]:
+    """The cell's C client against ``server``; where the client says its window (the
+    handshake client), the server's CPU over it too, as echod-bench measures it."""
+    try:
+        sampler: TreeSampler | None = TreeSampler(server.pid)
+    except NoSuchServer:
+        sampler = None
+    if sampler is not None:
+        sampler.start()
     # The client is this process's only child reaped meanwhile: the server is waited
     # for only at stop(), so the rise of RUSAGE_CHILDREN is the client's CPU time.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.run(
-        c_client_argv(port, cell, timing),
-        capture_output=True,
-        text=True,
-        preexec_fn=pin(cpus),
-        timeout=limit,
-    )
+    try:
+        proc = subprocess.run(
+            c_client_argv(server.port, cell, timing),
+            capture_output=True,
+            text=True,
+            preexec_fn=pin(cpus),
+            timeout=limit,
+        )
+    finally:
+        if sampler is not None:
+            sampler.stop()
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     found: dict[str, Any] = {"generator_status": proc.returncode}
     try:
-        found["figures"] = c_client_figures(proc.stdout, cpu, wall)
-    except (ValueError, KeyError, IndexError):
+        counts = c_client_counts(proc.stdout)
+        watched = server_figures(sampler, counts, cell.connections) if sampler else None
+        found["figures"] = c_client_figures(counts, cpu, wall, watched)
+    except (ValueError, KeyError, IndexError, TypeError):
         found["error"] = (proc.stderr.strip() or proc.stdout.strip())[-500:] or "no output"
+    if proc.returncode != 0 and proc.stderr.strip():
+        found["generator_stderr"] = proc.stderr.strip()[-500:]
     return found
 
 
@@ -416,13 +441,14 @@ def source_version() -> str:
 
 
 def runnable(
-    cells: list[Cell], backends: list[str], c_client: bool = True
+    cells: list[Cell], backends: list[str], c_client: bool = True, hs_client: bool = True
 ) -> tuple[list[Cell], list[str]]:
     """Cells whose backends exist here; a workers cell keeps the ones that do; the C
-    client's runs need the C reference and the C client (``c_client``)."""
+    client's runs need the C reference and the C client (``c_client``), in a handshake
+    cell the C handshake client (``hs_client``)."""
     kept, notes = [], []
     for cell in cells:
-        if cell.c_client and not c_client:
+        if cell.c_client and not (hs_client if cell.handshakes else c_client):
             notes.append(f"{cell.name}: echod-bench only, the C client needs the C programs")
             cell = dataclasses.replace(cell, c_client=False)
         if cell.workers:
@@ -544,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     tls_problem = build_tls_reference() if tls_cells and not args.no_reference else None
     if tls_problem:
         notes.append(tls_problem)
+    handshake_cells = any(c.handshakes and c.c_client for c in cells)
+    hs_problem = build_hs_client() if handshake_cells and not args.no_reference else None
+    if hs_problem:
+        notes.append(hs_problem)
     servers = specs(
         backends,
         with_reference=with_reference,
@@ -556,7 +586,12 @@ def main(argv: list[str] | None = None) -> int:
     server_cpus, generator_cpus, pinning = split_cpus()
     notes.append(pinning)
     has_reference = any(s.name == REFERENCE for s in servers)
-    cells, left_out = runnable(cells, backends, has_reference and not client_problem)
+    cells, left_out = runnable(
+        cells,
+        backends,
+        has_reference and not client_problem,
+        not args.no_reference and hs_problem is None,
+    )
     notes += left_out
     # The TLS cells' keys: made for this run, gone with it.
     scratch = tempfile.TemporaryDirectory(prefix="bench-certs-")

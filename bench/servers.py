@@ -35,6 +35,9 @@ TLS_REFERENCE = "c-tls"
 REFERENCES = (REFERENCE, URING_REFERENCE, TLS_REFERENCE)
 CLIENT_SOURCE = HERE / "reference" / "echo_client.c"
 CLIENT_BINARY = HERE / "reference" / "echo-client"
+# The TLS handshake cells' C client (issue 19), beside echod-bench as echo-client is.
+HS_CLIENT_SOURCE = HERE / "reference" / "echo_hs_client.c"
+HS_CLIENT_BINARY = HERE / "reference" / "echo-hs-client"
 LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 
 
@@ -111,6 +114,12 @@ def build_client() -> str | None:
     """Build the C client the generator ceiling is measured with; a note when it cannot."""
     problem = build(CLIENT_SOURCE, CLIENT_BINARY)
     return None if problem is None else f"{problem}: the C client's runs are skipped"
+
+
+def build_hs_client() -> str | None:
+    """Build the C TLS handshake client (OpenSSL, libssl-dev); a note when it cannot."""
+    problem = build(HS_CLIENT_SOURCE, HS_CLIENT_BINARY, ("-lssl", "-lcrypto"))
+    return None if problem is None else f"{problem}: the C handshake client's runs are skipped"
 
 
 def specs(

@@ -286,7 +286,7 @@ def _ran_any(res: Results, cells: list[dict[str, Any]]) -> list[str]:
 def handshake_table(res: Results) -> list[str]:
     """The TLS handshake cells, one row each: every server's handshakes per second, its
     CPU per handshake, and (echod's) both against the C TLS server's."""
-    cells = [c for c in res.tls_cells if "--churn" in c["args"]]
+    cells = handshake_cells(res)
     servers = _ran_any(res, cells)
     header = ["workload"]
     for server in servers:
@@ -308,6 +308,60 @@ def handshake_table(res: Results) -> list[str]:
             if server not in res.references:
                 line += [res.ratio(server, name, query.rate), res.ratio(server, name, query.cpu)]
         rows.append(line)
+    return table(header, rows)
+
+
+def handshake_cells(res: Results) -> list[dict[str, Any]]:
+    """The TLS handshake cells (``--churn`` over TLS)."""
+    return [c for c in res.tls_cells if "--churn" in c["args"]]
+
+
+def c_client_handshakes(res: Results) -> bool:
+    """Whether the C handshake client drove any server in the handshake cells."""
+    cells = handshake_cells(res)
+    return any(res.figures(s, c["name"], C_CLIENT) for s in res.data["servers"] for c in cells)
+
+
+def handshake_c_client_table(res: Results) -> list[str]:
+    """The handshake cells as the C handshake client drove them, one row per cell and
+    server: its handshakes/s and the server's CPU per handshake over its window, both
+    against the C TLS server's; echod-bench's rate beside, from the same rounds."""
+    cells = handshake_cells(res)
+    servers = [
+        s for s in res.data["servers"] if any(res.figures(s, c["name"], C_CLIENT) for c in cells)
+    ]
+    header = [
+        "workload", "backend", "hs/s, C client", "vs C", "server CPU µs/hs", "vs C",
+        "server CPU %", "C client CPU %", "hs/s, echod-bench", "echod-bench / C client",
+    ]  # fmt: skip
+
+    def versus(server: str, cell: str, metric: query.Metric) -> str:
+        found = res.relative(server, cell, metric, C_CLIENT)
+        return "-" if found is None or server == res.reference_for(cell) else f"{found:.2f}"
+
+    rows = []
+    for cell in cells:
+        name = cell["name"]
+        for server in servers:
+            if res.not_run(server, name, C_CLIENT):
+                continue
+            ratio = res.of_c_client(server, name)
+            rows.append(
+                [
+                    cell["label"],
+                    _name(res, server),
+                    res.spread(server, name, query.rate, C_CLIENT).show()
+                    + res.marks(server, name, C_CLIENT),
+                    versus(server, name, query.rate),
+                    res.spread(server, name, query.cpu, C_CLIENT).show("{:,.0f}"),
+                    versus(server, name, query.cpu),
+                    res.spread(server, name, query.cpu_pct, C_CLIENT).show("{:.0f}", spread=False),
+                    res.generator_cpu(server, name, C_CLIENT).show("{:.0f}", spread=False),
+                    res.spread(server, name, query.rate).show(spread=False)
+                    + res.marks(server, name),
+                    "-" if ratio is None else f"{ratio:.2f}",
+                ]
+            )
     return table(header, rows)
 
 

@@ -159,17 +159,43 @@ def test_c_client_counts_become_error_kinds() -> None:
         '{"requests": 10, "seconds": 1.0, "requests_per_s": 10.0, '
         '"mismatches": 1, "errors": 0, "lost": 2}\n'
     )
-    figures = generators.c_client_figures(line, cpu_s=0.95, wall_s=1.0)
+    counts = generators.c_client_counts(line)
+    figures = generators.c_client_figures(counts, cpu_s=0.95, wall_s=1.0)
     assert figures["errors"] == {"mismatch": 1, "lost": 2}
     assert figures["requests_per_s"] == 10.0 and figures["messages"] == 10
     assert figures["workers"] == [{"index": 0, "cpu_pct": 95.0, "saturated": True}]
+    assert figures["server"] is None and "handshakes" not in figures
+
+
+def test_handshake_client_counts_become_figures() -> None:
+    """echo-hs-client's line: a handshake is a message, and a resumed cell's full
+    handshake is an error of its own kind."""
+    line = (
+        '{"mode": "resumed", "handshakes": 300, "resumed": 298, "seconds": 2.0, '
+        '"handshakes_per_s": 150.0, "window": [10.0, 12.0], "latency_us": {"p50": 900, '
+        '"p99": 4000, "p99.9": 6000}, "mismatches": 0, "closed": 1, "timeouts": 0, "tls": 0, '
+        '"connect": 0, "not_resumed": 2}\n'
+    )
+    server = {"cpu_us_per_msg": 700.0}
+    figures = generators.c_client_figures(generators.c_client_counts(line), 1.0, 4.0, server)
+    assert figures["requests_per_s"] == 150.0 and figures["messages"] == 300
+    assert figures["errors"] == {"closed": 1, "not_resumed": 2}
+    assert figures["handshakes"] == {"resumed": 298, "mode": "resumed"}
+    assert figures["latency_us"]["p99"] == 4000 and figures["server"] is server
+    assert figures["workers"][0] == {"index": 0, "cpu_pct": 25.0, "saturated": False}
 
 
 def test_without_the_c_programs_only_echod_bench_runs() -> None:
-    kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], c_client=False)
+    kept, notes = run.runnable(list(QUICK), ["epoll", "uvloop"], c_client=False, hs_client=False)
     assert [c.name for c in kept] == [c.name for c in QUICK]
     assert not any(c.c_client for c in kept)
-    assert notes == ["rr-1k-10: echod-bench only, the C client needs the C programs"]
+    assert notes == [
+        f"{name}: echod-bench only, the C client needs the C programs"
+        for name in ("rr-1k-10", "tls-hs-ecdsa-resumed")
+    ]
+    # Each C client is needed only by its own cells.
+    kept, notes = run.runnable(list(QUICK), ["epoll"], c_client=False, hs_client=True)
+    assert [c.name for c in kept if c.c_client] == ["tls-hs-ecdsa-resumed"]
 
 
 def test_rounds_rotate_but_keep_each_servers_pair_side_by_side() -> None:

@@ -46,7 +46,9 @@ def test_the_c_tls_reference_echoes_exact_bytes(
 
 
 def test_openssl_s_time_resumes_sessions_with_it(reference: servers.RunningServer) -> None:
-    """The handshake cells' C client: s_time -reuse really resumes."""
+    """OpenSSL's own handshake loop completes against it. (It is not the handshake
+    cells' client: -reuse does not resume TLS 1.3; echo_hs_client.c is, and
+    tests/tls/test_hs_client.py checks its resumption.)"""
     result = subprocess.run(
         [
             require_tool("openssl"), "s_time", "-connect", f"127.0.0.1:{reference.port}",
