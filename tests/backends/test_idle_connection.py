@@ -3,7 +3,8 @@
 The memory per idle connection is a benchmark figure (``python -m bench.conn_memory``
 and the c100k slope in docs/uring.md); these tests pin the structure behind it, on a
 real server and real sockets: the reactor keeps the connection itself as its handler
-(no bound method, no wrapper per connection), and the connection keeps no ``__dict__``.
+(no bound method, no wrapper per connection), the connection keeps no ``__dict__``,
+and admission keeps nothing per connection besides its source's table.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def test_an_idle_connection_is_its_own_handler(server: ReactorServer) -> None:
             assert isinstance(conn, Connection)
             assert _handler(server.reactor, conn.fd) is conn, "a bound method per connection"
             assert not hasattr(conn, "__dict__")
+            # The only record beside the connection set: its source's table.
+            source = server.connections[conn]
+            assert source is not None and conn in source.connections
+        sizes = [len(v) for v in vars(server.admission).values() if hasattr(v, "__len__")]
+        assert max(sizes) < CLIENTS, "admission keeps an entry per connection"
     finally:
         for sock in clients:
             sock.close()
