@@ -168,6 +168,9 @@ class Admission(Generic[H]):
     The core asks :meth:`refusal` for each accepted connection (and :meth:`victim` when
     it is full), then reports what it admitted with :meth:`add` and what closed with
     :meth:`remove`. Handles are the core's connection objects, held as opaque keys.
+    :meth:`add` hands back the connection's :class:`Source`, which the core keeps with
+    the connection and gives back to :meth:`remove`: a map from every connection to its
+    source here would cost each idle connection a dict entry more.
     """
 
     def __init__(
@@ -179,7 +182,7 @@ class Admission(Generic[H]):
         self.rate_capacity = max(settings.connect_rate * settings.connect_burst, 1.0)
         self.holding: dict[str, Source[H]] = {}  # sources with open connections
         self.quiet: OrderedDict[str, Source[H]] = OrderedDict()  # buckets only, LRU first
-        self.owner: dict[H, Source[H]] = {}
+        self.held = 0  # connections added and not yet removed
         # Sources by how many connections they hold, to find the heaviest in O(1).
         self.by_count: dict[int, dict[str, None]] = {}
         self.most = 0
@@ -189,10 +192,6 @@ class Admission(Generic[H]):
     @property
     def sources(self) -> int:
         return len(self.holding) + len(self.quiet)
-
-    @property
-    def held(self) -> int:
-        return len(self.owner)
 
     def key(self, host: str | None) -> tuple[str, IPAddress | None]:
         """The source key and address of a peer's host (None: a Unix peer).
@@ -273,24 +272,26 @@ class Admission(Generic[H]):
         return self.holding[next(iter(holders))]
 
     # Tracking ------------------------------------------------------------------------
-    def add(self, key: str, conn: H, now: float) -> None:
-        """``conn`` from ``key`` was admitted."""
+    def add(self, key: str, conn: H, now: float) -> Source[H]:
+        """``conn`` from ``key`` was admitted; returns the source it counts against."""
         source = self.holding.get(key)
         if source is None:
             source = self.quiet.pop(key, None) or self._new_source(key, now)
             self.holding[key] = source
         count = len(source.connections)
         source.connections[conn] = None
-        self.owner[conn] = source
+        self.held += 1
         self._move(key, count, count + 1)
+        return source
 
-    def remove(self, conn: H) -> None:
-        """``conn`` closed (or gave way); unknown or already removed is fine."""
-        source = self.owner.pop(conn, None)
-        if source is None:
+    def remove(self, conn: H, source: Source[H]) -> None:
+        """``conn`` of ``source`` closed (or gave way); already removed is fine."""
+        connections = source.connections
+        if conn not in connections:
             return
-        count = len(source.connections)
-        del source.connections[conn]
+        count = len(connections)
+        del connections[conn]
+        self.held -= 1
         self._move(source.key, count, count - 1)
         if count == 1:
             del self.holding[source.key]

@@ -1,17 +1,21 @@
 """echod's own event loop: readiness callbacks, timers, signals and cross-thread calls.
 
-The loop knows nothing of echo: each registered descriptor carries its callback, called
-with the ready mask. How it waits is an IO manager handed in, one class per mechanism
+The loop knows nothing of echo: each registered descriptor carries its :class:`Handler`,
+whose ``on_event`` is called with the ready mask. A connection registers itself, so an
+idle one costs the loop no object of its own, neither a bound method nor a map entry
+(``python -m bench.conn_memory`` shows what each cost); a plain callback is wrapped
+once in :class:`Call`. How it waits is an IO manager handed in, one class per mechanism
 (as trio keeps ``_io_epoll.py`` apart from ``_io_kqueue.py``):
 
 * :class:`PollFamilyIO` owns its kernel object (``select.epoll``, ``select.poll`` or
-  ``select.devpoll``) and its own descriptor → callback map, so a ready descriptor costs
-  one dict lookup and one call. ``selectors``' ``select()`` instead rebuilds a list of
-  ``(key, mask)`` tuples in Python on every wait; the owned object measured fewer
-  interpreter instructions per echoed message (callgrind, see the commit that added it).
+  ``select.devpoll``) and its own handler table indexed by descriptor (descriptors are
+  small and dense: 8 bytes a slot), so a ready descriptor costs one list index and one
+  call. ``selectors``' ``select()`` instead rebuilds a list of ``(key, mask)`` tuples
+  in Python on every wait; the owned object measured fewer interpreter instructions per
+  echoed message (callgrind, see the commit that added it).
 * :class:`SelectorIO` goes through the public ``selectors`` API, for ``select(2)``,
   ``kqueue`` and whatever ``selectors.DefaultSelector`` is; ``SelectorKey.data`` holds
-  the callback.
+  the handler.
 
 Which one runs is logged when serving starts (:meth:`Reactor.describe`). Callbacks get
 the raw event bits of the mechanism and must not depend on them (echod's do not).
@@ -48,11 +52,26 @@ WRITE = selectors.EVENT_WRITE
 MAX_EVENTS = 1024
 
 
-class IOManager(Protocol):
-    """How a reactor waits: register descriptors with callbacks, wait, call them."""
+class Handler(Protocol):
+    """What a registered descriptor carries: ``on_event(mask)`` runs when it is ready."""
 
-    def register(self, fd: int, events: int, callback: Callback) -> None: ...
-    def modify(self, fd: int, events: int, callback: Callback) -> None: ...
+    def on_event(self, mask: int, /) -> None: ...
+
+
+class Call:
+    """A plain callback as a :class:`Handler` (listeners, the wakeup, datagrams)."""
+
+    __slots__ = ("on_event",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.on_event = callback
+
+
+class IOManager(Protocol):
+    """How a reactor waits: register descriptors with handlers, wait, call them."""
+
+    def register(self, fd: int, events: int, handler: Handler) -> None: ...
+    def modify(self, fd: int, events: int, handler: Handler) -> None: ...
     def unregister(self, fd: int) -> None: ...
     def run(self, reactor: Reactor) -> None:
         """Wait and dispatch while ``reactor.running``, running its timers between waits."""
@@ -69,7 +88,8 @@ class PollFamilyIO:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.callbacks: dict[int, Callback] = {}
+        # Indexed by descriptor; None where nothing is registered.
+        self.handlers: list[Handler | None] = []
         if kind == "epoll":
             self._kernel: Any = select.epoll()
             # READ|WRITE as the kernel spells them; index = wants.
@@ -78,40 +98,46 @@ class PollFamilyIO:
             self._kernel = select.poll() if kind == "poll" else select.devpoll()  # type: ignore[attr-defined,unused-ignore]
             self._masks = (0, select.POLLIN, select.POLLOUT, select.POLLIN | select.POLLOUT)
 
-    def register(self, fd: int, events: int, callback: Callback) -> None:
+    def register(self, fd: int, events: int, handler: Handler) -> None:
         self._kernel.register(fd, self._masks[events])
-        self.callbacks[fd] = callback
+        handlers = self.handlers
+        if fd >= len(handlers):  # the list's own over-allocation amortises the growth
+            handlers.extend([None] * (fd + 1 - len(handlers)))
+        handlers[fd] = handler
 
-    def modify(self, fd: int, events: int, callback: Callback) -> None:
+    def modify(self, fd: int, events: int, handler: Handler) -> None:
         self._kernel.modify(fd, self._masks[events])
-        self.callbacks[fd] = callback
+        self.handlers[fd] = handler
 
     def unregister(self, fd: int) -> None:
-        del self.callbacks[fd]
+        if fd >= len(self.handlers) or self.handlers[fd] is None:
+            raise KeyError(fd)
+        self.handlers[fd] = None
         self._kernel.unregister(fd)
 
     def run(self, reactor: Reactor) -> None:
-        # The per-message path: one kernel call, one dict lookup and one call per ready
+        # The per-message path: one kernel call, one list index and one call per ready
         # descriptor, with no Python frame between them (an extra method here measured
         # about 2,000 more interpreter instructions per echoed message under callgrind).
+        # The table only grows, and the kernel reports only registered descriptors.
         poll = self._kernel.poll
-        get = self.callbacks.get
+        handlers = self.handlers
         run_timers = reactor.run_timers
         if self.kind == "epoll":
             while reactor.running:
                 timeout = run_timers()
                 for fd, events in poll(-1 if timeout is None else timeout, MAX_EVENTS):
-                    callback = get(fd)
-                    if callback is not None:  # unregistered by an earlier callback
-                        callback(events)
+                    handler = handlers[fd]
+                    if handler is not None:  # unregistered by an earlier handler
+                        handler.on_event(events)
             return
         while reactor.running:
             timeout = run_timers()
             # poll(2) and /dev/poll take milliseconds; round up so a timer is never early.
             for fd, events in poll(None if timeout is None else math.ceil(timeout * 1e3)):
-                callback = get(fd)
-                if callback is not None:
-                    callback(events)
+                handler = handlers[fd]
+                if handler is not None:
+                    handler.on_event(events)
 
     def describe(self) -> str:
         return f"{self.kind} (select.{self.kind} owned by the reactor)"
@@ -122,20 +148,20 @@ class PollFamilyIO:
     def close(self) -> None:
         if self.kind != "poll":  # a poll object holds no descriptor of its own
             self._kernel.close()
-        self.callbacks.clear()
+        self.handlers.clear()
 
 
 class SelectorIO:
-    """The public ``selectors`` API; each key's ``data`` is its callback."""
+    """The public ``selectors`` API; each key's ``data`` is its handler."""
 
     def __init__(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
 
-    def register(self, fd: int, events: int, callback: Callback) -> None:
-        self.selector.register(fd, events, callback)
+    def register(self, fd: int, events: int, handler: Handler) -> None:
+        self.selector.register(fd, events, handler)
 
-    def modify(self, fd: int, events: int, callback: Callback) -> None:
-        self.selector.modify(fd, events, callback)
+    def modify(self, fd: int, events: int, handler: Handler) -> None:
+        self.selector.modify(fd, events, handler)
 
     def unregister(self, fd: int) -> None:
         self.selector.unregister(fd)
@@ -145,7 +171,7 @@ class SelectorIO:
         run_timers = reactor.run_timers
         while reactor.running:
             for key, mask in select(run_timers()):
-                key.data(mask)
+                key.data.on_event(mask)
 
     def describe(self) -> str:
         return f"selectors.{type(self.selector).__name__} (public selectors API)"
@@ -225,7 +251,7 @@ class Reactor:
         self._calls: deque[Callable[[], object]] = deque()
         self._wakeup_pending = False
         self.wakeup = WakeupSocketpair()
-        self.io.register(self.wakeup.fileno(), READ, self._on_wakeup)
+        self.io.register(self.wakeup.fileno(), READ, Call(self._on_wakeup))
 
     def describe(self) -> str:
         """Which IO path this reactor waits on (logged at start)."""
@@ -237,10 +263,17 @@ class Reactor:
 
     # Registration ----------------------------------------------------------------------
     def add(self, fd: int, events: int, callback: Callback) -> None:
-        self.io.register(fd, events, callback)
+        self.io.register(fd, events, Call(callback))
 
     def change(self, fd: int, events: int, callback: Callback) -> None:
-        self.io.modify(fd, events, callback)
+        self.io.modify(fd, events, Call(callback))
+
+    def add_handler(self, fd: int, events: int, handler: Handler) -> None:
+        """Register ``handler`` itself (a connection): nothing is allocated for it."""
+        self.io.register(fd, events, handler)
+
+    def change_handler(self, fd: int, events: int, handler: Handler) -> None:
+        self.io.modify(fd, events, handler)
 
     def remove(self, fd: int) -> None:
         self.io.unregister(fd)

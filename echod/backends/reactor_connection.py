@@ -8,11 +8,10 @@ of its server is :class:`ConnectionServer`, so neither module imports the other'
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Protocol
 
 from echod.lifecycle import Stats
-from echod.loop import Reactor
+from echod.loop import Call, Handler, Reactor
 from echod.session import DONE, WANT_READ, WANT_WRITE, EchoSession, WaterMarks
 
 
@@ -30,23 +29,38 @@ class ConnectionServer(Protocol):
 
 
 class Connection(EchoSession):
-    """An accepted socket driven by the reactor through the rules of its session."""
+    """An accepted socket driven by the reactor through the rules of its session.
 
-    __slots__ = ("events", "fd", "idle_ticks", "server", "sock")
+    While it only reads, which is how an idle connection waits, the reactor holds the
+    connection itself as its handler and calls ``on_event``, which is ``on_readable``
+    (in every subclass too): nothing is allocated per connection for the loop. Only
+    while output is backed up does it register a :class:`~echod.loop.Call`.
+    """
+
+    # No ``fd``: a descriptor above 256 is an int object of its own (32 B per connection).
+    __slots__ = ("events", "idle_ticks", "server", "sock")
 
     def __init__(self, sock: socket.socket, server: ConnectionServer) -> None:
         super().__init__(server.marks)
         self.sock = sock
-        self.fd = sock.fileno()
         self.server = server
         self.events = WANT_READ  # registered with the selector; 0 once closed
         self.idle_ticks = 0
+
+    def __init_subclass__(cls) -> None:
+        # A subclass's own read path is what the reactor must call (TLS, faults).
+        super().__init_subclass__()
+        cls.on_event = cls.on_readable
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
 
     def has_pending(self) -> bool:
         return bool(self.pending)
 
     def fileno(self) -> int:
-        return self.fd
+        return self.sock.fileno()  # -1 once closed
 
     def on_readable(self, mask: int) -> None:
         server = self.server
@@ -81,6 +95,8 @@ class Connection(EchoSession):
             self.queue(view[sent:received])
             self.sync()
 
+    on_event = on_readable  # the reactor's call while registered as itself
+
     def on_writable(self, mask: int) -> None:
         try:
             sent = self.sock.send(self.pending)
@@ -113,16 +129,14 @@ class Connection(EchoSession):
         if wants == DONE:
             self.close()
             return
-        self.server.reactor.change(self.fd, wants, self.callback_for(wants))
+        self.server.reactor.change_handler(self.fd, wants, self.handler_for(wants))
         self.events = wants
 
-    def callback_for(self, wants: int) -> Callable[[int], None]:
-        """The handler for what the session wants: reading, writing, or both."""
+    def handler_for(self, wants: int) -> Handler:
+        """The handler for what the session wants: reading (itself), writing, or both."""
         if wants == WANT_READ:
-            return self.on_readable
-        if wants == WANT_WRITE:
-            return self.on_writable
-        return self.on_ready
+            return self
+        return Call(self.on_writable if wants == WANT_WRITE else self.on_ready)
 
     def close(self) -> None:
         if not self.events:

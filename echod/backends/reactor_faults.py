@@ -126,16 +126,16 @@ class FaultyConnection(Connection):
                 reactor.remove(self.fd)
                 self.events = IDLE
             return
-        callback = self.callback_for(wants)
+        handler = self.handler_for(wants)
         if self.events == IDLE:
-            reactor.add(self.fd, wants, callback)
+            reactor.add_handler(self.fd, wants, handler)
         else:
-            reactor.change(self.fd, wants, callback)
+            reactor.change_handler(self.fd, wants, handler)
         self.events = wants
 
     def close(self) -> None:
         self.driver.cancel()
         if self.events == IDLE:  # registered again, for forget() to remove
-            self.server.reactor.add(self.fd, WANT_READ, self.on_readable)
+            self.server.reactor.add_handler(self.fd, WANT_READ, self)
             self.events = WANT_READ
         super().close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ssl
 
 from echod.backends.reactor_connection import Connection, ConnectionServer
-from echod.loop import Timer
+from echod.loop import Call, Handler, Timer
 from echod.session import WANT_READ, WANT_WRITE
 from echod.tls import TlsEndpoint
 
@@ -54,10 +54,10 @@ class TlsConnection(Connection):
         try:
             self.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._register(WANT_READ, self.on_handshake)
+            self._register(WANT_READ, Call(self.on_handshake))
             return
         except ssl.SSLWantWriteError:
-            self._register(WANT_WRITE, self.on_handshake)
+            self._register(WANT_WRITE, Call(self.on_handshake))
             return
         except (OSError, ValueError) as exc:  # SSLError, ECONNRESET, ENOTCONN
             self.endpoint.failed(exc)
@@ -68,7 +68,7 @@ class TlsConnection(Connection):
             self.timer = None
         self.handshaken = True
         self.endpoint.completed(self.sock)
-        self._register(WANT_READ, self.on_readable)
+        self._register(WANT_READ, self)
         self.on_readable(0)  # the client's first bytes may have come with its Finished
 
     def handshake_expired(self) -> None:
@@ -77,9 +77,9 @@ class TlsConnection(Connection):
             self.endpoint.failed(TimeoutError())
             self.close()
 
-    def _register(self, wants: int, callback: object) -> None:
+    def _register(self, wants: int, handler: Handler) -> None:
         if self.events:
-            self.server.reactor.change(self.fd, wants, callback)  # type: ignore[arg-type]
+            self.server.reactor.change_handler(self.fd, wants, handler)
             self.events = wants
 
     # Echo ------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ class TlsConnection(Connection):
                 return
             except ssl.SSLWantWriteError:
                 self.read_wants_write = True
-                self._register(WANT_WRITE, self.on_writable)
+                self._register(WANT_WRITE, Call(self.on_writable))
                 return
             except ssl.SSLEOFError:
                 received = -1  # FIN without close_notify: plain end of input
@@ -132,7 +132,7 @@ class TlsConnection(Connection):
     def on_writable(self, mask: int) -> None:
         if self.read_wants_write:
             self.read_wants_write = False
-            self._register(self.wants, self._callback_for(self.wants))
+            self._register(self.wants, self.handler_for(self.wants))
             self.on_readable(mask)
             return
         if not self.pending:
@@ -149,13 +149,6 @@ class TlsConnection(Connection):
         self.sync()
         if self.events & WANT_READ and self.sock.pending():
             self.on_readable(mask)  # reading resumed over bytes OpenSSL already holds
-
-    def _callback_for(self, wants: int) -> object:
-        if wants == WANT_READ:
-            return self.on_readable
-        if wants == WANT_WRITE:
-            return self.on_writable
-        return self.on_ready
 
     def _end_of_input(self) -> None:
         # TLS 1.2 too: what is pending was handed to a blocked SSL_write, which OpenSSL
@@ -176,7 +169,7 @@ class TlsConnection(Connection):
         if self.handshaken and not self.goodbye:
             self.goodbye = True
             if not self._send_close_notify() and self.eof_received:
-                self._register(WANT_WRITE, self._on_goodbye_writable)
+                self._register(WANT_WRITE, Call(self._on_goodbye_writable))
                 return
         if self.timer is not None:
             self.timer.cancel()

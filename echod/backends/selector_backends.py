@@ -82,7 +82,7 @@ class ReactorServer(ReactorServingCore[Connection]):
             if faults is None
             else FaultyConnection(sock, self, faults, self.call_later)
         )
-        self.reactor.add(conn.fd, WANT_READ, conn.on_readable)
+        self.reactor.add_handler(conn.fd, WANT_READ, conn)
         return conn
 
     def begin_tls(self, sock: socket.socket, tls: TlsEndpoint) -> Connection:

@@ -283,7 +283,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         # select(2) cannot watch descriptors at or above FD_SETSIZE: such connections are
         # refused, or the whole loop would die on the next select() call.
         self.fd_limit = fd_limit
-        self.connections: set[Conn] = set()
+        # Every connection served, with the admission source it counts against (None
+        # once it gave way): kept here, so admission needs no map of its own.
+        self.connections: dict[Conn, admission.Source[Conn] | None] = {}
         self.accepting = False  # the listeners are watched
         self.listeners_closed = False
         self.backing_off = False  # out of descriptors with no spare to shed with
@@ -768,8 +770,7 @@ class ServingCore(abc.ABC, Generic[Conn]):
         except BaseException:
             sock.close()  # never handed over: its client must see an end, not wait on it
             raise
-        self.connections.add(conn)
-        gate.add(key, conn, now)
+        self.connections[conn] = gate.add(key, conn, now)
         self.stats.opened()
         return conn
 
@@ -804,7 +805,10 @@ class ServingCore(abc.ABC, Generic[Conn]):
 
     def give_way(self, conn: Conn) -> None:
         """Fair share: close ``conn`` (idle, owing nothing) as the idle timeout would."""
-        self.admission.remove(conn)
+        source = self.connections.get(conn)
+        if source is not None:
+            self.admission.remove(conn, source)
+            self.connections[conn] = None  # no longer held, even while its close is on its way
         self.stats.gave_way += 1
         conn.close()
 
@@ -905,8 +909,9 @@ class ServingCore(abc.ABC, Generic[Conn]):
         """A connection closed (its descriptor is free): count it, then act on it."""
         if conn not in self.connections:
             return
-        self.connections.remove(conn)
-        self.admission.remove(conn)
+        source = self.connections.pop(conn)
+        if source is not None:
+            self.admission.remove(conn, source)
         self.stats.closed()
         while self.parked and not self.full():
             self.admit(*self.parked.popleft())

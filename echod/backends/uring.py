@@ -43,7 +43,7 @@ from echod.backends.base import EXHAUSTED, RECEIVE_SIZE
 from echod.backends.on_reactor import ReactorServingCore
 from echod.config import Config
 from echod.lifecycle import Lifecycle
-from echod.loop import Reactor
+from echod.loop import Handler, Reactor
 
 if TYPE_CHECKING:
     from echod._uring import Ring
@@ -118,22 +118,22 @@ class UringIO:
         return next(self._tags)
 
     # Readiness, for the reactor ---------------------------------------------------------
-    def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+    def register(self, fd: int, events: int, handler: Handler) -> None:
         user_data = self.tag() << 2 | WATCH
         self._polls[fd] = user_data
 
         def polled(result: int, flags: int) -> None:
             if result >= 0:
-                callback(result)
+                handler.on_event(result)
             if not flags & CQE_F_MORE and self._polls.get(fd) == user_data:
                 self.ring.poll_multishot(fd, user_data)  # the kernel ended it: again
 
         self.callbacks[user_data] = polled
         self.ring.poll_multishot(fd, user_data)
 
-    def modify(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+    def modify(self, fd: int, events: int, handler: Handler) -> None:
         self.unregister(fd)
-        self.register(fd, events, callback)
+        self.register(fd, events, handler)
 
     def unregister(self, fd: int) -> None:
         user_data = self._polls.pop(fd)

@@ -218,7 +218,7 @@ def test_a_server_that_dies_fails_its_close_with_the_traceback(
     def broken(self: object, mask: int) -> None:
         raise RuntimeError("the backend broke while serving")
 
-    monkeypatch.setattr(selector_backends.Connection, "on_readable", broken)
+    monkeypatch.setattr(selector_backends.Connection, "on_event", broken)
     threads = set(threading.enumerate())
     with pytest.raises(echod.ServerError) as failure, echod.running(backend="epoll") as server:
         client = socket.create_connection(server.address)

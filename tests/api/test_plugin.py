@@ -115,7 +115,7 @@ def test_the_server_dies(echo_server_factory, monkeypatch):
     def broken(self, mask):
         raise RuntimeError("the backend broke mid-test")
 
-    monkeypatch.setattr(selector_backends.Connection, "on_readable", broken)
+    monkeypatch.setattr(selector_backends.Connection, "on_event", broken)
     server = echo_server_factory(backend="epoll")
     with socket.create_connection(server.address, timeout=10) as client:
         client.sendall(b"kill it")

@@ -14,6 +14,7 @@ from echod.admission import (
     Admission,
     AdmissionSettings,
     Refusal,
+    Source,
     network,
     peer_address,
     source_key,
@@ -27,6 +28,7 @@ class Conn:
         self.name = name
         self.idle_ticks = idle_ticks
         self.owes = owes
+        self.source: Source[Conn] | None = None  # what add() handed back, as the core keeps
 
     def __repr__(self) -> str:
         return self.name
@@ -34,6 +36,15 @@ class Conn:
 
 def owes(conn: Conn) -> bool:
     return conn.owes
+
+
+def hold(gate: Admission[Conn], key: str, conn: Conn, now: float = 0.0) -> None:
+    conn.source = gate.add(key, conn, now)
+
+
+def let_go(gate: Admission[Conn], conn: Conn) -> None:
+    assert conn.source is not None
+    gate.remove(conn, conn.source)
 
 
 def admission(slots: int = 4, **settings: object) -> Admission[Conn]:
@@ -121,10 +132,10 @@ def test_per_source_cap_counts_open_connections() -> None:
     a1, a2 = Conn("a1"), Conn("a2")
     for conn in (a1, a2):
         assert gate.refusal("192.0.2.1", None, 0.0) is None
-        gate.add("192.0.2.1", conn, 0.0)
+        hold(gate, "192.0.2.1", conn)
     assert gate.refusal("192.0.2.1", None, 0.0) is Refusal.PER_SOURCE
     assert gate.refusal("192.0.2.2", None, 0.0) is None  # another source
-    gate.remove(a1)
+    let_go(gate, a1)
     assert gate.refusal("192.0.2.1", None, 1.0) is None
     assert gate.refusal(UNIX, None, 1.0) is None  # exempt
 
@@ -155,21 +166,21 @@ def test_sources_holding_connections_are_never_taken_over() -> None:
     gate = Admission[Conn](AdmissionSettings(connect_rate=1, connect_burst=1), 2, quiet_capacity=2)
     held = Conn("held")
     assert gate.refusal("192.0.2.1", None, 0.0) is None
-    gate.add("192.0.2.1", held, 0.0)
+    hold(gate, "192.0.2.1", held)
     for n in range(50):
         gate.refusal(f"198.51.100.{n}", None, 0.0)
     assert "192.0.2.1" in gate.holding
     assert gate.sources <= 3
-    gate.remove(held)
+    let_go(gate, held)
     assert "192.0.2.1" in gate.quiet  # its bucket stays while there is room
 
 
 def test_without_a_rate_a_source_with_nothing_open_leaves_no_entry() -> None:
     gate = admission()
     conn = Conn("a")
-    gate.add("192.0.2.1", conn, 0.0)
-    gate.remove(conn)
-    gate.remove(conn)  # twice is harmless
+    hold(gate, "192.0.2.1", conn)
+    let_go(gate, conn)
+    let_go(gate, conn)  # twice is harmless
     assert gate.sources == 0
     assert gate.by_count == {}
     assert gate.most == 0
@@ -179,7 +190,7 @@ def test_without_a_rate_a_source_with_nothing_open_leaves_no_entry() -> None:
 def fill(gate: Admission[Conn], key: str, count: int, **conn: object) -> list[Conn]:
     conns = [Conn(f"{key}#{n}", **conn) for n in range(count)]  # type: ignore[arg-type]
     for c in conns:
-        gate.add(key, c, 0.0)
+        hold(gate, key, c)
     return conns
 
 
@@ -222,8 +233,8 @@ def test_shares_converge_under_a_greedy_source() -> None:
         for key in ("B", "C"):
             victim = gate.victim(key, owes)
             if victim is not None:
-                gate.remove(victim)
-                gate.add(key, Conn(f"{key}{n}"), 0.0)
+                let_go(gate, victim)
+                hold(gate, key, Conn(f"{key}{n}"))
     counts = {key: len(source.connections) for key, source in gate.holding.items()}
     assert counts == {"A": 4, "B": 4, "C": 4}
 
@@ -235,10 +246,10 @@ def test_the_heaviest_source_is_always_found(steps: list[tuple[str, bool]]) -> N
     for n, (key, opening) in enumerate(steps):
         if opening or not open_conns:
             conn = Conn(f"{key}{n}")
-            gate.add(key, conn, float(n))
+            hold(gate, key, conn, float(n))
             open_conns.append(conn)
         else:
-            gate.remove(open_conns.pop(n % len(open_conns)))
+            let_go(gate, open_conns.pop(n % len(open_conns)))
         counts = [len(s.connections) for s in gate.holding.values()]
         assert gate.held == sum(counts) == len(open_conns)
         assert gate.most == max(counts, default=0)
@@ -254,5 +265,20 @@ def test_the_table_is_bounded_whatever_the_number_of_sources() -> None:
         gate.refusal(f"10.{n >> 8}.{n & 255}.1", None, float(n))
     assert len(gate.quiet) == 100 and len(gate.holding) == 1
     for conn in held:
-        gate.remove(conn)
+        let_go(gate, conn)
     assert len(gate.quiet) == 100 and not gate.holding
+
+
+def test_a_held_connection_has_one_entry_its_sources_and_no_other() -> None:
+    """The source goes back to the core with the connection: no map from every held
+    connection to its source (each would cost an idle connection a dict entry)."""
+    gate = admission(slots=100)
+    conns = [Conn(f"a{n}") for n in range(50)]
+    for conn in conns:
+        hold(gate, "192.0.2.1", conn)
+    assert gate.held == 50
+    tables = {name: len(value) for name, value in vars(gate).items() if hasattr(value, "__len__")}
+    assert max(tables.values()) < 50, tables
+    for conn in conns:
+        let_go(gate, conn)
+    assert gate.held == 0 and not gate.holding
