@@ -38,7 +38,7 @@ CLIENT_BINARY = HERE / "reference" / "echo-client"
 # The TLS handshake cells' C client (issue 19), beside echod-bench as echo-client is.
 HS_CLIENT_SOURCE = HERE / "reference" / "echo_hs_client.c"
 HS_CLIENT_BINARY = HERE / "reference" / "echo-hs-client"
-LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
+LISTENING = re.compile(rb"listening on (?:proxy-v[12]:)?(?:tls:)?\[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 
 
 @dataclass(frozen=True)

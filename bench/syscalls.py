@@ -40,7 +40,7 @@ DATA_PATH = {
 WARMUP = 0.5
 # The short callgrind run whose instructions are taken off the long one's.
 SHORT_SECONDS = 1.5
-LISTENING = re.compile(r"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
+LISTENING = re.compile(r"listening on (?:proxy-v[12]:)?(?:tls:)?\[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 STOPPED = re.compile(r"stopped: .*bytes in=(\d+) out=(\d+)")
 URING_ECHOED = re.compile(r"echoed (\d+) bytes")
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support import ROOT, TIMEOUT, Echod, echod
-from tests.tls.tls_support import Pki
+from tests.tls.tls_support import Pki, flip_first, threaded_tls_echo
 
 
 @pytest.fixture(scope="module")
@@ -100,28 +98,12 @@ def corrupting_server(pki: Pki) -> Iterator[int]:
     """A TLS echo that flips one byte once 100 kB have gone by (threads, blocking)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.path("server.pem"), pki.path("server.key"))
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True) as tls:
-            echoed = 0
-            while data := tls.recv(65536):
-                if echoed < 100_000 <= echoed + len(data):
-                    data = bytes([data[0] ^ 1]) + data[1:]
-                tls.sendall(data)
-                echoed += len(data)
+    def alter(data: bytes, echoed: int) -> bytes:
+        return flip_first(data) if echoed < 100_000 <= echoed + len(data) else data
 
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with threaded_tls_echo(lambda: context, alter) as port:
+        yield port
 
 
 def test_a_corrupted_byte_over_tls_is_a_mismatch(pki: Pki) -> None:

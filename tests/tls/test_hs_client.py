@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import pytest
 
 from echod import backends
 from tests.support import ROOT, TIMEOUT, echod, require_tool
-from tests.tls.tls_support import Pki
+from tests.tls.tls_support import Pki, flip_first, threaded_tls_echo
 
 sys.path.insert(0, str(ROOT))  # bench/ is a directory of the repository, not installed
 from bench import certs, run, servers
@@ -63,16 +61,6 @@ def assert_clean(status: int, counts: dict[str, Any], resumed: bool) -> None:
     assert 0 < counts["latency_us"]["p50"] <= counts["latency_us"]["p99"]
     start, end = counts["window"]
     assert end - start == pytest.approx(counts["seconds"], abs=0.01)
-
-
-@pytest.fixture(scope="module")
-def c_tls(pki: Pki) -> Iterator[servers.RunningServer]:
-    problem = servers.build_tls_reference()
-    assert problem is None, problem
-    argv = (str(servers.TLS_REFERENCE_BINARY), pki.path("server.pem"), pki.path("server.key"))
-    running = servers.RunningServer(servers.ServerSpec(servers.TLS_REFERENCE, argv), None)
-    yield running
-    assert running.stop() == 0
 
 
 @pytest.mark.parametrize("resumed", [False, True], ids=["full", "resumed"])
@@ -112,27 +100,12 @@ def faulty_server(pki: Pki, fault: str) -> Iterator[int]:
         return made
 
     shared = context()
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve(conn: socket.socket) -> None:
-        own = context() if fault == "refuse" else shared
-        with contextlib.suppress(OSError), own.wrap_socket(conn, server_side=True) as tls:
-            while data := tls.recv(65536):
-                if fault == "corrupt":
-                    data = bytes([data[0] ^ 1]) + data[1:]
-                tls.sendall(data)
+    def alter(data: bytes, echoed: int) -> bytes:
+        return flip_first(data) if fault == "corrupt" else data
 
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with threaded_tls_echo(context if fault == "refuse" else lambda: shared, alter) as port:
+        yield port
 
 
 def test_a_corrupted_byte_is_a_mismatch(client: Path, pki: Pki) -> None:

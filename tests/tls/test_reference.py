@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,25 +17,12 @@ sys.path.insert(0, str(ROOT))
 from bench import servers
 
 
-@pytest.fixture(scope="module")
-def reference(pki: Pki) -> Iterator[servers.RunningServer]:
-    """Started and stopped as the bench does (RunningServer), which checks its exit."""
-    require_tool("gcc")
-    problem = servers.build_tls_reference()
-    assert problem is None, problem
-    argv = (str(servers.TLS_REFERENCE_BINARY), pki.path("server.pem"), pki.path("server.key"))
-    running = servers.RunningServer(servers.ServerSpec(servers.TLS_REFERENCE, argv), None)
-    yield running
-    assert running.stop() == 0
-    assert not running.killed
-
-
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_the_c_tls_reference_echoes_exact_bytes(
-    reference: servers.RunningServer, pki: Pki, version: str
+    c_tls: servers.RunningServer, pki: Pki, version: str
 ) -> None:
     payload = os.urandom(16 << 20)
-    with TlsClient(("127.0.0.1", reference.port), client_context(pki, version)) as client:
+    with TlsClient(("127.0.0.1", c_tls.port), client_context(pki, version)) as client:
         client.handshake()
         assert client.send_without_reading(payload) < len(payload)
         assert client.receive(len(payload)) == payload
@@ -45,13 +31,13 @@ def test_the_c_tls_reference_echoes_exact_bytes(
         assert client.closed_by_peer
 
 
-def test_openssl_s_time_resumes_sessions_with_it(reference: servers.RunningServer) -> None:
+def test_openssl_s_time_resumes_sessions_with_it(c_tls: servers.RunningServer) -> None:
     """OpenSSL's own handshake loop completes against it. (It is not the handshake
     cells' client: -reuse does not resume TLS 1.3; echo_hs_client.c is, and
     tests/tls/test_hs_client.py checks its resumption.)"""
     result = subprocess.run(
         [
-            require_tool("openssl"), "s_time", "-connect", f"127.0.0.1:{reference.port}",
+            require_tool("openssl"), "s_time", "-connect", f"127.0.0.1:{c_tls.port}",
             "-reuse", "-time", "1",
         ],
         capture_output=True, text=True, timeout=60,

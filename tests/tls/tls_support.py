@@ -11,6 +11,8 @@ import select
 import socket
 import ssl
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,3 +256,37 @@ class TlsClient:
             if expected is not None and len(received) > expected:
                 break
         return bytes(received)
+
+
+@contextlib.contextmanager
+def threaded_tls_echo(
+    context_for: Callable[[], ssl.SSLContext],
+    alter: Callable[[bytes, int], bytes] = lambda data, _echoed: data,
+) -> Iterator[int]:
+    """A blocking TLS echo, a thread per connection, on a loopback port it yields: for
+    a fault echod never has. ``context_for`` gives each connection its context;
+    ``alter`` sees each chunk and how many bytes were echoed before it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), context_for().wrap_socket(conn, server_side=True) as tls:
+            echoed = 0
+            while data := tls.recv(65536):
+                tls.sendall(alter(data, echoed))
+                echoed += len(data)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def flip_first(data: bytes) -> bytes:
+    return bytes([data[0] ^ 1]) + data[1:]
