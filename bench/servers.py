@@ -80,7 +80,9 @@ def build(source: Path, binary: Path, libraries: tuple[str, ...] = ()) -> str | 
     compiler = shutil.which("cc")
     if compiler is None:
         return "no C compiler (cc) here"
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    # The sources and the headers beside them (pattern.h): a change to either rebuilds.
+    inputs = [source, *source.parent.glob("*.h")]
+    if binary.exists() and binary.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
         return None
     proc = subprocess.run(
         [compiler, "-O2", "-Wall", "-o", str(binary), str(source), *libraries],

@@ -39,7 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PERIOD 65537u
+#include "pattern.h"
+
 #define MAX_EVENTS 512
 #define DRAIN_SECONDS 5.0
 
@@ -89,12 +90,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "echo-client: cannot resolve %s: %s\n", argv[1], gai_strerror(rc));
         return 2;
     }
-    pattern = malloc(2 * PERIOD);
-    uint32_t x = 862;
-    for (size_t i = 0; i < PERIOD; i++) {
-        x = x * 1103515245u + 12345u;
-        pattern[i] = pattern[i + PERIOD] = (unsigned char)(x >> 16);
-    }
+    pattern = make_pattern();
     unsigned char *buf = malloc(PERIOD);
     int ep = epoll_create1(0);
     struct conn *conns = calloc((size_t)count, sizeof *conns);

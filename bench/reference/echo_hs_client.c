@@ -54,7 +54,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PERIOD 65537u
+#include "pattern.h"
+
 #define MAX_SIZE 16384 /* one TLS record: one SSL_write, all or nothing */
 #define MAX_CONNECTIONS 4096
 #define MAX_SECONDS 3600.0
@@ -357,12 +358,7 @@ int main(int argc, char **argv) {
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     }
 
-    pattern = malloc(2 * PERIOD);
-    uint32_t x = 862;
-    for (size_t i = 0; i < PERIOD; i++) {
-        x = x * 1103515245u + 12345u;
-        pattern[i] = pattern[i + PERIOD] = (unsigned char)(x >> 16);
-    }
+    pattern = make_pattern();
     unsigned char *buf = malloc(MAX_SIZE);
     samples = malloc(MAX_SAMPLES * sizeof *samples);
     conns = calloc((size_t)count, sizeof *conns);

@@ -270,8 +270,6 @@ class UringServer(ReactorServingCore[Connection]):
         self._accepts.clear()
 
     def _accepted(self, listener: socket.socket, user_data: int, result: int, flags: int) -> None:
-        # A listener stays open while an accept on it is live (close_listener), so an
-        # accept armed again just before a drain cannot find it closed (EBADF).
         if result != -errno.ECANCELED:  # unwatched
             self.accept_completed(listener, result)
         if flags & CQE_F_MORE:

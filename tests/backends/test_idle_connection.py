@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from echod.backends import BY_NAME, available
+from echod.backends import BY_NAME, available, load
 from echod.backends.reactor_connection import Connection
 from echod.backends.reactor_faults import FaultyConnection
 from echod.backends.reactor_tls import TlsConnection
@@ -31,8 +31,8 @@ CLIENTS = 20
 
 
 def _backend(name: str) -> SelectorBackend:
-    module, _, attribute = BY_NAME[name].target.partition(":")
-    backend: SelectorBackend = getattr(__import__(module, fromlist=[attribute]), attribute)
+    backend = load(name)
+    assert isinstance(backend, SelectorBackend)
     return backend
 
 

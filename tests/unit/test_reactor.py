@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from echod.backends import BY_NAME, available
+from echod.backends import BY_NAME, available, load
 from echod.backends.selector_backends import SelectorBackend
 from echod.loop import (
     READ,
@@ -30,8 +30,8 @@ REACTOR_BACKENDS = [
 
 
 def _backend(name: str) -> SelectorBackend:
-    module, _, attribute = BY_NAME[name].target.partition(":")
-    backend: SelectorBackend = getattr(__import__(module, fromlist=[attribute]), attribute)
+    backend = load(name)
+    assert isinstance(backend, SelectorBackend)
     return backend
 
 
